@@ -1,0 +1,1 @@
+//! The HTTP API: OCI Distribution `/v2/`.

@@ -1,0 +1,19 @@
+//! The regional OCI registry data plane.
+//!
+//! Layers, from the outside in (each may call only the ones below it):
+//!
+//! - [`server`]: process concerns — listening, graceful shutdown, health, metrics, logs.
+//! - [`http`]: the HTTP API; parses requests into [`oci`] values, authorizes, calls [`registry`],
+//!   maps results and errors to OCI responses.
+//! - [`registry`]: registry semantics — uploads with streaming digest verification, manifest
+//!   validation, tags, referrers, catalog.
+//! - [`storage`]: the storage trait and its backends.
+//! - [`oci`] and [`config`]: pure vocabulary and configuration types, used by every layer.
+
+pub mod config;
+pub mod http;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! Registry semantics: uploads, blobs, manifests, tags, referrers, catalog.

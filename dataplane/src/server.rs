@@ -1,0 +1,1 @@
+//! Process concerns: listening, graceful shutdown, health and metrics endpoints.

@@ -1,0 +1,292 @@
+//! Durable state of a region, behind one trait with one implementation per backend.
+//!
+//! Layer rule: the storage layer stores and returns bytes and small records; it knows nothing of
+//! HTTP, authorization or manifest formats, and it never verifies digests (the registry layer
+//! hashes every byte it streams in and only asks storage to publish content it has verified).
+//! Backends must keep these guarantees, which `conformance` checks for each of them:
+//!
+//! - **No partial visibility.** A blob, manifest link or tag becomes visible whole or not at all
+//!   (write to a temporary name, `fsync`, atomic rename; conditional writes on S3).
+//! - **Per-repository visibility.** A blob is reachable through a repository only once linked
+//!   into it; `blob_linked` is the only existence check the registry layer exposes to clients.
+//! - **Safe concurrency.** Concurrent publishes of the same blob, and concurrent writes of the
+//!   same tag, leave one consistent value (content is identical for a blob; last writer wins
+//!   for a tag).
+//! - **Durable uploads.** Upload sessions live in storage, not in memory, so they survive a
+//!   restart and can be continued by any replica.
+//!
+//! Key layout, the same for every backend (paths on the filesystem, keys under a prefix on S3):
+//!
+//! ```text
+//! blobs/<alg>/<hex[0..2]>/<hex>                        blob bytes, content-addressed, shared
+//! repositories/<name...>/_layers/<alg>/<hex>           link: blob visible in this repository
+//! repositories/<name...>/_manifests/<alg>/<hex>        link: manifest revision (JSON ManifestMeta)
+//! repositories/<name...>/_tags/<tag>                   tag: the digest it points at
+//! repositories/<name...>/_referrers/<alg>/<hex>/<alg>/<hex>
+//!                                                      referrer descriptor (JSON) of a subject
+//! uploads/<id>/data                                    upload session bytes received so far
+//! uploads/<id>/info                                    upload session record (JSON UploadInfo)
+//! ```
+//!
+//! Repository name components never start with `_` (OCI grammar), so the `_`-prefixed
+//! directories cannot collide with a nested repository name.
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::oci::{Digest, RepoName, Tag};
+
+/// A stream of bytes, as read from storage or received from a client.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
+
+/// Result type of storage operations.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object (blob, link, upload session, ...) does not exist.
+    #[error("not found")]
+    NotFound,
+    /// An upload append was attempted at an offset other than the session's current size.
+    #[error("upload offset mismatch: chunk starts at {requested}, session holds {current} bytes")]
+    OffsetMismatch {
+        /// Offset the client asked to write at.
+        requested: u64,
+        /// Bytes the session holds.
+        current: u64,
+    },
+    /// A requested byte range does not fit the object.
+    #[error("range not satisfiable for an object of {size} bytes")]
+    RangeNotSatisfiable {
+        /// Size of the object.
+        size: u64,
+    },
+    /// The client's body stream failed or ended early; nothing from it was kept.
+    #[error("request body failed: {0}")]
+    Body(#[source] io::Error),
+    /// The backend failed (I/O error, S3 error, timeout).
+    #[error("storage backend failed: {0}")]
+    Io(#[from] io::Error),
+    /// A backend-specific failure with a message safe to log.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+/// Identifier of an upload session: a UUID, so it is safe as a path or key component.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UploadId(String);
+
+impl UploadId {
+    /// A new random session id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The text is not a valid upload session id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid upload session id")]
+pub struct InvalidUploadId;
+
+impl FromStr for UploadId {
+    type Err = InvalidUploadId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uuid = uuid::Uuid::parse_str(s).map_err(|_| InvalidUploadId)?;
+        // Only the canonical hyphenated lowercase form, so one session has one spelling.
+        let canonical = uuid.hyphenated().to_string();
+        if canonical == s {
+            Ok(Self(canonical))
+        } else {
+            Err(InvalidUploadId)
+        }
+    }
+}
+
+impl TryFrom<String> for UploadId {
+    type Error = InvalidUploadId;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<UploadId> for String {
+    fn from(id: UploadId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The stored record of an upload session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadInfo {
+    /// The session id.
+    pub id: UploadId,
+    /// Repository the session was opened for; other repositories cannot see it.
+    pub repository: String,
+    /// Bytes received so far.
+    #[serde(default)]
+    pub size: u64,
+    /// When the session was opened.
+    pub started_at: SystemTime,
+}
+
+/// What a repository records about one of its manifest revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestMeta {
+    /// Media type the manifest was pushed with (served back as `Content-Type`).
+    pub media_type: String,
+    /// Size of the manifest bytes.
+    pub size: u64,
+}
+
+/// A backend holding a region's blobs, repositories, tags and upload sessions.
+///
+/// All methods are safe to call concurrently, from several processes sharing the backend.
+/// Methods taking a repository only ever see that repository's links and sessions.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    // ---- Blobs: content-addressed, shared by every repository of the region.
+
+    /// Size of a stored blob, or `None` when it is absent.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+
+    /// Streams a blob, whole or a byte range (`start..end`, end exclusive, within the size).
+    /// `NotFound` if absent, `RangeNotSatisfiable` if the range does not fit.
+    async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream>;
+
+    /// Stores a small, already verified blob held in memory (manifests), atomically.
+    async fn blob_put(&self, digest: &Digest, data: Bytes) -> Result<()>;
+
+    /// Removes a blob's bytes (garbage collection only; links are not touched).
+    async fn blob_delete(&self, digest: &Digest) -> Result<()>;
+
+    // ---- Repository links: which blobs a repository may see.
+
+    /// Makes a stored blob visible in `repo` (idempotent).
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()>;
+
+    /// Whether `digest` is linked into `repo`.
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+
+    /// Removes a blob link from `repo`; returns whether it existed.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+
+    // ---- Upload sessions.
+
+    /// Opens a new, empty upload session for `repo`.
+    async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo>;
+
+    /// The session's record; `NotFound` if it does not exist or belongs to another repository.
+    async fn upload_info(&self, repo: &RepoName, id: &UploadId) -> Result<UploadInfo>;
+
+    /// Appends `body` at `offset`, which must equal the session's size (`OffsetMismatch`
+    /// otherwise). All or nothing: if the body fails (`Body`) or storage fails, the session is
+    /// left as it was. Concurrent appends to one session are serialized; one of two racing
+    /// appends at the same offset fails with `OffsetMismatch`. Returns the new size.
+    async fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        body: ByteStream,
+    ) -> Result<u64>;
+
+    /// Streams the bytes a session holds (to resume hashing after a restart).
+    async fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<ByteStream>;
+
+    /// Publishes the session's bytes as blob `digest` (already verified by the caller), durably
+    /// and atomically, then removes the session. Publishing content that already exists is
+    /// fine. Does not link the blob into any repository. Returns the blob size.
+    async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64>;
+
+    /// Cancels a session and removes its bytes; `NotFound` if it does not exist.
+    async fn upload_delete(&self, repo: &RepoName, id: &UploadId) -> Result<()>;
+
+    /// Lists sessions of every repository (for expiry of abandoned sessions).
+    async fn uploads(&self) -> Result<Vec<UploadInfo>>;
+
+    // ---- Manifests: bytes are blobs; a repository records its revisions.
+
+    /// Records manifest `digest` (whose bytes are stored) as a revision of `repo`.
+    async fn manifest_link(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        meta: &ManifestMeta,
+    ) -> Result<()>;
+
+    /// The revision record, or `None` if `repo` has no such manifest.
+    async fn manifest_meta(&self, repo: &RepoName, digest: &Digest)
+    -> Result<Option<ManifestMeta>>;
+
+    /// Removes a revision from `repo`; returns whether it existed.
+    async fn manifest_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+
+    // ---- Tags.
+
+    /// The digest a tag points at, or `None`.
+    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
+
+    /// Points `tag` at `digest`, atomically replacing any previous value.
+    async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()>;
+
+    /// Removes a tag; returns whether it existed.
+    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+
+    /// All tags of `repo`, sorted lexically (empty if the repository does not exist).
+    async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>>;
+
+    // ---- Referrers: manifests whose `subject` is a given digest.
+
+    /// Records `referrer` (a descriptor, as JSON) as pointing at `subject` in `repo`.
+    async fn referrer_add(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: Bytes,
+    ) -> Result<()>;
+
+    /// Removes a referrer record (idempotent).
+    async fn referrer_remove(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()>;
+
+    /// Descriptors (JSON) of the referrers of `subject` in `repo`, ordered by referrer digest.
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Bytes>>;
+
+    // ---- Repositories and health.
+
+    /// Every repository that holds at least one manifest, sorted lexically.
+    async fn repositories(&self) -> Result<Vec<RepoName>>;
+
+    /// Succeeds when the backend can serve requests (readiness).
+    async fn check(&self) -> Result<()>;
+}
