@@ -1,0 +1,143 @@
+# shellcheck shell=bash
+# Starting and stopping the registries under test. Source this file; it defines functions only.
+#
+# Every registry is started fresh, in its own process group (so stopping it also stops
+# anything it spawned), on a free loopback port, with its data under a directory chosen by
+# the caller. After registry_start succeeds these globals describe the running server:
+#   REG_PID  the server process id (also its process group id)
+#   REG_URL  http://127.0.0.1:PORT
+#   REG_LOG  the file that receives its stdout and stderr
+#
+# Requires: BENCH_WORK (scratch directory), DATAPLANE_BIN, DISTRIBUTION_BIN, DOCKER_REGISTRY_BIN,
+# and free_port from tests/harness/lib/common.sh.
+
+# The registries in the order they are measured, with their display names (used by bench/run).
+# shellcheck disable=SC2034
+REGISTRIES=(dataplane distribution docker-registry)
+# shellcheck disable=SC2034
+declare -A REGISTRY_TITLE=(
+  [dataplane]="dataplane"
+  [distribution]="Distribution v3"
+  [docker-registry]="docker-registry 2.8"
+)
+
+REG_PID=""
+REG_URL=""
+REG_LOG=""
+
+# Every process group ever started, so that the exit trap can stop leftovers.
+STARTED_PGIDS=()
+
+# distribution_config FILE ROOT PORT: writes a Distribution (v2.8 or v3) configuration with
+# filesystem storage under ROOT, deletes enabled and the in-memory blob descriptor cache
+# (both as in the configuration shipped with these registries), listening on loopback only.
+distribution_config() {
+  local file=$1 root=$2 port=$3
+  cat >"$file" <<EOF
+version: 0.1
+log:
+  level: info
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: $root
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$port
+EOF
+}
+
+# registry_launch NAME ROOT PORT: starts NAME in the background in a new session.
+registry_launch() {
+  local name=$1 root=$2 port=$3
+  local config="$BENCH_WORK/$name.yml"
+  case "$name" in
+    dataplane)
+      setsid "$DATAPLANE_BIN" serve --listen "127.0.0.1:$port" --root "$root" \
+        </dev/null >>"$REG_LOG" 2>&1 &
+      ;;
+    distribution)
+      distribution_config "$config" "$root" "$port"
+      OTEL_TRACES_EXPORTER=none setsid "$DISTRIBUTION_BIN" serve "$config" \
+        </dev/null >>"$REG_LOG" 2>&1 &
+      ;;
+    docker-registry)
+      distribution_config "$config" "$root" "$port"
+      setsid "$DOCKER_REGISTRY_BIN" serve "$config" </dev/null >>"$REG_LOG" 2>&1 &
+      ;;
+    *)
+      printf 'unknown registry: %s\n' "$name" >&2
+      return 1
+      ;;
+  esac
+  REG_PID=$!
+  STARTED_PGIDS+=("$REG_PID")
+}
+
+# registry_start NAME ROOT: starts NAME with an empty data directory ROOT and waits until
+# `GET /v2/` answers. Retries on another port if the server dies (e.g. the port was taken).
+registry_start() {
+  local name=$1 root=$2 attempt port deadline code
+  REG_LOG="$BENCH_WORK/logs/$name.log"
+  mkdir -p "$root" "$BENCH_WORK/logs"
+  for attempt in 1 2 3; do
+    port="$(free_port)"
+    printf '=== start %s on port %s (attempt %s) root %s\n' "$name" "$port" "$attempt" "$root" >>"$REG_LOG"
+    registry_launch "$name" "$root" "$port" || return 1
+    REG_URL="http://127.0.0.1:$port"
+    deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+      if ! kill -0 "$REG_PID" 2>/dev/null; then
+        break
+      fi
+      code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$REG_URL/v2/" || true)"
+      if [[ "$code" == 200 || "$code" == 401 ]]; then
+        return 0
+      fi
+      sleep 0.1
+    done
+    registry_stop
+  done
+  printf '%s did not start; last log lines:\n' "$name" >&2
+  tail -n 5 "$REG_LOG" >&2
+  return 1
+}
+
+# registry_stop: stops the current server (SIGTERM, then SIGKILL) and waits for it.
+registry_stop() {
+  [[ -n "$REG_PID" ]] || return 0
+  local i
+  kill -TERM -- "-$REG_PID" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$REG_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-$REG_PID" 2>/dev/null || true
+  wait "$REG_PID" 2>/dev/null || true
+  REG_PID=""
+}
+
+# registries_stop_all: stops every process group this run started (for the exit trap).
+registries_stop_all() {
+  local pgid
+  for pgid in "${STARTED_PGIDS[@]}"; do
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+  done
+  REG_PID=""
+}
+
+# registry_cpu_ticks: prints the server's user+system CPU time so far, in clock ticks.
+registry_cpu_ticks() {
+  local stat rest
+  stat="$(</proc/"$REG_PID"/stat)" || return 1
+  rest="${stat##*) }"
+  # Fields after the command name start at field 3 (state); utime and stime are fields 14, 15.
+  awk '{ print $12 + $13 }' <<<"$rest"
+}
+
+# registry_status_kib FIELD: prints a /proc/PID/status field of the server, in KiB (e.g. VmHWM).
+registry_status_kib() {
+  awk -v f="$1:" '$1 == f { print $2 }' "/proc/$REG_PID/status"
+}
