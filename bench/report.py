@@ -169,6 +169,12 @@ def main() -> int:
         f"| SHA-256, one core (`openssl speed -evp sha256 -bytes 16384`) | "
         f"**{fmt(sha_mbps, 0)} MB/s** (median of runs: {sha_runs_txt} MB/s) |"
     )
+    cpush = results.median("client", "curl", "push_mbps")
+    cpull = results.median("client", "curl", "pull_mbps")
+    w(
+        f"| Client ceiling (the same curl commands against `bench/sink.py`, which discards "
+        f"uploads and serves downloads with sendfile) | push {fmt(cpush, 0)} MB/s, pull {fmt(cpull, 0)} MB/s |"
+    )
     w(
         f"| Versions | dataplane at commit {facts.get('commit', '?')}; Distribution "
         f"{facts.get('distribution', '?')}; docker-registry {facts.get('docker_registry', '?')}; "
@@ -231,7 +237,7 @@ def main() -> int:
                 if line not in footnotes:
                     footnotes.append(line)
                 refs.append(str(footnotes.index(line) + 1))
-            text += " " + "".join(f"[^{r}]" for r in sorted(set(refs), key=int))
+            text += " (note " + ", ".join(sorted(set(refs), key=int)) + ")"
         return text
 
     for s in storages:
@@ -254,11 +260,15 @@ def main() -> int:
     w("↓: lower is better (for these rows a ratio below 1.00x favours the data plane).")
     w("")
 
+    for storage, registry, topic, text in notes:
+        line = f"{TITLES.get(registry, registry)} on {storage}: {text}"
+        if line not in footnotes:
+            footnotes.append(line)
     if footnotes:
         w("## Notes")
         w("")
         for i, text in enumerate(footnotes, 1):
-            w(f"[^{i}]: {text}")
+            w(f"{i}. {text}")
         w("")
 
     w("## All samples")
