@@ -31,6 +31,11 @@
 //! Repository name components never start with `_` (OCI grammar), so the `_`-prefixed
 //! directories cannot collide with a nested repository name.
 
+#[doc(hidden)]
+pub mod conformance;
+pub mod fs;
+pub mod memory;
+
 use std::fmt;
 use std::io;
 use std::ops::Range;

@@ -1,0 +1,806 @@
+//! The storage conformance suite: one set of cases that every [`Storage`] backend must pass.
+//!
+//! Each case is a public async function taking the backend under test as `Arc<dyn Storage>`
+//! and panicking on a broken guarantee. [`storage_conformance_tests!`](crate::storage_conformance_tests)
+//! instantiates every case as a `#[tokio::test]` for one backend:
+//!
+//! ```ignore
+//! dataplane::storage_conformance_tests!(conformance, async {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     (FsStorage::open(dir.path()).await.unwrap(), dir) // the guard lives as long as the test
+//! });
+//! ```
+//!
+//! The constructor expression is evaluated inside the generated module, which imports `super::*`.
+//! Each test gets a fresh backend; cases use their own repository names all the same.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{ByteStream, ManifestMeta, Storage, StorageError, UploadId};
+use crate::oci::{Digest, DigestAlgorithm, RepoName, Tag};
+
+/// Instantiates the storage conformance suite as one `#[tokio::test]` per case, in a module
+/// named `$module`, for the backend returned by `$make`: an expression of a future resolving to
+/// `(backend, guard)`, where `guard` is kept alive for the duration of the test (e.g. a
+/// temporary directory).
+#[macro_export]
+macro_rules! storage_conformance_tests {
+    ($module:ident, $make:expr) => {
+        $crate::storage_conformance_tests!(@cases $module, $make, [
+            blob_put_read_size,
+            blob_put_existing_keeps_content,
+            blob_read_ranges,
+            blob_empty,
+            blob_large_streams_whole,
+            blob_sha512,
+            blob_delete,
+            links_are_per_repository,
+            upload_lifecycle,
+            upload_offset_mismatch,
+            upload_body_failure_keeps_session,
+            upload_abandoned_append_keeps_session,
+            upload_foreign_repository_is_not_found,
+            upload_unknown_is_not_found,
+            upload_delete,
+            upload_commit_existing_digest,
+            upload_large_chunked,
+            uploads_listing,
+            concurrent_appends_same_offset,
+            concurrent_commits_same_digest,
+            concurrent_tag_set,
+            concurrent_blob_put,
+            manifest_link_meta_unlink,
+            tags_sorted_and_deleted,
+            tags_per_repository,
+            referrers_add_list_remove,
+            repositories_listing,
+            check_succeeds,
+        ]);
+    };
+    (@cases $module:ident, $make:expr, [$($case:ident),* $(,)?]) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let (storage, _guard) = $make.await;
+                    let storage: ::std::sync::Arc<dyn $crate::storage::Storage> =
+                        ::std::sync::Arc::new(storage);
+                    $crate::storage::conformance::$case(storage).await;
+                }
+            )*
+        }
+    };
+}
+
+pub use crate::storage_conformance_tests;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// The backend under test.
+pub type Backend = Arc<dyn Storage>;
+
+fn repo(name: &str) -> RepoName {
+    name.parse().expect("valid repository name")
+}
+
+fn tag(name: &str) -> Tag {
+    name.parse().expect("valid tag")
+}
+
+/// A stream yielding `chunks`, one at a time, yielding to the scheduler between them.
+pub fn stream_of(chunks: Vec<Vec<u8>>) -> ByteStream {
+    Box::pin(futures_util::stream::iter(chunks).then(|chunk| async move {
+        tokio::task::yield_now().await;
+        Ok(Bytes::from(chunk))
+    }))
+}
+
+/// A stream yielding `chunks`, then failing as a client's body that ends early would.
+pub fn failing_stream(chunks: Vec<Vec<u8>>) -> ByteStream {
+    let failure = futures_util::stream::once(async {
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "body ended early",
+        ))
+    });
+    Box::pin(stream_of(chunks).chain(failure))
+}
+
+/// A stream yielding `chunks`, then never finishing.
+pub fn stalled_stream(chunks: Vec<Vec<u8>>) -> ByteStream {
+    Box::pin(stream_of(chunks).chain(futures_util::stream::pending()))
+}
+
+/// Collects a stream into memory.
+pub async fn collect(mut stream: ByteStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.expect("stream chunk"));
+    }
+    out
+}
+
+/// Deterministic test content of `len` bytes, different for each `seed`.
+pub fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+async fn read_all(s: &Backend, digest: &Digest) -> Vec<u8> {
+    collect(s.blob_read(digest, None).await.expect("blob_read")).await
+}
+
+async fn put(s: &Backend, data: &[u8]) -> Digest {
+    let digest = Digest::sha256_of(data);
+    s.blob_put(&digest, Bytes::copy_from_slice(data))
+        .await
+        .expect("blob_put");
+    digest
+}
+
+fn meta(size: u64) -> ManifestMeta {
+    ManifestMeta {
+        media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+        size,
+    }
+}
+
+fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StorageError>, what: &str) {
+    assert!(
+        matches!(result, Err(StorageError::NotFound)),
+        "{what}: expected NotFound, got {result:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blobs.
+
+/// A stored blob has its size and bytes; an absent one has neither.
+pub async fn blob_put_read_size(s: Backend) {
+    let data = content(1, 1000);
+    let digest = put(&s, &data).await;
+    assert_eq!(s.blob_size(&digest).await.unwrap(), Some(1000));
+    assert_eq!(read_all(&s, &digest).await, data);
+
+    let absent = Digest::sha256_of(b"absent");
+    assert_eq!(s.blob_size(&absent).await.unwrap(), None);
+    assert_not_found(s.blob_read(&absent, None).await.map(|_| ()), "blob_read");
+}
+
+/// Publishing content that exists is fine and leaves it intact.
+pub async fn blob_put_existing_keeps_content(s: Backend) {
+    let data = content(2, 300);
+    let digest = put(&s, &data).await;
+    put(&s, &data).await;
+    assert_eq!(read_all(&s, &digest).await, data);
+}
+
+/// Ranges stream exactly the requested bytes; ranges that do not fit are refused.
+pub async fn blob_read_ranges(s: Backend) {
+    let data = content(3, 100);
+    let digest = put(&s, &data).await;
+    for (start, end) in [(0, 100), (0, 1), (10, 20), (99, 100), (50, 50)] {
+        let got = collect(s.blob_read(&digest, Some(start..end)).await.unwrap()).await;
+        assert_eq!(
+            got,
+            &data[start as usize..end as usize],
+            "range {start}..{end}"
+        );
+    }
+    #[allow(clippy::reversed_empty_ranges)]
+    for range in [100..100, 100..101, 0..101, 200..300, 20..10] {
+        let result = s.blob_read(&digest, Some(range.clone())).await;
+        assert!(
+            matches!(result, Err(StorageError::RangeNotSatisfiable { size: 100 })),
+            "range {range:?} should not be satisfiable"
+        );
+    }
+}
+
+/// An empty blob exists with size 0, reads as nothing, and has no satisfiable range.
+pub async fn blob_empty(s: Backend) {
+    let digest = put(&s, b"").await;
+    assert_eq!(s.blob_size(&digest).await.unwrap(), Some(0));
+    assert!(read_all(&s, &digest).await.is_empty());
+    let result = s.blob_read(&digest, Some(0..0)).await;
+    assert!(matches!(
+        result,
+        Err(StorageError::RangeNotSatisfiable { size: 0 })
+    ));
+}
+
+/// Blobs larger than one read chunk stream whole and in ranges across chunk boundaries.
+pub async fn blob_large_streams_whole(s: Backend) {
+    let data = content(4, 3 * 1024 * 1024 + 12345);
+    let digest = put(&s, &data).await;
+    assert_eq!(read_all(&s, &digest).await, data);
+    let (start, end) = (1024 * 1024 - 7, 2 * 1024 * 1024 + 9);
+    let got = collect(s.blob_read(&digest, Some(start..end)).await.unwrap()).await;
+    assert_eq!(got, &data[start as usize..end as usize]);
+}
+
+/// SHA-512 digests address blobs as well as SHA-256 ones.
+pub async fn blob_sha512(s: Backend) {
+    let data = content(5, 64);
+    let digest = Digest::of(DigestAlgorithm::Sha512, &data);
+    s.blob_put(&digest, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(s.blob_size(&digest).await.unwrap(), Some(64));
+    assert_eq!(read_all(&s, &digest).await, data);
+    let r = repo("sha512/repo");
+    s.link_blob(&r, &digest).await.unwrap();
+    assert!(s.blob_linked(&r, &digest).await.unwrap());
+}
+
+/// Deleting a blob removes its bytes, not its links; deleting an absent blob is fine.
+pub async fn blob_delete(s: Backend) {
+    let digest = put(&s, b"to delete").await;
+    let r = repo("delete/blob");
+    s.link_blob(&r, &digest).await.unwrap();
+    s.blob_delete(&digest).await.unwrap();
+    assert_eq!(s.blob_size(&digest).await.unwrap(), None);
+    assert_not_found(s.blob_read(&digest, None).await.map(|_| ()), "blob_read");
+    assert!(s.blob_linked(&r, &digest).await.unwrap());
+    s.blob_delete(&digest).await.unwrap();
+}
+
+/// A blob linked into one repository is invisible from another.
+pub async fn links_are_per_repository(s: Backend) {
+    let digest = put(&s, b"linked").await;
+    let (a, b) = (repo("a/x"), repo("b/y"));
+    assert!(!s.blob_linked(&a, &digest).await.unwrap());
+    s.link_blob(&a, &digest).await.unwrap();
+    s.link_blob(&a, &digest).await.unwrap();
+    assert!(s.blob_linked(&a, &digest).await.unwrap());
+    assert!(!s.blob_linked(&b, &digest).await.unwrap());
+    assert!(!s.blob_linked(&repo("a"), &digest).await.unwrap());
+    assert!(!s.blob_linked(&repo("a/x/y"), &digest).await.unwrap());
+    assert!(s.unlink_blob(&a, &digest).await.unwrap());
+    assert!(!s.unlink_blob(&a, &digest).await.unwrap());
+    assert!(!s.unlink_blob(&b, &digest).await.unwrap());
+    assert!(!s.blob_linked(&a, &digest).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upload sessions.
+
+/// Create, append in chunks, read back, commit: the blob appears and the session is gone.
+pub async fn upload_lifecycle(s: Backend) {
+    let r = repo("upload/lifecycle");
+    let info = s.upload_create(&r).await.unwrap();
+    assert_eq!(info.size, 0);
+    assert_eq!(info.repository, "upload/lifecycle");
+    let fetched = s.upload_info(&r, &info.id).await.unwrap();
+    assert_eq!(fetched.id, info.id);
+    assert_eq!(fetched.size, 0);
+    assert_eq!(fetched.started_at, info.started_at);
+
+    let data = content(6, 5000);
+    let size = s
+        .upload_append(&r, &info.id, 0, stream_of(vec![data[..1000].to_vec()]))
+        .await
+        .unwrap();
+    assert_eq!(size, 1000);
+    let size = s
+        .upload_append(
+            &r,
+            &info.id,
+            1000,
+            stream_of(vec![data[1000..3000].to_vec(), data[3000..].to_vec()]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(size, 5000);
+    // An empty body changes nothing.
+    let size = s
+        .upload_append(&r, &info.id, 5000, stream_of(vec![]))
+        .await
+        .unwrap();
+    assert_eq!(size, 5000);
+    assert_eq!(s.upload_info(&r, &info.id).await.unwrap().size, 5000);
+    assert_eq!(
+        collect(s.upload_read(&r, &info.id).await.unwrap()).await,
+        data
+    );
+
+    let digest = Digest::sha256_of(&data);
+    assert_eq!(s.upload_commit(&r, &info.id, &digest).await.unwrap(), 5000);
+    assert_eq!(read_all(&s, &digest).await, data);
+    assert_not_found(
+        s.upload_info(&r, &info.id).await,
+        "upload_info after commit",
+    );
+    assert_not_found(
+        s.upload_commit(&r, &info.id, &digest).await,
+        "second commit",
+    );
+    // Committing does not link.
+    assert!(!s.blob_linked(&r, &digest).await.unwrap());
+    assert!(s.uploads().await.unwrap().is_empty());
+}
+
+/// An append must start at the session's size.
+pub async fn upload_offset_mismatch(s: Backend) {
+    let r = repo("upload/offset");
+    let id = s.upload_create(&r).await.unwrap().id;
+    let result = s.upload_append(&r, &id, 5, stream_of(vec![vec![1]])).await;
+    assert!(matches!(
+        result,
+        Err(StorageError::OffsetMismatch {
+            requested: 5,
+            current: 0
+        })
+    ));
+    s.upload_append(&r, &id, 0, stream_of(vec![vec![1, 2, 3]]))
+        .await
+        .unwrap();
+    for offset in [0, 2, 4] {
+        let result = s
+            .upload_append(&r, &id, offset, stream_of(vec![vec![9]]))
+            .await;
+        assert!(
+            matches!(result, Err(StorageError::OffsetMismatch { current: 3, .. })),
+            "offset {offset}: {result:?}"
+        );
+    }
+    assert_eq!(
+        collect(s.upload_read(&r, &id).await.unwrap()).await,
+        [1, 2, 3]
+    );
+}
+
+/// A body that fails is a `Body` error and leaves the session exactly as it was.
+pub async fn upload_body_failure_keeps_session(s: Backend) {
+    let r = repo("upload/failure");
+    let id = s.upload_create(&r).await.unwrap().id;
+    let first = content(7, 2000);
+    s.upload_append(&r, &id, 0, stream_of(vec![first.clone()]))
+        .await
+        .unwrap();
+    // Enough bytes before the failure that some reach storage.
+    let big = content(8, 3 * 1024 * 1024);
+    let result = s
+        .upload_append(
+            &r,
+            &id,
+            2000,
+            failing_stream(vec![
+                big[..1024 * 1024].to_vec(),
+                big[1024 * 1024..].to_vec(),
+            ]),
+        )
+        .await;
+    match result {
+        Err(StorageError::Body(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+        other => panic!("expected a Body error, got {other:?}"),
+    }
+    assert_eq!(s.upload_info(&r, &id).await.unwrap().size, 2000);
+    assert_eq!(collect(s.upload_read(&r, &id).await.unwrap()).await, first);
+    // The session continues normally.
+    let size = s
+        .upload_append(&r, &id, 2000, stream_of(vec![vec![42; 10]]))
+        .await
+        .unwrap();
+    assert_eq!(size, 2010);
+    let digest = Digest::sha256_of(b"never published");
+    assert_eq!(s.blob_size(&digest).await.unwrap(), None);
+}
+
+/// An append abandoned midway (its future dropped, as when a client disconnects) leaves the
+/// session as it was.
+pub async fn upload_abandoned_append_keeps_session(s: Backend) {
+    let r = repo("upload/abandoned");
+    let id = s.upload_create(&r).await.unwrap().id;
+    s.upload_append(&r, &id, 0, stream_of(vec![vec![1; 100]]))
+        .await
+        .unwrap();
+    let append = s.upload_append(
+        &r,
+        &id,
+        100,
+        stalled_stream(vec![vec![2; 2 * 1024 * 1024], vec![3; 1024]]),
+    );
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(300), append).await;
+    assert!(outcome.is_err(), "a stalled append must not complete");
+    assert_eq!(s.upload_info(&r, &id).await.unwrap().size, 100);
+    assert_eq!(
+        collect(s.upload_read(&r, &id).await.unwrap()).await,
+        vec![1; 100]
+    );
+    let size = s
+        .upload_append(&r, &id, 100, stream_of(vec![vec![4; 5]]))
+        .await
+        .unwrap();
+    assert_eq!(size, 105);
+}
+
+/// A session is invisible from any other repository.
+pub async fn upload_foreign_repository_is_not_found(s: Backend) {
+    let (mine, other) = (repo("upload/mine"), repo("upload/other"));
+    let id = s.upload_create(&mine).await.unwrap().id;
+    s.upload_append(&mine, &id, 0, stream_of(vec![vec![1, 2]]))
+        .await
+        .unwrap();
+    let digest = Digest::sha256_of(&[1, 2]);
+    assert_not_found(s.upload_info(&other, &id).await, "upload_info");
+    assert_not_found(
+        s.upload_append(&other, &id, 2, stream_of(vec![vec![3]]))
+            .await,
+        "upload_append",
+    );
+    assert_not_found(s.upload_read(&other, &id).await.map(|_| ()), "upload_read");
+    assert_not_found(s.upload_commit(&other, &id, &digest).await, "upload_commit");
+    assert_not_found(s.upload_delete(&other, &id).await, "upload_delete");
+    // Untouched for its owner.
+    assert_eq!(s.upload_info(&mine, &id).await.unwrap().size, 2);
+    assert_eq!(s.blob_size(&digest).await.unwrap(), None);
+}
+
+/// Operations on a session that never existed are `NotFound`.
+pub async fn upload_unknown_is_not_found(s: Backend) {
+    let r = repo("upload/unknown");
+    let id = UploadId::generate();
+    let digest = Digest::sha256_of(b"");
+    assert_not_found(s.upload_info(&r, &id).await, "upload_info");
+    assert_not_found(
+        s.upload_append(&r, &id, 0, stream_of(vec![vec![1]])).await,
+        "upload_append",
+    );
+    assert_not_found(s.upload_read(&r, &id).await.map(|_| ()), "upload_read");
+    assert_not_found(s.upload_commit(&r, &id, &digest).await, "upload_commit");
+    assert_not_found(s.upload_delete(&r, &id).await, "upload_delete");
+}
+
+/// Cancelling removes the session and its bytes, once.
+pub async fn upload_delete(s: Backend) {
+    let r = repo("upload/delete");
+    let id = s.upload_create(&r).await.unwrap().id;
+    s.upload_append(&r, &id, 0, stream_of(vec![vec![5; 10]]))
+        .await
+        .unwrap();
+    s.upload_delete(&r, &id).await.unwrap();
+    assert_not_found(s.upload_info(&r, &id).await, "upload_info after delete");
+    assert_not_found(s.upload_read(&r, &id).await.map(|_| ()), "upload_read");
+    assert_not_found(s.upload_delete(&r, &id).await, "second delete");
+    assert!(s.uploads().await.unwrap().is_empty());
+}
+
+/// Committing content whose blob exists keeps the blob and removes the session.
+pub async fn upload_commit_existing_digest(s: Backend) {
+    let r = repo("upload/existing");
+    let data = content(9, 777);
+    let digest = put(&s, &data).await;
+    let id = s.upload_create(&r).await.unwrap().id;
+    s.upload_append(&r, &id, 0, stream_of(vec![data.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(s.upload_commit(&r, &id, &digest).await.unwrap(), 777);
+    assert_eq!(read_all(&s, &digest).await, data);
+    assert_not_found(s.upload_info(&r, &id).await, "upload_info after commit");
+}
+
+/// Many chunks of odd sizes add up to a large blob, byte for byte.
+pub async fn upload_large_chunked(s: Backend) {
+    let r = repo("upload/large");
+    let data = content(10, 5 * 1024 * 1024 + 3);
+    let id = s.upload_create(&r).await.unwrap().id;
+    let mut offset = 0;
+    for part in data.chunks(2 * 1024 * 1024 + 1) {
+        // Each append delivers its part in small pieces, as a network body does.
+        let pieces = part.chunks(64 * 1024 - 1).map(<[u8]>::to_vec).collect();
+        offset = s
+            .upload_append(&r, &id, offset, stream_of(pieces))
+            .await
+            .unwrap();
+    }
+    assert_eq!(offset, data.len() as u64);
+    assert_eq!(collect(s.upload_read(&r, &id).await.unwrap()).await, data);
+    let digest = Digest::sha256_of(&data);
+    assert_eq!(
+        s.upload_commit(&r, &id, &digest).await.unwrap(),
+        data.len() as u64
+    );
+    assert_eq!(read_all(&s, &digest).await, data);
+}
+
+/// `uploads` lists the sessions of every repository with their sizes.
+pub async fn uploads_listing(s: Backend) {
+    assert!(s.uploads().await.unwrap().is_empty());
+    let (a, b) = (repo("list/a"), repo("list/b/c"));
+    let ia = s.upload_create(&a).await.unwrap().id;
+    let ib = s.upload_create(&b).await.unwrap().id;
+    s.upload_append(&b, &ib, 0, stream_of(vec![vec![0; 42]]))
+        .await
+        .unwrap();
+    let listed = s.uploads().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let find = |id: &UploadId| listed.iter().find(|u| &u.id == id).expect("listed");
+    assert_eq!(find(&ia).repository, "list/a");
+    assert_eq!(find(&ia).size, 0);
+    assert_eq!(find(&ib).repository, "list/b/c");
+    assert_eq!(find(&ib).size, 42);
+    s.upload_delete(&a, &ia).await.unwrap();
+    let listed = s.uploads().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, ib);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency.
+
+/// Of many appends racing at the same offset, exactly one wins; the others see the mismatch.
+pub async fn concurrent_appends_same_offset(s: Backend) {
+    let r = repo("race/append");
+    let id = s.upload_create(&r).await.unwrap().id;
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let (s, r, id) = (Arc::clone(&s), r.clone(), id.clone());
+            // Several chunks each, so the appends interleave if nothing serializes them.
+            let chunks = (0..4).map(|_| vec![i; 64 * 1024]).collect();
+            tokio::spawn(async move { (i, s.upload_append(&r, &id, 0, stream_of(chunks)).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (i, Ok(size)) => {
+                assert_eq!(size, 256 * 1024);
+                winners.push(i);
+            }
+            (
+                _,
+                Err(StorageError::OffsetMismatch {
+                    requested: 0,
+                    current,
+                }),
+            ) => {
+                assert_eq!(current, 256 * 1024);
+            }
+            (_, Err(e)) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one append wins");
+    let stored = collect(s.upload_read(&r, &id).await.unwrap()).await;
+    assert_eq!(stored, vec![winners[0]; 256 * 1024]);
+}
+
+/// Many sessions committing the same content at once all succeed, leaving one intact blob.
+pub async fn concurrent_commits_same_digest(s: Backend) {
+    let r = repo("race/commit");
+    let data = content(11, 100_000);
+    let digest = Digest::sha256_of(&data);
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let id = s.upload_create(&r).await.unwrap().id;
+        s.upload_append(&r, &id, 0, stream_of(vec![data.clone()]))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (s, r, id, digest) = (Arc::clone(&s), r.clone(), id.clone(), digest.clone());
+            tokio::spawn(async move { s.upload_commit(&r, &id, &digest).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), 100_000);
+    }
+    assert_eq!(read_all(&s, &digest).await, data);
+    for id in &ids {
+        assert_not_found(s.upload_info(&r, id).await, "upload_info after commit");
+    }
+    assert!(s.uploads().await.unwrap().is_empty());
+}
+
+/// Many writers of one tag leave it pointing at one of the written digests.
+pub async fn concurrent_tag_set(s: Backend) {
+    let r = repo("race/tag");
+    let t = tag("latest");
+    let digests: Vec<Digest> = (0..16u8).map(|i| Digest::sha256_of(&[i])).collect();
+    let tasks: Vec<_> = digests
+        .iter()
+        .map(|d| {
+            let (s, r, t, d) = (Arc::clone(&s), r.clone(), t.clone(), d.clone());
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    s.tag_set(&r, &t, &d).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let value = s.tag_get(&r, &t).await.unwrap().expect("tag is set");
+    assert!(digests.contains(&value));
+    assert_eq!(s.tags(&r).await.unwrap(), vec![t]);
+}
+
+/// Concurrent publishes of the same small blob leave it intact.
+pub async fn concurrent_blob_put(s: Backend) {
+    let data = content(12, 4096);
+    let digest = Digest::sha256_of(&data);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (s, d, data) = (Arc::clone(&s), digest.clone(), Bytes::from(data.clone()));
+            tokio::spawn(async move { s.blob_put(&d, data).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(read_all(&s, &digest).await, data);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifests, tags, referrers, repositories.
+
+/// A manifest revision is recorded per repository, with its metadata, until unlinked.
+pub async fn manifest_link_meta_unlink(s: Backend) {
+    let (r, other) = (repo("manifests/repo"), repo("manifests/other"));
+    let digest = put(&s, b"{\"schemaVersion\":2}").await;
+    assert_eq!(s.manifest_meta(&r, &digest).await.unwrap(), None);
+    s.manifest_link(&r, &digest, &meta(19)).await.unwrap();
+    s.manifest_link(&r, &digest, &meta(19)).await.unwrap();
+    assert_eq!(s.manifest_meta(&r, &digest).await.unwrap(), Some(meta(19)));
+    assert_eq!(s.manifest_meta(&other, &digest).await.unwrap(), None);
+    let index = ManifestMeta {
+        media_type: "application/vnd.oci.image.index.v1+json".to_owned(),
+        size: 19,
+    };
+    s.manifest_link(&r, &digest, &index).await.unwrap();
+    assert_eq!(s.manifest_meta(&r, &digest).await.unwrap(), Some(index));
+    assert!(s.manifest_unlink(&r, &digest).await.unwrap());
+    assert!(!s.manifest_unlink(&r, &digest).await.unwrap());
+    assert_eq!(s.manifest_meta(&r, &digest).await.unwrap(), None);
+    // The bytes are a blob and stay.
+    assert_eq!(s.blob_size(&digest).await.unwrap(), Some(19));
+}
+
+/// Tags are listed sorted lexically, are replaced by `tag_set` and removed by `tag_delete`.
+pub async fn tags_sorted_and_deleted(s: Backend) {
+    let r = repo("tags/repo");
+    assert!(s.tags(&r).await.unwrap().is_empty());
+    let (d1, d2) = (Digest::sha256_of(b"1"), Digest::sha256_of(b"2"));
+    for name in ["v2", "latest", "V1", "_x", "a.b-c", "v10", "v1"] {
+        s.tag_set(&r, &tag(name), &d1).await.unwrap();
+    }
+    let listed: Vec<String> = s
+        .tags(&r)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    assert_eq!(listed, ["V1", "_x", "a.b-c", "latest", "v1", "v10", "v2"]);
+    assert_eq!(s.tag_get(&r, &tag("v1")).await.unwrap(), Some(d1.clone()));
+    s.tag_set(&r, &tag("v1"), &d2).await.unwrap();
+    assert_eq!(s.tag_get(&r, &tag("v1")).await.unwrap(), Some(d2));
+    assert_eq!(s.tag_get(&r, &tag("V1")).await.unwrap(), Some(d1));
+    assert!(s.tag_delete(&r, &tag("v1")).await.unwrap());
+    assert!(!s.tag_delete(&r, &tag("v1")).await.unwrap());
+    assert!(!s.tag_delete(&r, &tag("never")).await.unwrap());
+    assert_eq!(s.tag_get(&r, &tag("v1")).await.unwrap(), None);
+    assert_eq!(s.tags(&r).await.unwrap().len(), 6);
+}
+
+/// Tags of one repository are not seen from another, even a nested one.
+pub async fn tags_per_repository(s: Backend) {
+    let (a, nested) = (repo("tagsrepo"), repo("tagsrepo/nested"));
+    let d = Digest::sha256_of(b"t");
+    s.tag_set(&a, &tag("one"), &d).await.unwrap();
+    s.tag_set(&nested, &tag("two"), &d).await.unwrap();
+    assert_eq!(s.tags(&a).await.unwrap(), vec![tag("one")]);
+    assert_eq!(s.tags(&nested).await.unwrap(), vec![tag("two")]);
+    assert_eq!(s.tag_get(&a, &tag("two")).await.unwrap(), None);
+    assert!(s.tags(&repo("tagsrepo/none")).await.unwrap().is_empty());
+}
+
+/// Referrers are recorded per subject and repository, listed by referrer digest.
+pub async fn referrers_add_list_remove(s: Backend) {
+    let (r, other) = (repo("referrers/repo"), repo("referrers/other"));
+    let subject = Digest::sha256_of(b"subject");
+    assert!(s.referrers(&r, &subject).await.unwrap().is_empty());
+    let mut referrers: Vec<Digest> = (0..5u8).map(|i| Digest::sha256_of(&[i, 1])).collect();
+    referrers.push(Digest::of(DigestAlgorithm::Sha512, b"sha512 referrer"));
+    let descriptor = |d: &Digest| Bytes::from(format!("{{\"digest\":\"{d}\"}}"));
+    for d in referrers.iter().rev() {
+        s.referrer_add(&r, &subject, d, descriptor(d))
+            .await
+            .unwrap();
+    }
+    // Adding again replaces, not duplicates.
+    s.referrer_add(&r, &subject, &referrers[0], descriptor(&referrers[0]))
+        .await
+        .unwrap();
+    let mut sorted = referrers.clone();
+    sorted.sort();
+    let expected: Vec<Bytes> = sorted.iter().map(descriptor).collect();
+    assert_eq!(s.referrers(&r, &subject).await.unwrap(), expected);
+    assert!(s.referrers(&other, &subject).await.unwrap().is_empty());
+    assert!(
+        s.referrers(&r, &Digest::sha256_of(b"other subject"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    s.referrer_remove(&r, &subject, &sorted[2]).await.unwrap();
+    s.referrer_remove(&r, &subject, &sorted[2]).await.unwrap();
+    s.referrer_remove(&other, &subject, &sorted[0])
+        .await
+        .unwrap();
+    let remaining: Vec<Bytes> = sorted
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, d)| descriptor(d))
+        .collect();
+    assert_eq!(s.referrers(&r, &subject).await.unwrap(), remaining);
+}
+
+/// Repositories with at least one manifest are listed, nested names included, sorted.
+pub async fn repositories_listing(s: Backend) {
+    assert!(s.repositories().await.unwrap().is_empty());
+    let digest = put(&s, b"{}").await;
+    let names = ["b", "a/b/c", "a", "a-b", "a/b", "z/y/x/w"];
+    for name in names {
+        s.manifest_link(&repo(name), &digest, &meta(2))
+            .await
+            .unwrap();
+    }
+    // Blob links, tags, referrers and uploads alone do not make a repository.
+    s.link_blob(&repo("only/blobs"), &digest).await.unwrap();
+    s.tag_set(&repo("only/tags"), &tag("t"), &digest)
+        .await
+        .unwrap();
+    s.referrer_add(
+        &repo("only/referrers"),
+        &digest,
+        &digest,
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .unwrap();
+    s.upload_create(&repo("only/uploads")).await.unwrap();
+
+    let listed: Vec<String> = s
+        .repositories()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
+    assert_eq!(listed, ["a", "a-b", "a/b", "a/b/c", "b", "z/y/x/w"]);
+
+    // A repository whose last manifest is unlinked is no longer listed.
+    assert!(s.manifest_unlink(&repo("a/b"), &digest).await.unwrap());
+    let listed: HashSet<String> = s
+        .repositories()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
+    assert!(!listed.contains("a/b"));
+    assert!(listed.contains("a/b/c"));
+    assert_eq!(listed.len(), 5);
+}
+
+/// A working backend reports ready.
+pub async fn check_succeeds(s: Backend) {
+    s.check().await.unwrap();
+    s.check().await.unwrap();
+}

@@ -1,0 +1,390 @@
+//! In-memory backend with the same semantics as the durable ones, for fast tests.
+//!
+//! Nothing survives the process. Blobs and sessions are held whole in memory, so this backend
+//! is meant for tests and small experiments, never for serving real images.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{ByteStream, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo};
+use crate::oci::{Digest, RepoName, Tag};
+
+/// Largest chunk a blob is streamed out in.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// A [`Storage`] backend held in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    blobs: HashMap<Digest, Bytes>,
+    repos: HashMap<RepoName, Repo>,
+    uploads: HashMap<UploadId, Arc<Upload>>,
+}
+
+#[derive(Debug, Default)]
+struct Repo {
+    layers: HashSet<Digest>,
+    manifests: HashMap<Digest, ManifestMeta>,
+    tags: BTreeMap<Tag, Digest>,
+    referrers: HashMap<Digest, BTreeMap<Digest, Bytes>>,
+}
+
+#[derive(Debug)]
+struct Upload {
+    info: UploadInfo,
+    /// The bytes received; the async lock serializes operations on the session.
+    data: tokio::sync::Mutex<Vec<u8>>,
+    /// Size after the last completed append, readable without waiting for the lock.
+    size: AtomicU64,
+}
+
+impl MemoryStorage {
+    /// An empty storage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The session, if it exists and belongs to `repo`.
+    fn upload(&self, repo: &RepoName, id: &UploadId) -> Result<Arc<Upload>> {
+        match self.state().uploads.get(id) {
+            Some(upload) if upload.info.repository == repo.as_str() => Ok(Arc::clone(upload)),
+            _ => Err(StorageError::NotFound),
+        }
+    }
+
+    /// Whether `upload` is still the live session `id` (not committed or deleted meanwhile).
+    fn still_live(&self, id: &UploadId, upload: &Arc<Upload>) -> Result<()> {
+        match self.state().uploads.get(id) {
+            Some(live) if Arc::ptr_eq(live, upload) => Ok(()),
+            _ => Err(StorageError::NotFound),
+        }
+    }
+}
+
+/// Splits `data` into a stream of chunks of at most [`READ_CHUNK`] bytes.
+fn chunked(data: Bytes) -> ByteStream {
+    let chunks: Vec<_> = (0..data.len())
+        .step_by(READ_CHUNK)
+        .map(|start| Ok(data.slice(start..data.len().min(start + READ_CHUNK))))
+        .collect();
+    Box::pin(futures_util::stream::iter(chunks))
+}
+
+#[async_trait::async_trait]
+impl Storage for MemoryStorage {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.state().blobs.get(digest).map(|b| b.len() as u64))
+    }
+
+    async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream> {
+        let data = self
+            .state()
+            .blobs
+            .get(digest)
+            .cloned()
+            .ok_or(StorageError::NotFound)?;
+        let size = data.len() as u64;
+        let data = match range {
+            None => data,
+            // Same rule as every backend: `start < size`, `start <= end <= size`.
+            Some(r) if r.start < size && r.start <= r.end && r.end <= size => {
+                data.slice(r.start as usize..r.end as usize)
+            }
+            Some(_) => return Err(StorageError::RangeNotSatisfiable { size }),
+        };
+        Ok(chunked(data))
+    }
+
+    async fn blob_put(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        self.state().blobs.entry(digest.clone()).or_insert(data);
+        Ok(())
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<()> {
+        self.state().blobs.remove(digest);
+        Ok(())
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.state()
+            .repos
+            .entry(repo.clone())
+            .or_default()
+            .layers
+            .insert(digest.clone());
+        Ok(())
+    }
+
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .state()
+            .repos
+            .get(repo)
+            .is_some_and(|r| r.layers.contains(digest)))
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .state()
+            .repos
+            .get_mut(repo)
+            .is_some_and(|r| r.layers.remove(digest)))
+    }
+
+    async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo> {
+        let info = UploadInfo {
+            id: UploadId::generate(),
+            repository: repo.to_string(),
+            size: 0,
+            started_at: SystemTime::now(),
+        };
+        let upload = Arc::new(Upload {
+            info: info.clone(),
+            data: tokio::sync::Mutex::new(Vec::new()),
+            size: AtomicU64::new(0),
+        });
+        self.state().uploads.insert(info.id.clone(), upload);
+        Ok(info)
+    }
+
+    async fn upload_info(&self, repo: &RepoName, id: &UploadId) -> Result<UploadInfo> {
+        let upload = self.upload(repo, id)?;
+        let data = upload.data.lock().await;
+        self.still_live(id, &upload)?;
+        Ok(UploadInfo {
+            size: data.len() as u64,
+            ..upload.info.clone()
+        })
+    }
+
+    async fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        mut body: ByteStream,
+    ) -> Result<u64> {
+        let upload = self.upload(repo, id)?;
+        let mut data = upload.data.lock().await;
+        self.still_live(id, &upload)?;
+        let current = data.len() as u64;
+        if offset != current {
+            return Err(StorageError::OffsetMismatch {
+                requested: offset,
+                current,
+            });
+        }
+        // Receive the whole body before touching the session: all or nothing.
+        let mut chunks = Vec::new();
+        while let Some(chunk) = body.next().await {
+            chunks.push(chunk.map_err(StorageError::Body)?);
+        }
+        for chunk in chunks {
+            data.extend_from_slice(&chunk);
+        }
+        let size = data.len() as u64;
+        upload.size.store(size, Ordering::Relaxed);
+        Ok(size)
+    }
+
+    async fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<ByteStream> {
+        let upload = self.upload(repo, id)?;
+        let data = upload.data.lock().await;
+        self.still_live(id, &upload)?;
+        Ok(chunked(Bytes::copy_from_slice(&data)))
+    }
+
+    async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
+        let upload = self.upload(repo, id)?;
+        let mut data = upload.data.lock().await;
+        let mut state = self.state();
+        match state.uploads.get(id) {
+            Some(live) if Arc::ptr_eq(live, &upload) => {}
+            _ => return Err(StorageError::NotFound),
+        }
+        state.uploads.remove(id);
+        let size = data.len() as u64;
+        let bytes = Bytes::from(std::mem::take(&mut *data));
+        state.blobs.entry(digest.clone()).or_insert(bytes);
+        Ok(size)
+    }
+
+    async fn upload_delete(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        let upload = self.upload(repo, id)?;
+        let _data = upload.data.lock().await;
+        let mut state = self.state();
+        match state.uploads.get(id) {
+            Some(live) if Arc::ptr_eq(live, &upload) => {
+                state.uploads.remove(id);
+                Ok(())
+            }
+            _ => Err(StorageError::NotFound),
+        }
+    }
+
+    async fn uploads(&self) -> Result<Vec<UploadInfo>> {
+        let state = self.state();
+        let mut out = Vec::with_capacity(state.uploads.len());
+        for upload in state.uploads.values() {
+            // A session busy with an append reports the size it had before.
+            out.push(UploadInfo {
+                size: upload.size.load(Ordering::Relaxed),
+                ..upload.info.clone()
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn manifest_link(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        meta: &ManifestMeta,
+    ) -> Result<()> {
+        self.state()
+            .repos
+            .entry(repo.clone())
+            .or_default()
+            .manifests
+            .insert(digest.clone(), meta.clone());
+        Ok(())
+    }
+
+    async fn manifest_meta(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestMeta>> {
+        Ok(self
+            .state()
+            .repos
+            .get(repo)
+            .and_then(|r| r.manifests.get(digest).cloned()))
+    }
+
+    async fn manifest_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .state()
+            .repos
+            .get_mut(repo)
+            .is_some_and(|r| r.manifests.remove(digest).is_some()))
+    }
+
+    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        Ok(self
+            .state()
+            .repos
+            .get(repo)
+            .and_then(|r| r.tags.get(tag).cloned()))
+    }
+
+    async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+        self.state()
+            .repos
+            .entry(repo.clone())
+            .or_default()
+            .tags
+            .insert(tag.clone(), digest.clone());
+        Ok(())
+    }
+
+    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        Ok(self
+            .state()
+            .repos
+            .get_mut(repo)
+            .is_some_and(|r| r.tags.remove(tag).is_some()))
+    }
+
+    async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
+        Ok(self
+            .state()
+            .repos
+            .get(repo)
+            .map(|r| r.tags.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn referrer_add(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: Bytes,
+    ) -> Result<()> {
+        self.state()
+            .repos
+            .entry(repo.clone())
+            .or_default()
+            .referrers
+            .entry(subject.clone())
+            .or_default()
+            .insert(referrer.clone(), descriptor);
+        Ok(())
+    }
+
+    async fn referrer_remove(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let mut state = self.state();
+        if let Some(refs) = state
+            .repos
+            .get_mut(repo)
+            .and_then(|r| r.referrers.get_mut(subject))
+        {
+            refs.remove(referrer);
+        }
+        Ok(())
+    }
+
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Bytes>> {
+        Ok(self
+            .state()
+            .repos
+            .get(repo)
+            .and_then(|r| r.referrers.get(subject))
+            .map(|refs| refs.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn repositories(&self) -> Result<Vec<RepoName>> {
+        let mut out: Vec<RepoName> = self
+            .state()
+            .repos
+            .iter()
+            .filter(|(_, r)| !r.manifests.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryStorage;
+
+    crate::storage_conformance_tests!(conformance, async { (MemoryStorage::new(), ()) });
+}
