@@ -1,0 +1,492 @@
+//! Kubernetes clusters for end-to-end tests.
+//!
+//! [`Cluster::start`] runs `tests/harness/cluster up` with a unique name: a real etcd,
+//! kube-apiserver, kube-controller-manager and kube-scheduler on free loopback ports, with
+//! a generated PKI and an admin kubeconfig. Dropping the [`Cluster`] runs
+//! `tests/harness/cluster down`, which stops every process and deletes the state. If the
+//! test process dies without dropping it, a watchdog started by `up` tears it down.
+//!
+//! The apiserver is its own service-account OIDC issuer ([`Cluster::server`]); its
+//! discovery document and JWKS are readable without credentials, e.g. with
+//! [`Cluster::anonymous_http`].
+//!
+//! [`Cluster::add_node`] joins a kubelet with its own containerd (root only), so pods
+//! really run.
+//!
+//! [`TestNamespace`] gives each test a fresh namespace that is deleted afterwards.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use crate::tools::{cache_dir, repo_root};
+
+/// Binaries `tests/harness/cluster up` needs from the harness cache.
+const CONTROL_PLANE_BINARIES: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+];
+
+/// Errors from starting or using a harness cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A binary the cluster needs is not in the harness cache.
+    #[error("{binary} not found at {path}: run `tests/harness/install` first")]
+    MissingBinary {
+        /// The binary's name.
+        binary: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A harness script or kubectl could not be run at all.
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A harness script or kubectl ran and failed.
+    #[error("`{command}` failed ({status}):\n{stderr}")]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// `cluster up` did not print the expected environment.
+    #[error("`cluster up` printed no {0}")]
+    MissingEnv(&'static str),
+    /// Building a Kubernetes client failed.
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    /// The kubeconfig could not be loaded.
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    /// An HTTP client could not be built or the CA could not be read.
+    #[error("http client: {0}")]
+    Http(String),
+    /// A condition did not hold in time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = ClusterError> = std::result::Result<T, E>;
+
+/// A running harness cluster, torn down (`cluster down`) on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    name: String,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+    ca: PathBuf,
+}
+
+/// The harness `cluster` script.
+pub fn cluster_script() -> PathBuf {
+    repo_root().join("tests/harness/cluster")
+}
+
+/// The harness `node` script.
+pub fn node_script() -> PathBuf {
+    repo_root().join("tests/harness/node")
+}
+
+/// The kubectl binary in the harness cache.
+pub fn kubectl_bin() -> Result<PathBuf> {
+    cached_bin("kubectl")
+}
+
+fn cached_bin(name: &str) -> Result<PathBuf> {
+    let path = cache_dir().join("bin").join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ClusterError::MissingBinary {
+            binary: name.to_owned(),
+            path,
+        })
+    }
+}
+
+/// A cluster name unique to this process and call: `<prefix>-<pid>-<n>-<time>`.
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let prefix: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xfffff)
+}
+
+fn run(mut command: Command) -> Result<Output> {
+    let line = format!("{command:?}");
+    command.output().map_err(|source| ClusterError::Spawn {
+        command: line,
+        source,
+    })
+}
+
+fn check(command: String, output: Output) -> Result<Output> {
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(ClusterError::CommandFailed {
+            command,
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+impl Cluster {
+    /// Starts a new cluster named `<prefix>-<unique suffix>` and waits until it is ready
+    /// (`/readyz` ok, ServiceAccount `default/default` present). Blocks for several
+    /// seconds.
+    ///
+    /// Fails with [`ClusterError::MissingBinary`] (naming `tests/harness/install`) when a
+    /// binary is not built.
+    pub fn start(prefix: &str) -> Result<Cluster> {
+        for binary in CONTROL_PLANE_BINARIES {
+            cached_bin(binary)?;
+        }
+        let name = unique_name(prefix);
+        let mut command = Command::new("bash");
+        command
+            .arg(cluster_script())
+            .args(["up", &name])
+            .env(
+                "REGISTRY_HARNESS_CLUSTER_OWNER",
+                std::process::id().to_string(),
+            )
+            .env("REGISTRY_HARNESS_CACHE", cache_dir())
+            .stdin(Stdio::null());
+        let line = format!("tests/harness/cluster up {name}");
+        let output = check(line, run(command)?)?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let var = |key: &'static str| -> Result<String> {
+            stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix("export "))
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_owned())
+                .ok_or(ClusterError::MissingEnv(key))
+        };
+        Ok(Cluster {
+            kubeconfig: var("KUBECONFIG")?.into(),
+            dir: var("REGISTRY_HARNESS_CLUSTER_DIR")?.into(),
+            server: var("REGISTRY_HARNESS_CLUSTER_SERVER")?,
+            ca: var("REGISTRY_HARNESS_CLUSTER_CA")?.into(),
+            name,
+        })
+    }
+
+    /// The cluster's unique name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cluster's state directory (PKI, kubeconfigs, logs).
+    pub fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The admin kubeconfig (client certificate in `system:masters`).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The apiserver URL, `https://127.0.0.1:<port>`; also the service-account issuer.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The cluster CA certificate (PEM file) that signed the apiserver's certificate.
+    pub fn ca_path(&self) -> &Path {
+        &self.ca
+    }
+
+    /// A Kubernetes client authenticated as the cluster admin.
+    pub async fn client(&self) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// An HTTPS client without credentials that trusts the cluster CA, for the endpoints
+    /// the apiserver serves anonymously (OIDC discovery, JWKS, `/readyz`).
+    pub fn anonymous_http(&self) -> Result<reqwest::Client> {
+        let pem = std::fs::read(&self.ca).map_err(|e| ClusterError::Http(e.to_string()))?;
+        let ca =
+            reqwest::Certificate::from_pem(&pem).map_err(|e| ClusterError::Http(e.to_string()))?;
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClusterError::Http(e.to_string()))
+    }
+
+    /// A `kubectl` command bound to this cluster's admin kubeconfig, ready to run.
+    pub fn kubectl_command<I, S>(&self, args: I) -> Result<Command>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(kubectl_bin()?);
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
+    /// Runs `kubectl ARGS` against this cluster and returns its output, whatever its exit
+    /// status.
+    pub fn kubectl<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run(self.kubectl_command(args)?)
+    }
+
+    /// Runs `kubectl ARGS` and returns its stdout; a non-zero exit is an error carrying
+    /// stderr.
+    pub fn kubectl_ok<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let command = self.kubectl_command(args)?;
+        let line = format!("{command:?}");
+        let output = check(line, run(command)?)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f -` with `manifest` (YAML or JSON) on stdin; returns stdout.
+    pub fn apply(&self, manifest: &str) -> Result<String> {
+        let mut command = self.kubectl_command(["apply", "-f", "-"])?;
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let line = format!("{command:?}");
+        let spawn_err = |source| ClusterError::Spawn {
+            command: line.clone(),
+            source,
+        };
+        let mut child = command.spawn().map_err(spawn_err)?;
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(manifest.as_bytes())
+            .map_err(spawn_err)?;
+        let output = child.wait_with_output().map_err(spawn_err)?;
+        let output = check(line, output)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Creates a fresh namespace, deleted (with `kubectl`, without waiting) on drop.
+    pub async fn test_namespace(&self) -> Result<TestNamespace> {
+        let mut ns = TestNamespace::create(&self.client().await?).await?;
+        ns.kubeconfig = Some(self.kubeconfig.clone());
+        Ok(ns)
+    }
+
+    /// Joins a worker node (`tests/harness/node up`: kubelet with a private containerd
+    /// and runc, needs root) and waits until it is Ready. Returns the node's name. The
+    /// node goes away with the cluster.
+    pub fn add_node(&self) -> Result<String> {
+        cached_bin("kubelet")?;
+        let mut command = Command::new("bash");
+        command
+            .arg(node_script())
+            .args(["up", &self.name])
+            .env("REGISTRY_HARNESS_CACHE", cache_dir())
+            .stdin(Stdio::null());
+        let line = format!("tests/harness/node up {}", self.name);
+        let output = check(line, run(command)?)?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// Stops the cluster now (as drop does), reporting failure.
+    pub fn stop(mut self) -> Result<()> {
+        let result = self.down();
+        self.name.clear();
+        result
+    }
+
+    fn down(&self) -> Result<()> {
+        let mut command = Command::new("bash");
+        command
+            .arg(cluster_script())
+            .args(["down", &self.name])
+            .stdin(Stdio::null());
+        check(
+            format!("tests/harness/cluster down {}", self.name),
+            run(command)?,
+        )
+        .map(drop)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        if let Err(e) = self.down() {
+            eprintln!("warning: stopping cluster {}: {e}", self.name);
+        }
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Timeout(timeout, what.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace with a unique generated name (`test-xxxxx`) for one test.
+///
+/// Call [`TestNamespace::cleanup`] to delete it and wait until it is gone. Otherwise drop
+/// deletes it without waiting: with `kubectl` when it came from
+/// [`Cluster::test_namespace`], else by a task spawned on the current Tokio runtime (best
+/// effort: it is lost if the runtime shuts down first).
+pub struct TestNamespace {
+    name: String,
+    client: Client,
+    kubeconfig: Option<PathBuf>,
+    deleted: bool,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    /// Creates a namespace named `test-<random>`.
+    pub async fn create(client: &Client) -> Result<TestNamespace> {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some("test-".into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let created = api.create(&PostParams::default(), &namespace).await?;
+        let name = created
+            .metadata
+            .name
+            .expect("the apiserver names generated namespaces");
+        Ok(TestNamespace {
+            name,
+            client: client.clone(),
+            kubeconfig: None,
+            deleted: false,
+        })
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Deletes the namespace and waits (up to two minutes) until it is gone.
+    pub async fn cleanup(mut self) -> Result<()> {
+        self.deleted = true;
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        match api.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let name = self.name.clone();
+        wait_for(
+            &format!("namespace {name} to be deleted"),
+            Duration::from_secs(120),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    match api.get_opt(&name).await {
+                        Ok(None) => Some(()),
+                        _ => None,
+                    }
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        if let Some(kubeconfig) = &self.kubeconfig {
+            if let Ok(kubectl) = kubectl_bin() {
+                let _ = Command::new(kubectl)
+                    .env("KUBECONFIG", kubeconfig)
+                    .args(["delete", "namespace", &self.name, "--wait=false"])
+                    .args(["--ignore-not-found", "--request-timeout=10s"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let api: Api<Namespace> = Api::all(self.client.clone());
+            let name = std::mem::take(&mut self.name);
+            handle.spawn(async move {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            });
+        }
+    }
+}
