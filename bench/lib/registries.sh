@@ -25,8 +25,8 @@ REG_PID=""
 REG_URL=""
 REG_LOG=""
 
-# Every process group ever started, so that the exit trap can stop leftovers.
-STARTED_PGIDS=()
+# The process groups started and not yet stopped, so that the exit trap can stop leftovers.
+declare -A LIVE_PGIDS=()
 
 # distribution_config FILE ROOT PORT: writes a Distribution (v2.8 or v3) configuration with
 # filesystem storage under ROOT, deletes enabled and the in-memory blob descriptor cache
@@ -73,7 +73,7 @@ registry_launch() {
       ;;
   esac
   REG_PID=$!
-  STARTED_PGIDS+=("$REG_PID")
+  LIVE_PGIDS[$REG_PID]=1
 }
 
 # registry_start NAME ROOT: starts NAME with an empty data directory ROOT and waits until
@@ -116,15 +116,19 @@ registry_stop() {
   done
   kill -KILL -- "-$REG_PID" 2>/dev/null || true
   wait "$REG_PID" 2>/dev/null || true
+  unset "LIVE_PGIDS[$REG_PID]"
   REG_PID=""
 }
 
-# registries_stop_all: stops every process group this run started (for the exit trap).
+# registries_stop_all: stops every process group this run started and did not stop yet
+# (for the exit trap).
 registries_stop_all() {
   local pgid
-  for pgid in "${STARTED_PGIDS[@]}"; do
+  for pgid in "${!LIVE_PGIDS[@]}"; do
     kill -KILL -- "-$pgid" 2>/dev/null || true
+    wait "$pgid" 2>/dev/null || true
   done
+  LIVE_PGIDS=()
   REG_PID=""
 }
 
