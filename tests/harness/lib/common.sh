@@ -76,16 +76,23 @@ go_install_cached() {
   shift 4
   cached "$cache" "$name" "$version" && return 0
   go_env
-  local gobin start
+  local gobin timing
   gobin="$(mktemp -d)"
-  start=$SECONDS
-  log "$name $version: building $pkg (cold build)"
-  GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "$@" "$pkg"
+  timing="$(mktemp)"
+  log "$name $version: building $pkg"
+  # `time` reports wall and CPU (user + sys) seconds; CPU is what to compare across machines.
+  (
+    TIMEFORMAT="%R %U %S"
+    { time GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "$@" "$pkg" 2>&3; } 3>&2 2>"$timing"
+  )
   local built="$gobin/$name"
   [[ -x "$built" ]] || built="$gobin/$(basename "${pkg%@*}")"
   store_bin "$cache" "$name" "$version" "$built"
   rm -rf "$gobin"
-  log "$name $version: built in $((SECONDS - start)) s"
+  local wall user sys
+  read -r wall user sys <"$timing"
+  rm -f "$timing"
+  log "$name $version: built in ${wall%.*} s wall, $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%d", u + s }') s CPU"
 }
 
 # Prints a loopback TCP port that nothing listens on right now (for servers that cannot

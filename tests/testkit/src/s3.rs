@@ -1,0 +1,134 @@
+//! A throwaway S3 server (MinIO built by `tests/harness/install`) on an ephemeral loopback
+//! port, with a fresh data directory and one bucket.
+//!
+//! MinIO honours conditional writes (`If-None-Match: *` and `If-Match` on `PutObject`),
+//! which the registry's S3 backend relies on.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tempfile::TempDir;
+
+use crate::process::{self, ChildGuard, Readiness};
+use crate::tools;
+
+/// Access key of every test S3 server.
+pub const ACCESS_KEY: &str = "harness";
+/// Secret key of every test S3 server.
+pub const SECRET_KEY: &str = "harness-secret-key";
+/// Region every test S3 server reports and signs with.
+pub const REGION: &str = "us-east-1";
+/// Bucket created at start.
+pub const BUCKET: &str = "registry";
+
+/// A running S3 server; stopped, and its data deleted, on drop.
+#[derive(Debug)]
+pub struct S3Server {
+    endpoint: String,
+    // Field order matters: the server stops before its data directory is removed.
+    _server: ChildGuard,
+    _data: TempDir,
+}
+
+impl S3Server {
+    /// Starts a server and creates [`BUCKET`].
+    ///
+    /// # Panics
+    /// If MinIO is not installed or does not start (the message includes its log).
+    pub fn start() -> Self {
+        Self::try_start().expect("starting the test S3 server")
+    }
+
+    /// Starts a server and creates [`BUCKET`], reporting failures as errors.
+    pub fn try_start() -> Result<Self> {
+        let minio = tools::bin("minio");
+        let mut last_err = None;
+        // The free port can be taken between probing and binding: retry a few times.
+        for _ in 0..3 {
+            let data = tempfile::Builder::new().prefix("harness-s3-").tempdir()?;
+            let port = process::free_port();
+            let console = process::free_port();
+            let endpoint = format!("http://127.0.0.1:{port}");
+            let mut cmd = Command::new(&minio);
+            cmd.arg("server")
+                .arg(data.path())
+                .args(["--quiet", "--address", &format!("127.0.0.1:{port}")])
+                .args(["--console-address", &format!("127.0.0.1:{console}")])
+                .env("MINIO_ROOT_USER", ACCESS_KEY)
+                .env("MINIO_ROOT_PASSWORD", SECRET_KEY)
+                .env("MINIO_REGION", REGION)
+                .env("MINIO_BROWSER", "off")
+                .env("MINIO_UPDATE", "off");
+            let mut server = ChildGuard::spawn("minio", cmd)?;
+            let ready = Readiness::Http(format!("{endpoint}/minio/health/ready"));
+            match server.wait_ready(&ready, Duration::from_secs(60)) {
+                Ok(()) => {
+                    let s3 = Self {
+                        endpoint,
+                        _server: server,
+                        _data: data,
+                    };
+                    s3.create_bucket(BUCKET)?;
+                    return Ok(s3);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    /// Endpoint URL, e.g. `http://127.0.0.1:40123` (path-style addressing).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The bucket created at start.
+    pub fn bucket(&self) -> &str {
+        BUCKET
+    }
+
+    /// Access key id.
+    pub fn access_key(&self) -> &str {
+        ACCESS_KEY
+    }
+
+    /// Secret access key.
+    pub fn secret_key(&self) -> &str {
+        SECRET_KEY
+    }
+
+    /// Region.
+    pub fn region(&self) -> &str {
+        REGION
+    }
+
+    /// The server's data directory (deleted on drop).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data.path()
+    }
+
+    /// The standard AWS environment variables (plus `S3_BUCKET`) pointing at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("S3_BUCKET", BUCKET.to_owned()),
+        ]
+    }
+
+    /// Creates another bucket.
+    pub fn create_bucket(&self, name: &str) -> Result<()> {
+        process::run(
+            Command::new(tools::bin("curl"))
+                .args(["-fsS", "-o", "/dev/null", "-X", "PUT"])
+                .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
+                .args(["-u", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+                .arg(format!("{}/{name}", self.endpoint)),
+        )
+        .with_context(|| format!("creating bucket {name}"))?;
+        Ok(())
+    }
+}
