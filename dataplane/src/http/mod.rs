@@ -1,1 +1,230 @@
-//! The HTTP API: OCI Distribution `/v2/`.
+//! The HTTP API: OCI Distribution v1.1 at `/v2/`.
+//!
+//! Layer rule: handlers extract and parse (the path once, from the right, on the raw path;
+//! headers; query), authorize through [`auth::Access`], call [`crate::registry`], and map the
+//! outcome to a response. They hold no registry logic and never touch storage. Errors become
+//! OCI error bodies in one place, [`error::ApiError`]. Process concerns (metrics, health,
+//! listening) belong to [`crate::server`].
+
+pub mod auth;
+mod blobs;
+pub mod error;
+mod headers;
+mod listing;
+mod manifests;
+pub mod route;
+mod uploads;
+
+#[cfg(test)]
+mod tests;
+
+use std::any::Any;
+use std::io;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::header::{CONTENT_LENGTH, LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use futures_util::TryStreamExt;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use self::auth::Access;
+use self::error::{ApiError, ErrorCode};
+use self::route::{Route, RouteError};
+use crate::registry::Registry;
+use crate::storage::ByteStream;
+
+/// `Docker-Distribution-API-Version`, set on every `/v2` response.
+pub const API_VERSION_HEADER: HeaderName =
+    HeaderName::from_static("docker-distribution-api-version");
+/// `Docker-Content-Digest`.
+pub const CONTENT_DIGEST_HEADER: HeaderName = HeaderName::from_static("docker-content-digest");
+/// `Docker-Upload-UUID`.
+pub const UPLOAD_UUID_HEADER: HeaderName = HeaderName::from_static("docker-upload-uuid");
+/// `OCI-Subject`.
+pub const OCI_SUBJECT_HEADER: HeaderName = HeaderName::from_static("oci-subject");
+/// `OCI-Filters-Applied`.
+pub const OCI_FILTERS_APPLIED_HEADER: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// State shared by the API handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    registry: Arc<Registry>,
+}
+
+impl AppState {
+    /// State serving `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    /// The registry served.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+/// The `/v2/` API as a router, with its request-id, trace, panic and API-version layers.
+/// Health and metrics endpoints are not part of it.
+pub fn build_app(state: AppState) -> Router {
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+                let request_id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::debug_span!(
+                    "request",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(SetResponseHeaderLayer::overriding(
+            API_VERSION_HEADER,
+            HeaderValue::from_static("registry/2.0"),
+        ));
+    Router::new()
+        .route("/v2", any(dispatch))
+        .route("/v2/", any(dispatch))
+        .route("/v2/{*rest}", any(dispatch))
+        .with_state(state)
+        .layer(layers)
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    let err = io::Error::other(format!("handler panicked: {what}"));
+    ApiError::internal(&err).into_response()
+}
+
+/// Everything a handler needs from a request.
+#[derive(Debug)]
+struct Ctx {
+    registry: Arc<Registry>,
+    access: Access,
+    headers: HeaderMap,
+    query: Vec<(String, String)>,
+}
+
+impl Ctx {
+    /// The first value of a query parameter.
+    fn query(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Turns a request body into the byte stream storage consumes, without buffering it.
+fn body_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(io::Error::other))
+}
+
+/// An empty response with `status` and `Content-Length: 0`.
+fn empty(status: StatusCode) -> Response {
+    let mut r = status.into_response();
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
+/// Sets a header from text, skipping values that are not valid header text.
+fn set_header(r: &mut Response, name: HeaderName, value: impl AsRef<str>) {
+    if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+/// `201 Created` for a blob now present in a repository.
+fn blob_created(name: &crate::oci::RepoName, digest: &crate::oci::Digest) -> Response {
+    let mut r = empty(StatusCode::CREATED);
+    set_header(&mut r, LOCATION, format!("/v2/{name}/blobs/{digest}"));
+    set_header(&mut r, CONTENT_DIGEST_HEADER, digest.to_string());
+    r
+}
+
+async fn dispatch(
+    State(state): State<AppState>,
+    access: Access,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let path = uri.path();
+    let rest = path
+        .strip_prefix("/v2/")
+        .or_else(|| (path == "/v2").then_some(""))
+        .unwrap_or(path);
+    let route = match route::parse(rest) {
+        Ok(route) => route,
+        Err(RouteError::NotFound) => return ApiError::not_found().into_response(),
+        Err(RouteError::Name(e)) => {
+            return ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response();
+        }
+    };
+    let query = match Query::<Vec<(String, String)>>::try_from_uri(&uri) {
+        Ok(Query(q)) => q,
+        Err(_) => {
+            return ApiError::new(ErrorCode::Unsupported, "malformed query string")
+                .with_status(StatusCode::BAD_REQUEST)
+                .into_response();
+        }
+    };
+    let ctx = Ctx {
+        registry: Arc::clone(&state.registry),
+        access,
+        headers,
+        query,
+    };
+    let result = match (route, method) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok(base()),
+        (Route::Catalog, Method::GET) => listing::catalog(&ctx).await,
+        (Route::Tags(name), Method::GET) => listing::tags(&ctx, &name).await,
+        (Route::Referrers(name, d), Method::GET) => listing::referrers(&ctx, &name, &d).await,
+        (Route::Manifest(name, r), Method::GET) => manifests::get(&ctx, &name, &r, true).await,
+        (Route::Manifest(name, r), Method::HEAD) => manifests::get(&ctx, &name, &r, false).await,
+        (Route::Manifest(name, r), Method::PUT) => manifests::put(&ctx, &name, &r, body).await,
+        (Route::Manifest(name, r), Method::DELETE) => manifests::delete(&ctx, &name, &r).await,
+        (Route::Blob(name, d), Method::GET) => blobs::get(&ctx, &name, &d, true).await,
+        (Route::Blob(name, d), Method::HEAD) => blobs::get(&ctx, &name, &d, false).await,
+        (Route::Blob(name, d), Method::DELETE) => blobs::delete(&ctx, &name, &d).await,
+        (Route::UploadStart(name), Method::POST) => uploads::start(&ctx, &name, body).await,
+        (Route::Upload(name, id), Method::GET) => uploads::status(&ctx, &name, &id).await,
+        (Route::Upload(name, id), Method::PATCH) => uploads::patch(&ctx, &name, &id, body).await,
+        (Route::Upload(name, id), Method::PUT) => uploads::put(&ctx, &name, &id, body).await,
+        (Route::Upload(name, id), Method::DELETE) => uploads::cancel(&ctx, &name, &id).await,
+        (_, method) => Err(ApiError::new(
+            ErrorCode::Unsupported,
+            format!("method {method} is not supported on this endpoint"),
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v2/`: the API version check.
+fn base() -> Response {
+    let mut r = (StatusCode::OK, "{}").into_response();
+    set_header(&mut r, axum::http::header::CONTENT_TYPE, "application/json");
+    r
+}

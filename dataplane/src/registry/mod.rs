@@ -1,1 +1,51 @@
 //! Registry semantics: uploads, blobs, manifests, tags, referrers, catalog.
+//!
+//! Layer rule: this layer knows OCI semantics but no HTTP. It is called by [`crate::http`] with
+//! values already parsed into [`crate::oci`] types and authorized, and it reaches durable state
+//! only through the [`Storage`] trait. It hashes every byte it streams into storage and asks
+//! storage to publish content only once the digest has been verified. Every repository-scoped
+//! existence check goes through the repository's links, so content held by another repository
+//! is indistinguishable from absent content.
+
+mod blob;
+mod error;
+mod listing;
+mod manifest;
+mod upload;
+
+use std::sync::Arc;
+
+use crate::storage::Storage;
+
+pub use blob::{BlobRead, ByteRange};
+pub use error::{RegistryError, Result};
+pub use listing::{Listing, MAX_PAGE_SIZE, Page};
+pub use manifest::{
+    MAX_MANIFEST_SIZE, Manifest, ManifestKind, ManifestPut, ParsedManifest, parse_manifest,
+};
+pub use upload::{ChunkSpec, MountOutcome};
+
+/// The registry of one region, over its storage backend.
+///
+/// Cheap to share (`Arc<Registry>`); all methods take `&self` and are safe to call
+/// concurrently, also from several processes sharing the same storage.
+#[derive(Debug)]
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+    hashes: upload::HashCache,
+}
+
+impl Registry {
+    /// A registry over `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self {
+            storage,
+            hashes: upload::HashCache::default(),
+        }
+    }
+
+    /// The storage backend (for readiness checks).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+}

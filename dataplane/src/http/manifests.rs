@@ -1,0 +1,126 @@
+//! Manifest endpoints: `GET`/`HEAD`/`PUT`/`DELETE` of `/v2/<name>/manifests/<reference>`.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION};
+use axum::response::Response;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+
+use super::auth::Action;
+use super::error::{ApiError, ErrorCode};
+use super::{CONTENT_DIGEST_HEADER, Ctx, OCI_SUBJECT_HEADER, empty, headers, route, set_header};
+use crate::oci::{NameError, Reference, RepoName};
+use crate::registry::{MAX_MANIFEST_SIZE, RegistryError};
+
+/// Parses a reference; `unknown_tag` decides how an invalid tag is answered (a tag that cannot
+/// exist is unknown when reading, invalid when writing).
+fn parse_reference(s: &str, writing: bool) -> Result<Reference, ApiError> {
+    route::reference(s).map_err(|e| match e {
+        NameError::InvalidDigest(d) => ApiError::new(ErrorCode::DigestInvalid, d.to_string()),
+        other if writing => ApiError::new(ErrorCode::ManifestInvalid, other.to_string()),
+        _ => ApiError::from(RegistryError::ManifestUnknown),
+    })
+}
+
+/// `GET`/`HEAD /v2/<name>/manifests/<reference>`: the stored bytes, unchanged, when the
+/// client accepts their media type.
+pub(super) async fn get(
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &str,
+    with_body: bool,
+) -> Result<Response, ApiError> {
+    ctx.access.require(name, Action::Pull)?;
+    let reference = parse_reference(reference, false)?;
+    let manifest = ctx
+        .registry
+        .manifest_get(name, &reference, with_body)
+        .await?;
+    if !headers::accepts(&ctx.headers, &manifest.media_type) {
+        return Err(ApiError::new(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "the manifest is stored as {}, which the Accept header does not include",
+                manifest.media_type
+            ),
+        ));
+    }
+    let mut r = Response::new(manifest.body.map_or_else(Body::empty, Body::from));
+    set_header(&mut r, CONTENT_TYPE, &manifest.media_type);
+    set_header(&mut r, CONTENT_LENGTH, manifest.size.to_string());
+    set_header(&mut r, CONTENT_DIGEST_HEADER, manifest.digest.to_string());
+    set_header(&mut r, ETAG, format!("\"{}\"", manifest.digest));
+    Ok(r)
+}
+
+/// `PUT /v2/<name>/manifests/<reference>`: validates and stores a manifest (at most 4 MiB).
+pub(super) async fn put(
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ctx.access.require(name, Action::Push)?;
+    let reference = parse_reference(reference, true)?;
+    let too_large = || {
+        ApiError::from(RegistryError::ManifestTooLarge {
+            limit: MAX_MANIFEST_SIZE,
+        })
+    };
+    let declared = headers::content_length(&ctx.headers)
+        .map_err(|()| ApiError::new(ErrorCode::SizeInvalid, "Content-Length is not a number"))?;
+    if declared.is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("request body failed: {e}"),
+            )
+        })?;
+        if buf.len() + chunk.len() > MAX_MANIFEST_SIZE {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if let Some(n) = declared
+        && n != buf.len() as u64
+    {
+        return Err(ApiError::new(
+            ErrorCode::SizeInvalid,
+            format!("body holds {} bytes, Content-Length says {n}", buf.len()),
+        ));
+    }
+    let content_type = ctx.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let put = ctx
+        .registry
+        .manifest_put(name, &reference, content_type, buf.freeze())
+        .await?;
+    let mut r = empty(StatusCode::CREATED);
+    set_header(
+        &mut r,
+        LOCATION,
+        format!("/v2/{name}/manifests/{}", put.digest),
+    );
+    set_header(&mut r, CONTENT_DIGEST_HEADER, put.digest.to_string());
+    if let Some(subject) = &put.subject {
+        set_header(&mut r, OCI_SUBJECT_HEADER, subject.to_string());
+    }
+    Ok(r)
+}
+
+/// `DELETE /v2/<name>/manifests/<reference>`: a tag, or a manifest with its tags.
+pub(super) async fn delete(
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &str,
+) -> Result<Response, ApiError> {
+    ctx.access.require(name, Action::Delete)?;
+    let reference = parse_reference(reference, false)?;
+    ctx.registry.manifest_delete(name, &reference).await?;
+    Ok(empty(StatusCode::ACCEPTED))
+}

@@ -1,0 +1,535 @@
+//! Manifests: validation on push, storage by digest, tags, referrers, reads and deletes.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use serde_json::{Map, Value};
+
+use super::{Registry, RegistryError, Result};
+use crate::oci::{Digest, DigestAlgorithm, Reference, RepoName};
+use crate::storage::{ManifestMeta, StorageError};
+
+/// Largest manifest accepted, in bytes.
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
+/// Media type of the OCI empty descriptor (`{}`), used as the config of artifacts.
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// The bytes of the OCI empty descriptor.
+const EMPTY_CONTENT: &[u8] = b"{}";
+
+/// The manifest formats this registry accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// OCI image manifest (also artifact manifests: `artifactType` and/or `subject`).
+    OciManifest,
+    /// OCI image index.
+    OciIndex,
+    /// Docker image manifest, schema 2.
+    DockerManifest,
+    /// Docker manifest list.
+    DockerManifestList,
+}
+
+impl ManifestKind {
+    /// Every supported kind.
+    pub const ALL: [Self; 4] = [
+        Self::OciManifest,
+        Self::OciIndex,
+        Self::DockerManifest,
+        Self::DockerManifestList,
+    ];
+
+    /// The kind's media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::OciManifest => "application/vnd.oci.image.manifest.v1+json",
+            Self::OciIndex => "application/vnd.oci.image.index.v1+json",
+            Self::DockerManifest => "application/vnd.docker.distribution.manifest.v2+json",
+            Self::DockerManifestList => "application/vnd.docker.distribution.manifest.list.v2+json",
+        }
+    }
+
+    /// The kind with this media type.
+    pub fn from_media_type(media_type: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.media_type() == media_type)
+    }
+
+    /// Whether this kind lists other manifests (index, manifest list).
+    pub fn is_index(self) -> bool {
+        matches!(self, Self::OciIndex | Self::DockerManifestList)
+    }
+}
+
+/// A validated manifest: what the registry needs to know to store it.
+#[derive(Debug, Clone)]
+pub struct ParsedManifest {
+    /// Its kind.
+    pub kind: ManifestKind,
+    /// Blobs it references that must be linked in the repository (config and layers, except
+    /// foreign layers that carry `urls`).
+    pub blobs: Vec<Digest>,
+    /// Manifests it references that must exist in the repository (index entries).
+    pub manifests: Vec<Digest>,
+    /// Whether the config is the OCI empty descriptor (whose content the registry knows).
+    pub empty_config: Option<Digest>,
+    /// The manifest this one refers to (`subject`).
+    pub subject: Option<Digest>,
+    /// The artifact type reported by the referrers API: `artifactType`, else the config's
+    /// media type for image manifests.
+    pub artifact_type: Option<String>,
+    /// The manifest's annotations.
+    pub annotations: Option<Map<String, Value>>,
+}
+
+fn invalid(msg: impl Into<String>) -> RegistryError {
+    RegistryError::ManifestInvalid(msg.into())
+}
+
+/// Strips parameters (`; charset=...`) and whitespace from a media type.
+fn essence(media_type: &str) -> &str {
+    media_type.split(';').next().unwrap_or_default().trim()
+}
+
+const UNSUPPORTED_TYPES: [&str; 3] = [
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.oci.artifact.manifest.v1+json",
+];
+
+/// Decides a manifest's kind from its `Content-Type` and the body's `mediaType` field.
+fn manifest_kind(content_type: Option<&str>, doc: &Map<String, Value>) -> Result<ManifestKind> {
+    let body_type = match doc.get("mediaType") {
+        None => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(invalid("mediaType must be a string")),
+    };
+    let declared = content_type.map(essence).filter(|ct| {
+        !ct.is_empty() && *ct != "application/json" && *ct != "application/octet-stream"
+    });
+    if let Some(ct) = declared {
+        if UNSUPPORTED_TYPES.contains(&ct) {
+            return Err(invalid(format!(
+                "manifest media type {ct} is not supported"
+            )));
+        }
+        let kind = ManifestKind::from_media_type(ct)
+            .ok_or_else(|| invalid(format!("{ct} is not a supported manifest media type")))?;
+        if let Some(bt) = body_type
+            && bt != ct
+        {
+            return Err(invalid(format!(
+                "mediaType {bt} in the body does not match Content-Type {ct}"
+            )));
+        }
+        return Ok(kind);
+    }
+    if let Some(bt) = body_type {
+        return ManifestKind::from_media_type(bt)
+            .ok_or_else(|| invalid(format!("{bt} is not a supported manifest media type")));
+    }
+    if doc.contains_key("manifests") {
+        Ok(ManifestKind::OciIndex)
+    } else if doc.contains_key("config") {
+        Ok(ManifestKind::OciManifest)
+    } else {
+        Err(invalid(
+            "cannot tell the manifest type: no Content-Type or mediaType",
+        ))
+    }
+}
+
+fn descriptor_digest(d: &Descriptor, field: &str) -> Result<Digest> {
+    if d.media_type().to_string().is_empty() {
+        return Err(invalid(format!("{field}: mediaType must not be empty")));
+    }
+    d.digest()
+        .to_string()
+        .parse()
+        .map_err(|e| invalid(format!("{field}: {e}")))
+}
+
+/// Validates a manifest's bytes against its declared `Content-Type`: JSON, `schemaVersion: 2`,
+/// a supported media type consistent with the body, well-formed descriptors. Unknown fields are
+/// accepted. Pure: does not look at storage.
+pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest> {
+    if body.len() > MAX_MANIFEST_SIZE {
+        return Err(RegistryError::ManifestTooLarge {
+            limit: MAX_MANIFEST_SIZE,
+        });
+    }
+    let doc: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("not a JSON object: {e}")))?;
+    match doc.get("schemaVersion") {
+        Some(v) if v.as_u64() == Some(2) => {}
+        Some(v) if v.as_u64() == Some(1) => {
+            return Err(invalid("schema 1 manifests are not supported"));
+        }
+        _ => return Err(invalid("schemaVersion must be 2")),
+    }
+    let kind = manifest_kind(content_type, &doc)?;
+    let annotations = match doc.get("annotations") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return Err(invalid("annotations must be an object")),
+    };
+    let doc = Value::Object(doc);
+    if kind.is_index() {
+        let index: ImageIndex =
+            serde_json::from_value(doc).map_err(|e| invalid(format!("invalid index: {e}")))?;
+        let manifests = index
+            .manifests()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| descriptor_digest(d, &format!("manifests[{i}]")))
+            .collect::<Result<Vec<_>>>()?;
+        let subject = index
+            .subject()
+            .as_ref()
+            .map(|d| descriptor_digest(d, "subject"))
+            .transpose()?;
+        Ok(ParsedManifest {
+            kind,
+            blobs: Vec::new(),
+            manifests,
+            empty_config: None,
+            subject,
+            artifact_type: index.artifact_type().as_ref().map(ToString::to_string),
+            annotations,
+        })
+    } else {
+        let manifest: ImageManifest =
+            serde_json::from_value(doc).map_err(|e| invalid(format!("invalid manifest: {e}")))?;
+        let config = manifest.config();
+        let config_digest = descriptor_digest(config, "config")?;
+        let empty_config = (config.media_type().to_string() == EMPTY_MEDIA_TYPE
+            && config_digest == Digest::of(config_digest.algorithm(), EMPTY_CONTENT))
+        .then(|| config_digest.clone());
+        let mut blobs = vec![config_digest];
+        for (i, layer) in manifest.layers().iter().enumerate() {
+            let digest = descriptor_digest(layer, &format!("layers[{i}]"))?;
+            let foreign = layer.urls().as_ref().is_some_and(|u| !u.is_empty());
+            if !foreign {
+                blobs.push(digest);
+            }
+        }
+        let subject = manifest
+            .subject()
+            .as_ref()
+            .map(|d| descriptor_digest(d, "subject"))
+            .transpose()?;
+        let artifact_type = manifest
+            .artifact_type()
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| Some(config.media_type().to_string()));
+        Ok(ParsedManifest {
+            kind,
+            blobs,
+            manifests: Vec::new(),
+            empty_config,
+            subject,
+            artifact_type,
+            annotations,
+        })
+    }
+}
+
+/// Result of a manifest push.
+#[derive(Debug, Clone)]
+pub struct ManifestPut {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its `subject`, when it has one (answered as `OCI-Subject`).
+    pub subject: Option<Digest>,
+}
+
+/// A manifest as served.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// The media type it was pushed with.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its bytes, unchanged (`None` when only the metadata was asked for).
+    pub body: Option<Bytes>,
+}
+
+impl Registry {
+    /// Validates and stores a manifest in `repo`, then points the tag at it (when `reference`
+    /// is a tag) and records it as a referrer of its subject.
+    pub async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<ManifestPut> {
+        let parsed = parse_manifest(content_type, &body)?;
+        let digest = match reference {
+            Reference::Digest(declared) => {
+                let computed = Digest::of(declared.algorithm(), &body);
+                if computed != *declared {
+                    return Err(RegistryError::DigestMismatch {
+                        declared: declared.clone(),
+                        computed,
+                    });
+                }
+                computed
+            }
+            Reference::Tag(_) => Digest::of(DigestAlgorithm::Sha256, &body),
+        };
+        for blob in &parsed.blobs {
+            if self.storage.blob_linked(repo, blob).await? {
+                continue;
+            }
+            if parsed.empty_config.as_ref() == Some(blob) {
+                // The empty descriptor's content is known: provide it rather than refuse.
+                self.storage
+                    .blob_put(blob, Bytes::from_static(EMPTY_CONTENT))
+                    .await?;
+                self.storage.link_blob(repo, blob).await?;
+                continue;
+            }
+            return Err(RegistryError::ManifestBlobUnknown(blob.clone()));
+        }
+        for child in &parsed.manifests {
+            if self.storage.manifest_meta(repo, child).await?.is_none() {
+                return Err(RegistryError::ManifestBlobUnknown(child.clone()));
+            }
+        }
+        let meta = ManifestMeta {
+            media_type: content_type
+                .map(essence)
+                .filter(|ct| ManifestKind::from_media_type(ct).is_some())
+                .unwrap_or(parsed.kind.media_type())
+                .to_owned(),
+            size: body.len() as u64,
+        };
+        let media_type = meta.media_type.clone();
+        self.storage.blob_put(&digest, body.clone()).await?;
+        self.storage.manifest_link(repo, &digest, &meta).await?;
+        if let Some(subject) = &parsed.subject {
+            let mut descriptor = Map::new();
+            descriptor.insert("mediaType".into(), media_type.into());
+            descriptor.insert("digest".into(), digest.to_string().into());
+            descriptor.insert("size".into(), meta.size.into());
+            if let Some(t) = &parsed.artifact_type {
+                descriptor.insert("artifactType".into(), t.clone().into());
+            }
+            if let Some(a) = &parsed.annotations {
+                descriptor.insert("annotations".into(), Value::Object(a.clone()));
+            }
+            let json = serde_json::to_vec(&descriptor).map_err(|e| {
+                RegistryError::Storage(StorageError::Backend(format!(
+                    "cannot encode a referrer descriptor: {e}"
+                )))
+            })?;
+            self.storage
+                .referrer_add(repo, subject, &digest, Bytes::from(json))
+                .await?;
+        }
+        if let Reference::Tag(tag) = reference {
+            self.storage.tag_set(repo, tag, &digest).await?;
+        }
+        Ok(ManifestPut {
+            digest,
+            subject: parsed.subject,
+        })
+    }
+
+    /// Resolves a reference in `repo` to a manifest digest and its record.
+    async fn manifest_resolve(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, ManifestMeta)> {
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => self
+                .storage
+                .tag_get(repo, t)
+                .await?
+                .ok_or(RegistryError::ManifestUnknown)?,
+        };
+        let meta = self
+            .storage
+            .manifest_meta(repo, &digest)
+            .await?
+            .ok_or(RegistryError::ManifestUnknown)?;
+        Ok((digest, meta))
+    }
+
+    /// Reads a manifest's bytes (known to be stored).
+    async fn manifest_bytes(&self, digest: &Digest, size: u64) -> Result<Bytes> {
+        let mut stream = self
+            .storage
+            .blob_read(digest, None)
+            .await
+            .map_err(|e| match e {
+                StorageError::NotFound => RegistryError::ManifestUnknown,
+                other => RegistryError::Storage(other),
+            })?;
+        let capacity = usize::try_from(size).unwrap_or(0).min(MAX_MANIFEST_SIZE);
+        let mut buf = BytesMut::with_capacity(capacity);
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk.map_err(StorageError::Io)?);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// A manifest of `repo` by tag or digest; with its bytes when `with_body`.
+    pub async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        with_body: bool,
+    ) -> Result<Manifest> {
+        let (digest, meta) = self.manifest_resolve(repo, reference).await?;
+        let body = if with_body {
+            Some(self.manifest_bytes(&digest, meta.size).await?)
+        } else {
+            None
+        };
+        Ok(Manifest {
+            digest,
+            media_type: meta.media_type,
+            size: meta.size,
+            body,
+        })
+    }
+
+    /// Deletes a tag (by tag), or a manifest revision with every tag pointing at it and its
+    /// referrer record (by digest).
+    pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let digest = match reference {
+            Reference::Tag(tag) => {
+                return if self.storage.tag_delete(repo, tag).await? {
+                    Ok(())
+                } else {
+                    Err(RegistryError::ManifestUnknown)
+                };
+            }
+            Reference::Digest(d) => d,
+        };
+        let meta = self
+            .storage
+            .manifest_meta(repo, digest)
+            .await?
+            .ok_or(RegistryError::ManifestUnknown)?;
+        let subject = match self.manifest_bytes(digest, meta.size).await {
+            Ok(bytes) => parse_manifest(Some(&meta.media_type), &bytes)
+                .ok()
+                .and_then(|p| p.subject),
+            Err(RegistryError::ManifestUnknown) => None,
+            Err(e) => return Err(e),
+        };
+        for tag in self.storage.tags(repo).await? {
+            if self.storage.tag_get(repo, &tag).await?.as_ref() == Some(digest) {
+                self.storage.tag_delete(repo, &tag).await?;
+            }
+        }
+        if let Some(subject) = subject {
+            self.storage.referrer_remove(repo, &subject, digest).await?;
+        }
+        if self.storage.manifest_unlink(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(RegistryError::ManifestUnknown)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    fn manifest(extra: &str) -> String {
+        let d = Digest::sha256_of(b"x");
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":1}}]{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn accepts_an_image_manifest_with_unknown_fields() {
+        let p = parse_manifest(Some(OCI), manifest(r#","futureField":1"#).as_bytes()).unwrap();
+        assert_eq!(p.kind, ManifestKind::OciManifest);
+        assert_eq!(p.blobs.len(), 2);
+        assert!(p.subject.is_none());
+    }
+
+    #[test]
+    fn kind_comes_from_body_when_content_type_is_generic() {
+        let p = parse_manifest(None, manifest("").as_bytes()).unwrap();
+        assert_eq!(p.kind, ManifestKind::OciManifest);
+        let p = parse_manifest(
+            Some("application/json"),
+            br#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.kind, ManifestKind::OciIndex);
+    }
+
+    #[test]
+    fn rejects_inconsistent_or_malformed_manifests() {
+        let cases: Vec<(Option<&str>, String)> = vec![
+            (Some(OCI), "{not json".into()),
+            (Some(OCI), "[]".into()),
+            (Some(OCI), manifest("").replace("\"schemaVersion\":2", "\"schemaVersion\":3")),
+            (
+                Some("application/vnd.oci.image.index.v1+json"),
+                manifest(""),
+            ),
+            (Some("text/plain"), manifest("")),
+            (
+                Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                r#"{"schemaVersion":1,"name":"a","tag":"b","fsLayers":[]}"#.into(),
+            ),
+            (Some(OCI), manifest("").replace(r#""size":1}]"#, r#""size":-1}]"#)),
+            (Some(OCI), manifest("").replace("sha256:", "sha256:zz")),
+            (
+                Some(OCI),
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#
+                    .into(),
+            ),
+        ];
+        for (ct, body) in cases {
+            assert!(
+                matches!(
+                    parse_manifest(ct, body.as_bytes()),
+                    Err(RegistryError::ManifestInvalid(_))
+                ),
+                "{ct:?} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_layers_are_not_required() {
+        let body = manifest("").replace(
+            r#""size":1}]"#,
+            r#""size":1,"urls":["https://example.invalid/l"]}]"#,
+        );
+        let p = parse_manifest(Some(OCI), body.as_bytes()).unwrap();
+        assert_eq!(p.blobs.len(), 1);
+    }
+
+    #[test]
+    fn artifact_type_falls_back_to_config_media_type() {
+        let p = parse_manifest(Some(OCI), manifest("").as_bytes()).unwrap();
+        assert_eq!(
+            p.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
+        let p = parse_manifest(
+            Some(OCI),
+            manifest(r#","artifactType":"application/x-sbom""#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(p.artifact_type.as_deref(), Some("application/x-sbom"));
+    }
+}
