@@ -109,15 +109,27 @@ fn push_test_image(registry: &AuthRegistry) -> String {
 }
 
 fn pod_manifest(namespace: &str, name: &str, image: &str, secret: Option<&str>) -> String {
-    let secrets = secret
-        .map(|s| format!("  imagePullSecrets: [{{name: {s}}}]\n"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
-         spec:\n  restartPolicy: Never\n  automountServiceAccountToken: false\n\
-         terminationGracePeriodSeconds: 1\n{secrets}  containers:\n  - name: main\n    \
-         image: {image}\n    imagePullPolicy: Always\n"
-    )
+    let secrets: Vec<_> = secret
+        .into_iter()
+        .map(|s| serde_json::json!({ "name": s }))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "imagePullSecrets": secrets,
+            "containers": [{
+                "name": "main",
+                "image": image,
+                "imagePullPolicy": "Always",
+            }],
+        },
+    })
+    .to_string()
 }
 
 /// Waits until the pod's container cannot pull its image; returns the reason.
@@ -203,7 +215,7 @@ async fn node_pulls_a_private_image_only_with_the_right_pull_secret() {
         .expect("pod");
     for name in ["no-secret", "wrong-secret"] {
         let reason = wait_pull_failure(&pods, name).await;
-        eprintln!("{name}: {reason}");
+        assert!(reason.contains("401 Unauthorized"), "{name}: {reason}");
     }
 
     // With the right secret the pod runs to completion and prints the image's message.
