@@ -1,1 +1,499 @@
-//! Process concerns: listening, graceful shutdown, health and metrics endpoints.
+//! Process concerns: listening, graceful shutdown, health and metrics endpoints, and the
+//! background tasks of a running data plane.
+//!
+//! Layer rule: this module composes the layers below it into one process and owns what no
+//! request does (the listener, signals, periodic tasks). It calls [`crate::http::build_app`]
+//! for the API and adds the operational endpoints around it:
+//!
+//! - `GET /healthz`: liveness, 200 whenever the process serves requests.
+//! - `GET /readyz`: readiness, 200 when storage answers [`Storage::check`] and the process is
+//!   not shutting down, 503 otherwise.
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text), see [`crate::telemetry`].
+//!
+//! Shutdown ([`Server::serve`]): when the shutdown future completes, readiness turns 503 at
+//! once; after the optional drain delay (time for load balancers to notice) the listener
+//! closes, in-flight requests (uploads included) run to completion, and `serve` returns. If
+//! they take longer than the shutdown timeout they are abandoned (upload sessions stay in
+//! storage and can be resumed).
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::config::{Config, ConfigHandle, ConfigReloader};
+use crate::http::{AppState, build_app};
+use crate::oci::RepoName;
+use crate::registry::Registry;
+use crate::storage::fs::FsStorage;
+use crate::storage::{Storage, StorageError};
+use crate::telemetry::{self, Metrics, RouteClass};
+
+/// How long a readiness storage check may take before the process counts as not ready.
+const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configured storage backend is not part of this release.
+    #[error(
+        "storage backend `{0}` is not available yet in this release; use `storage.filesystem`"
+    )]
+    BackendUnavailable(&'static str),
+    /// The configuration selects no storage backend.
+    #[error("the configuration selects no storage backend")]
+    NoBackend,
+    /// Storage could not be opened.
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The listener failed.
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Tunables of a running server, apart from the configuration document.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Longest wait for in-flight requests after the listener closed.
+    pub shutdown_timeout: Duration,
+    /// Time between readiness turning 503 and the listener closing.
+    pub drain_delay: Duration,
+    /// How often the configuration file is checked for changes.
+    pub reload_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
+            reload_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Opens the storage backend the configuration selects.
+pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServeError> {
+    match (&config.storage.filesystem, &config.storage.s3) {
+        (Some(fs), _) => Ok(Arc::new(FsStorage::open(fs.root.clone()).await?)),
+        (None, Some(_)) => Err(ServeError::BackendUnavailable("s3")),
+        (None, None) => Err(ServeError::NoBackend),
+    }
+}
+
+/// A data plane ready to serve: configuration, storage, and options.
+#[derive(Debug)]
+pub struct Server {
+    config: ConfigHandle,
+    reloader: Option<ConfigReloader>,
+    storage: Option<Arc<dyn Storage>>,
+    options: ServeOptions,
+}
+
+impl Server {
+    /// A server for this configuration, with default options, opening the configured storage.
+    pub fn new(config: ConfigHandle) -> Self {
+        Self {
+            config,
+            reloader: None,
+            storage: None,
+            options: ServeOptions::default(),
+        }
+    }
+
+    /// Reloads the configuration with `reloader` while serving.
+    pub fn with_reloader(mut self, reloader: Option<ConfigReloader>) -> Self {
+        self.reloader = reloader;
+        self
+    }
+
+    /// Serves this storage instead of opening the configured one (tests, embedding).
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: ServeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` completes and in-flight requests are done (or the
+    /// shutdown timeout passed). Logs `listening on <addr>` once storage is open and requests
+    /// are accepted.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let storage = match self.storage {
+            Some(storage) => storage,
+            None => open_storage(&self.config.current()).await?,
+        };
+        let registry = Arc::new(Registry::new(storage.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let app = router(
+            AppState::new(registry),
+            OpsState {
+                storage: storage.clone(),
+                metrics,
+                shutting_down: shutting_down.clone(),
+            },
+        );
+
+        // Background tasks stop when `stop` flips.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(reloader) = self.reloader {
+            tasks.push(tokio::spawn(
+                reloader.run(self.options.reload_interval, stopped(stop_rx.clone())),
+            ));
+        }
+        tasks.push(tokio::spawn(expire_uploads(
+            storage.clone(),
+            self.config.clone(),
+            stop_rx.clone(),
+        )));
+
+        let addr = listener.local_addr()?;
+        let listener = listener.tap_io(|tcp| {
+            // Small responses (manifests, status codes) must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+        });
+
+        let (closed_tx, mut closed_rx) = watch::channel(false);
+        let drain_delay = self.options.drain_delay;
+        let signal = async move {
+            shutdown.await;
+            shutting_down.store(true, Ordering::SeqCst);
+            tracing::info!("shutdown requested: readiness is now 503");
+            if !drain_delay.is_zero() {
+                tokio::time::sleep(drain_delay).await;
+            }
+            tracing::info!("listener closed; waiting for in-flight requests");
+            let _ = closed_tx.send(true);
+        };
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .into_future();
+
+        tracing::info!("listening on {addr}");
+        let timeout = self.options.shutdown_timeout;
+        let result = tokio::select! {
+            result = server => result.map_err(ServeError::from),
+            _ = async {
+                let _ = closed_rx.wait_for(|closed| *closed).await;
+                tokio::time::sleep(timeout).await;
+            } => {
+                tracing::warn!(
+                    ?timeout,
+                    "shutdown timeout reached with requests still in flight; abandoning them \
+                     (their upload sessions stay resumable)"
+                );
+                Ok(())
+            }
+        };
+
+        let _ = stop_tx.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        if result.is_ok() {
+            tracing::info!("shut down");
+        }
+        result
+    }
+}
+
+/// Serves `config` on `listener` until `shutdown`, with default options (see [`Server`]).
+pub async fn serve(
+    config: ConfigHandle,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    Server::new(config).serve(listener, shutdown).await
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// State of the operational endpoints.
+#[derive(Debug, Clone)]
+struct OpsState {
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+/// The whole HTTP surface: the API plus health and metrics, with metrics and access logs.
+fn router(api: AppState, ops: OpsState) -> Router {
+    let metrics = ops.metrics.clone();
+    let operational = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(ops);
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<Body>| {
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "http",
+                        method = telemetry::method_label(req.method()),
+                        route = RouteClass::of(req.uri().path()).as_str(),
+                        request_id,
+                    )
+                })
+                .on_request(())
+                .on_response(
+                    |response: &Response<Body>, latency: Duration, _span: &Span| {
+                        tracing::info!(
+                            status = response.status().as_u16(),
+                            latency_us = latency.as_micros() as u64,
+                            "request served"
+                        );
+                    },
+                ),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            telemetry::track,
+        ));
+    build_app(api).merge(operational).layer(layers)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(ops): State<OpsState>) -> (StatusCode, &'static str) {
+    if ops.shutting_down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    match tokio::time::timeout(READINESS_CHECK_TIMEOUT, ops.storage.check()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n"),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness: storage check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?READINESS_CHECK_TIMEOUT, "readiness: storage check timed out");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+        }
+    }
+}
+
+async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        ops.metrics.encode(),
+    )
+}
+
+/// Removes upload sessions started more than `max_age` before `now`; returns how many.
+/// Sessions that vanish meanwhile (finished or cancelled by their client) are not errors.
+pub async fn expire_upload_sessions(
+    storage: &dyn Storage,
+    max_age: Duration,
+    now: SystemTime,
+) -> Result<usize, StorageError> {
+    let mut removed = 0;
+    for upload in storage.uploads().await? {
+        let age = now.duration_since(upload.started_at).unwrap_or_default();
+        if age <= max_age {
+            continue;
+        }
+        let Ok(repo) = upload.repository.parse::<RepoName>() else {
+            tracing::warn!(id = %upload.id, repository = %upload.repository,
+                "upload session names an invalid repository; leaving it");
+            continue;
+        };
+        match storage.upload_delete(&repo, &upload.id).await {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(id = %upload.id, repository = %repo, ?age, "removed abandoned upload session");
+            }
+            Err(StorageError::NotFound) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(removed)
+}
+
+/// Periodically removes abandoned upload sessions, at an interval derived from the current
+/// `uploads.sessionTimeout` (half of it, between 1 s and 60 s), until `stop` flips.
+async fn expire_uploads(
+    storage: Arc<dyn Storage>,
+    config: ConfigHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let max_age = config.current().uploads.session_timeout.0;
+        let interval = (max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(err) = expire_upload_sessions(&*storage, max_age, SystemTime::now()).await {
+            tracing::warn!(error = %err, "expiring abandoned upload sessions failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+    use tower::ServiceExt;
+
+    fn test_router(storage: Arc<dyn Storage>) -> (Router, Arc<AtomicBool>) {
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let app = router(
+            AppState::new(Arc::new(Registry::new(storage.clone()))),
+            OpsState {
+                storage,
+                metrics: Arc::new(Metrics::new()),
+                shutting_down: shutting_down.clone(),
+            },
+        );
+        (app, shutting_down)
+    }
+
+    async fn get_text(app: &Router, path: &str) -> (StatusCode, String) {
+        let response = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let (app, shutting_down) = test_router(Arc::new(MemoryStorage::new()));
+        assert_eq!(get_text(&app, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get_text(&app, "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get_text(&app, "/v2/").await.0, StatusCode::OK);
+        let (status, text) = get_text(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            text.contains(r#"dataplane_http_requests_total{route="base",method="GET",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dataplane_http_requests_total{route="health",method="GET",status="200"} 2"#),
+            "{text}"
+        );
+        shutting_down.store(true, Ordering::SeqCst);
+        assert_eq!(
+            get_text(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get_text(&app, "/healthz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn api_responses_carry_a_request_id() {
+        let (app, _) = test_router(Arc::new(MemoryStorage::new()));
+        let response = app
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(response.headers().contains_key("x-request-id"));
+    }
+
+    #[tokio::test]
+    async fn expires_only_old_sessions() {
+        let storage = MemoryStorage::new();
+        let repo: RepoName = "a/b".parse().unwrap();
+        let old = storage.upload_create(&repo).await.unwrap();
+        let now = SystemTime::now() + Duration::from_secs(3600);
+        let fresh = storage.upload_create(&repo).await.unwrap();
+        let removed = expire_upload_sessions(&storage, Duration::from_secs(1800), now)
+            .await
+            .unwrap();
+        // Both were created "an hour ago" relative to `now`.
+        assert_eq!(removed, 2);
+        assert!(storage.upload_info(&repo, &old.id).await.is_err());
+        assert!(storage.upload_info(&repo, &fresh.id).await.is_err());
+
+        let kept = storage.upload_create(&repo).await.unwrap();
+        let removed =
+            expire_upload_sessions(&storage, Duration::from_secs(1800), SystemTime::now())
+                .await
+                .unwrap();
+        assert_eq!(removed, 0);
+        assert!(storage.upload_info(&repo, &kept.id).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn s3_is_refused_clearly() {
+        let config = Config::from_yaml_str(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+             storage: {s3: {bucket: b}}\n",
+        )
+        .unwrap();
+        let err = open_storage(&config).await.unwrap_err();
+        assert!(matches!(err, ServeError::BackendUnavailable("s3")));
+        assert!(err.to_string().contains("not available yet"));
+    }
+
+    #[tokio::test]
+    async fn serve_drains_and_returns_after_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::new(ConfigHandle::fixed(Config::default()))
+            .with_storage(Arc::new(MemoryStorage::new()));
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = rx.await;
+        }));
+        let mut stream = None;
+        for _ in 0..100 {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                stream = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(stream.expect("server accepts connections"));
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("serve returns")
+            .unwrap()
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}

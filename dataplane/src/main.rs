@@ -1,0 +1,152 @@
+//! `dataplane`: the regional OCI registry data plane.
+//!
+//! ```text
+//! dataplane serve [--config FILE] [--listen ADDR] [--root DIR] [--log-format text|json]
+//!                 [--shutdown-timeout 30s] [--drain-delay 0s]
+//! dataplane check-config FILE
+//! ```
+//!
+//! `serve` logs one line containing `listening on <ADDR>` (the actual address, also when the
+//! port is 0) on stderr once it accepts requests; scripts and tests wait for it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use dataplane::config::{Config, ConfigReloader, ConfigSource};
+use dataplane::server::{ServeOptions, Server};
+use dataplane::telemetry::{self, LogFormat};
+
+/// The regional OCI registry data plane.
+#[derive(Debug, Parser)]
+#[command(name = "dataplane", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the registry API, health and metrics.
+    Serve(ServeArgs),
+    /// Validate a configuration document; prints the problems and exits 1 when invalid.
+    CheckConfig {
+        /// The YAML document.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration document (YAML), reloaded when it changes. Without it: filesystem
+    /// storage under ./registry-data.
+    #[arg(long, env = "DATAPLANE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port (the log line says which).
+    #[arg(long, env = "DATAPLANE_LISTEN", default_value = "127.0.0.1:5000")]
+    listen: String,
+    /// Filesystem storage root; replaces the storage of the configuration document.
+    #[arg(long, env = "DATAPLANE_ROOT")]
+    root: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "DATAPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Longest wait for in-flight requests (uploads) after a SIGTERM or SIGINT.
+    #[arg(long, env = "DATAPLANE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+    /// Time between readiness turning 503 and the listener closing, on shutdown.
+    #[arg(long, env = "DATAPLANE_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    drain_delay: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 30s, 2m)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("error: cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!(
+                "{}: valid {} document for region {:?}",
+                file.display(),
+                config.kind,
+                config.region
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(args.log_format)?;
+    // Signal handlers first: a signal arriving during startup must shut down gracefully, not
+    // kill the process.
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
+        }
+    };
+
+    let source = ConfigSource::new(args.config.clone(), args.root.clone());
+    let (config, reloader) = ConfigReloader::start(source)?;
+    {
+        let current = config.current();
+        tracing::info!(
+            region = %current.region,
+            config = ?args.config,
+            storage_root = ?current.filesystem_root(),
+            "configuration loaded"
+        );
+    }
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    Server::new(config)
+        .with_reloader(reloader)
+        .with_options(ServeOptions {
+            shutdown_timeout: args.shutdown_timeout,
+            drain_delay: args.drain_delay,
+            ..ServeOptions::default()
+        })
+        .serve(listener, shutdown)
+        .await?;
+    Ok(())
+}
