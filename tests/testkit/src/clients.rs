@@ -416,6 +416,8 @@ pub fn podman_roundtrip(host: &str, credentials: Option<&Credentials>) -> Result
         context_dir.join("Containerfile"),
         "FROM scratch\nCOPY hello.txt /hello.txt\n",
     )?;
+    // podman refuses a REGISTRY_AUTH_FILE that does not exist.
+    fs::write(ws.path().join("auth.json"), "{\"auths\":{}}\n")?;
     let podman = || {
         let mut cmd = Command::new(tools::bin("podman"));
         cmd.env("REGISTRY_AUTH_FILE", ws.path().join("auth.json"))
