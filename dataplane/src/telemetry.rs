@@ -131,9 +131,10 @@ impl RouteClass {
         };
         let segments: Vec<&str> = rest.split('/').collect();
         let n = segments.len();
-        // A name has at least one segment before the endpoint segments.
+        // The `from_end`-th segment from the right, provided at least one segment (the
+        // repository name) stays before it.
         let at = |from_end: usize| -> Option<&str> {
-            (n > from_end).then(|| segments[n - 1 - from_end])
+            (n > from_end + 1).then(|| segments[n - 1 - from_end])
         };
         if at(1) == Some("tags") && at(0) == Some("list") {
             return RouteClass::Tags;
@@ -419,6 +420,8 @@ mod tests {
             ("/v2/a/manifests/sha256:abc", RouteClass::Manifest),
             ("/v2/a/referrers/sha256:abc", RouteClass::Referrers),
             ("/v2/manifests/latest", RouteClass::Other),
+            ("/v2/tags/list", RouteClass::Other),
+            ("/v2/blobs/uploads/", RouteClass::Other),
             ("/v2/a/unknown/x", RouteClass::Other),
             ("/healthz", RouteClass::Health),
             ("/readyz", RouteClass::Health),

@@ -964,8 +964,16 @@ shards: [{name: region-config-2}]
              uploads: {sessionTimeout: forever}\n",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("uploads.sessionTimeout"), "{err}");
+        assert!(err.to_string().contains("uploads"), "{err}");
+        assert!(err.to_string().contains("\"forever\""), "{err}");
         assert!(err.to_string().contains("24h"), "{err}");
+        let err = Config::from_yaml_str(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+             namespaces: [{name: a}]\n\
+             credentials: [{id: c, secretHash: h, scope: containerRegistry, expiresAt: tomorrow}]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
     }
 
     fn invalid(text: &str) -> Vec<Problem> {
