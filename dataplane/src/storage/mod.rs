@@ -35,6 +35,7 @@
 pub mod conformance;
 pub mod fs;
 pub mod memory;
+pub mod s3;
 
 use std::fmt;
 use std::io;

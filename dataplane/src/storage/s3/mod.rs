@@ -1,0 +1,572 @@
+//! S3 backend: many stateless replicas of the data plane on one bucket.
+//!
+//! Every replica talks to the bucket only; nothing a request depends on lives in a replica's
+//! memory, so any replica can serve any request, including the next chunk of an upload that
+//! another replica started.
+//!
+//! # Key layout
+//!
+//! Exactly the tree documented in [`crate::storage`], each path being an object key under the
+//! configured prefix (`<prefix>/blobs/sha256/ab/ab12...`). The prefix is normalized: leading
+//! and trailing `/` are ignored, and an empty prefix puts the tree at the bucket root. Small
+//! records are single objects:
+//!
+//! | key                                           | body                              |
+//! |-----------------------------------------------|-----------------------------------|
+//! | `blobs/<alg>/<hex[0..2]>/<hex>`               | the blob bytes                    |
+//! | `repositories/<name>/_layers/<alg>/<hex>`     | empty (presence is the link)      |
+//! | `repositories/<name>/_manifests/<alg>/<hex>`  | JSON [`ManifestMeta`]             |
+//! | `repositories/<name>/_tags/<tag>`             | the digest, as text               |
+//! | `repositories/<name>/_referrers/<alg>/<hex>/<alg>/<hex>` | the descriptor JSON    |
+//! | `uploads/<id>/info`                           | JSON session record (see below)   |
+//! | `uploads/<id>/data/<segment>`                 | the session bytes, in segments    |
+//!
+//! S3 has no directories, so a "directory" exists exactly while some key lies under it; a
+//! repository disappears from the catalog when its last `_manifests/` record is removed.
+//!
+//! # Upload sessions
+//!
+//! The filesystem's single `uploads/<id>/data` file becomes an ordered list of *segment*
+//! objects `uploads/<id>/data/<uuid>`, named in the session record `uploads/<id>/info`
+//! (the [`UploadInfo`] fields plus `segments: [{name, size}]`). The session size is the sum of
+//! the segment sizes; the bytes received so far are the segments, concatenated.
+//!
+//! An append (one `PATCH`, on any replica):
+//!
+//! 1. reads the record and its ETag, and checks the offset against the size;
+//! 2. streams the body into a **new** segment with a fresh name: bytes are buffered into parts
+//!    of [`PART_SIZE`] and sent as parts of a multipart upload, at most [`PARTS_IN_FLIGHT`]
+//!    parts uploading in parallel while the next one fills, so an append holds at most
+//!    `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes whatever its length; a body shorter than one
+//!    part becomes a single `PutObject`;
+//! 3. if the session's last segment is shorter than S3's 5 MiB minimum part size (a *short
+//!    tail*, left by a small chunk), it is read first and becomes the start of the new segment,
+//!    which replaces it; so every segment but the last is at least 5 MiB, as a multipart
+//!    composition needs, and sequences of small chunks work;
+//! 4. publishes the new segment list with a conditional `PutObject` of the record
+//!    (`If-Match: <etag read in step 1>`). Of two appends racing at one offset, on one replica
+//!    or several, exactly one write succeeds; the other deletes its segment and reports
+//!    `OffsetMismatch` with the winner's size. A replaced short tail is deleted afterwards.
+//!
+//! An append whose body fails, whose storage call fails, or whose future is dropped never
+//! touches the record: its multipart upload is aborted and its segment deleted (awaited on
+//! errors, from a spawned task when dropped). A segment name is random, so two appends never
+//! write the same object or multipart upload.
+//!
+//! A commit, called once the registry layer verified the digest over the session bytes,
+//! publishes the blob **server side**: a single segment is copied with `CopyObject`, several
+//! segments (or one over 5 GiB) are composed with a multipart upload on the blob key whose
+//! parts are `UploadPartCopy` ranges of the segments. The blob key appears atomically when
+//! `CopyObject` or `CompleteMultipartUpload` returns, never partially. The cost is one server
+//! side copy of the blob's bytes inside S3 (no transfer through the replica), plus a request
+//! per segment part; in exchange each append streams straight to S3 and a session needs no
+//! final re-upload. A blob that already exists is not copied again. The session record is then
+//! deleted, and with it every segment and pending multipart upload under `uploads/<id>/`.
+//!
+//! A cancelled session (`upload_delete`) is removed the same way: record, then segments, then
+//! any multipart upload still pending under its prefix. Limits: one append may carry at most
+//! 10 000 parts (about 80 GiB) and a blob at most 10 000 composed parts. A replica crash
+//! between deleting a record and its segments leaves unreferenced objects under `uploads/`;
+//! a bucket lifecycle rule (expire `uploads/` after some days, abort incomplete multipart
+//! uploads after a day) is the recommended backstop.
+//!
+//! # Races and faults
+//!
+//! Records that are read, modified and written (session records, tags) use conditional writes
+//! with retries; blobs are written with `If-None-Match: *` so existing content is never
+//! replaced. The SDK retries transient failures (throttling, 5xx, connection errors) with
+//! exponential backoff; timeouts bound connecting, waiting for a response and each whole
+//! operation. Every S3 failure becomes [`StorageError::Backend`] naming the operation, the key
+//! and the cause. [`Storage::check`] issues a `HeadBucket` with a short timeout, so readiness
+//! fails quickly while the bucket is unreachable.
+
+mod bucket;
+mod keys;
+mod upload;
+
+use std::ops::Range;
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+
+use self::bucket::{Bucket, Condition, FAN_OUT, Failure};
+use self::keys::Keys;
+use super::{ByteStream, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo};
+use crate::oci::{Digest, RepoName, Tag};
+
+pub use self::upload::{PART_SIZE, PARTS_IN_FLIGHT};
+
+/// Time allowed to open a connection to the endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed between sending a request and the first byte of the response.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound on one whole operation, retries included (large server-side copies included).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Attempts per operation for transient failures (the first one included).
+const MAX_ATTEMPTS: u32 = 4;
+/// Time allowed for the readiness probe.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts of a compare-and-swap on a record before giving up.
+const CAS_ATTEMPTS: u32 = 8;
+
+/// Where the S3 backend keeps its data. Credentials are not part of it: they come from the
+/// usual AWS sources (environment, shared profile, web identity, container or instance role).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Bucket name (the bucket must exist).
+    pub bucket: String,
+    /// Region the bucket is in (and that requests are signed for).
+    pub region: String,
+    /// Endpoint URL for S3-compatible servers (`http://127.0.0.1:9000`); `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Key prefix under which the whole layout lives (`""` for the bucket root).
+    pub prefix: String,
+    /// Address the bucket in the path (`endpoint/bucket/key`) rather than the host name.
+    pub force_path_style: bool,
+}
+
+/// Static credentials, for callers that do not use the AWS default chain (tests, tools).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A [`Storage`] backend on an S3 bucket, shareable by any number of replicas.
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    bucket: Bucket,
+    keys: Keys,
+}
+
+impl S3Storage {
+    /// Connects with credentials from the AWS default chain. Nothing is contacted yet; use
+    /// [`Storage::check`] to probe the bucket.
+    pub async fn connect(settings: S3Settings) -> Result<S3Storage> {
+        Self::build(settings, None).await
+    }
+
+    /// Connects with static credentials instead of the AWS default chain.
+    pub async fn connect_with_credentials(
+        settings: S3Settings,
+        credentials: S3Credentials,
+    ) -> Result<S3Storage> {
+        Self::build(settings, Some(credentials)).await
+    }
+
+    async fn build(settings: S3Settings, credentials: Option<S3Credentials>) -> Result<S3Storage> {
+        if settings.bucket.is_empty() {
+            return Err(StorageError::Backend(
+                "S3 storage needs a bucket name".to_owned(),
+            ));
+        }
+        if settings.region.is_empty() {
+            return Err(StorageError::Backend(
+                "S3 storage needs a region".to_owned(),
+            ));
+        }
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .operation_timeout(OPERATION_TIMEOUT)
+            .build();
+        let retries = RetryConfig::standard()
+            .with_max_attempts(MAX_ATTEMPTS)
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_max_backoff(Duration::from_secs(2));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .timeout_config(timeouts)
+            .retry_config(retries);
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                c.access_key_id,
+                c.secret_access_key,
+                None,
+                None,
+                "dataplane-static",
+            ));
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader.load().await;
+        let config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(settings.force_path_style)
+            .build();
+        Ok(S3Storage {
+            bucket: Bucket {
+                client: aws_sdk_s3::Client::from_conf(config),
+                name: settings.bucket,
+            },
+            keys: Keys::new(&settings.prefix),
+        })
+    }
+
+    /// Removes a record; returns whether it existed.
+    async fn remove(&self, key: &str) -> Result<bool> {
+        if self.bucket.head(key).await?.is_none() {
+            return Ok(false);
+        }
+        self.bucket.delete(key).await?;
+        Ok(true)
+    }
+
+    /// Every repository (under `root`, which ends in `/`) that holds a `_manifests/` record,
+    /// walking the name tree level by level with delimiter listings.
+    async fn walk_repositories(&self) -> Result<Vec<String>> {
+        let root = self.keys.repositories_root();
+        let mut found = Vec::new();
+        let mut frontier = vec![root.clone()];
+        while !frontier.is_empty() {
+            let listings: Vec<(String, Vec<String>)> = futures_util::stream::iter(frontier)
+                .map(|dir| async move {
+                    let listing = self.bucket.list(&dir, Some("/")).await?;
+                    Ok::<_, StorageError>((dir, listing.prefixes))
+                })
+                .buffer_unordered(FAN_OUT)
+                .try_collect()
+                .await?;
+            frontier = Vec::new();
+            for (dir, children) in listings {
+                for child in children {
+                    let Some(name) = child.strip_prefix(&dir) else {
+                        continue;
+                    };
+                    if name == keys::MANIFESTS_DIR && dir != root {
+                        let repo = &dir[root.len()..dir.len() - 1];
+                        found.push(repo.to_owned());
+                    } else if !name.starts_with('_') {
+                        frontier.push(child);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn corrupt(key: &str, what: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(format!("corrupt S3 record {key}: {what}"))
+}
+
+/// A short random pause before retrying a lost compare-and-swap, growing with `attempt`.
+async fn backoff(attempt: u32) {
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 20) as u64;
+    let base = 5u64 << attempt.min(6);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+#[async_trait::async_trait]
+impl Storage for S3Storage {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.bucket.head(&self.keys.blob(digest)).await
+    }
+
+    async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream> {
+        let key = self.keys.blob(digest);
+        let Some(range) = range else {
+            return Ok(self
+                .bucket
+                .stream(&key, None)
+                .await
+                .map_err(StorageError::from)?
+                .0);
+        };
+        if range.start >= range.end {
+            // Not expressible as an HTTP range: decide from the size.
+            let size = self
+                .bucket
+                .head(&key)
+                .await?
+                .ok_or(StorageError::NotFound)?;
+            return if range.start == range.end && range.start < size {
+                Ok(Box::pin(futures_util::stream::empty()))
+            } else {
+                Err(StorageError::RangeNotSatisfiable { size })
+            };
+        }
+        match self.bucket.stream(&key, Some(range.clone())).await {
+            // S3 shortens a range that runs past the end; the trait refuses it instead.
+            Ok((_, size)) if range.end > size => Err(StorageError::RangeNotSatisfiable { size }),
+            Ok((stream, _)) => Ok(stream),
+            Err(Failure::RangeNotSatisfiable) => {
+                let size = self
+                    .bucket
+                    .head(&key)
+                    .await?
+                    .ok_or(StorageError::NotFound)?;
+                Err(StorageError::RangeNotSatisfiable { size })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn blob_put(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        let key = self.keys.blob(digest);
+        for attempt in 0..CAS_ATTEMPTS {
+            match self.bucket.put(&key, data.clone(), Condition::Absent).await {
+                Ok(_) => return Ok(()),
+                // Content-addressed: an existing object holds the same bytes.
+                Err(Failure::Precondition) => {
+                    if self.bucket.head(&key).await?.is_some() {
+                        return Ok(());
+                    }
+                    // A conflicting write was still in progress; try again.
+                    backoff(attempt).await;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(StorageError::Backend(format!(
+            "S3 PutObject of {key}: conflicting writes did not settle"
+        )))
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<()> {
+        self.bucket.delete(&self.keys.blob(digest)).await
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let key = self.keys.layer_link(repo, digest);
+        self.bucket
+            .put(&key, Bytes::new(), Condition::None)
+            .await
+            .map(drop)
+            .map_err(StorageError::from)
+    }
+
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .bucket
+            .head(&self.keys.layer_link(repo, digest))
+            .await?
+            .is_some())
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        self.remove(&self.keys.layer_link(repo, digest)).await
+    }
+
+    async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo> {
+        self.session_create(repo).await
+    }
+
+    async fn upload_info(&self, repo: &RepoName, id: &UploadId) -> Result<UploadInfo> {
+        Ok(self.session_load(repo, id).await?.0.info)
+    }
+
+    async fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        body: ByteStream,
+    ) -> Result<u64> {
+        self.session_append(repo, id, offset, body).await
+    }
+
+    async fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<ByteStream> {
+        self.session_read(repo, id).await
+    }
+
+    async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
+        self.session_commit(repo, id, digest).await
+    }
+
+    async fn upload_delete(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        self.session_delete(repo, id).await
+    }
+
+    async fn uploads(&self) -> Result<Vec<UploadInfo>> {
+        self.sessions().await
+    }
+
+    async fn manifest_link(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        meta: &ManifestMeta,
+    ) -> Result<()> {
+        let key = self.keys.manifest_link(repo, digest);
+        let body = serde_json::to_vec(meta).map_err(|e| corrupt(&key, e))?;
+        self.bucket
+            .put(&key, Bytes::from(body), Condition::None)
+            .await
+            .map(drop)
+            .map_err(StorageError::from)
+    }
+
+    async fn manifest_meta(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestMeta>> {
+        let key = self.keys.manifest_link(repo, digest);
+        match self.bucket.get_optional(&key).await? {
+            None => Ok(None),
+            Some(object) => serde_json::from_slice(&object.data)
+                .map(Some)
+                .map_err(|e| corrupt(&key, e)),
+        }
+    }
+
+    async fn manifest_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        self.remove(&self.keys.manifest_link(repo, digest)).await
+    }
+
+    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let key = self.keys.tag(repo, tag);
+        match self.bucket.get_optional(&key).await? {
+            None => Ok(None),
+            Some(object) => {
+                let text = std::str::from_utf8(&object.data).map_err(|e| corrupt(&key, e))?;
+                text.trim().parse().map(Some).map_err(|e| corrupt(&key, e))
+            }
+        }
+    }
+
+    /// Compare-and-swap: reads the tag's version, then writes with `If-Match` (or
+    /// `If-None-Match: *` when absent), retrying when another writer got in between. Every
+    /// retry means another `tag_set` overlapped this one, so if the retries run out this write
+    /// is ordered before the concurrent winner, which is a valid outcome of the race.
+    async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+        let key = self.keys.tag(repo, tag);
+        let value = Bytes::from(digest.to_string());
+        for attempt in 0..CAS_ATTEMPTS {
+            let current = self.bucket.get_optional(&key).await?;
+            let condition = match &current {
+                Some(object) if object.data == value => return Ok(()),
+                Some(object) => Condition::Matches(&object.etag),
+                None => Condition::Absent,
+            };
+            match self.bucket.put(&key, value.clone(), condition).await {
+                Ok(_) => return Ok(()),
+                // Changed (412) or deleted (404 on `If-Match`) since it was read.
+                Err(Failure::Precondition | Failure::NotFound) => backoff(attempt).await,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        tracing::debug!(%key, "tag write ordered before a concurrent writer");
+        Ok(())
+    }
+
+    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        self.remove(&self.keys.tag(repo, tag)).await
+    }
+
+    async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
+        let prefix = self.keys.tags(repo);
+        let listing = self.bucket.list(&prefix, None).await?;
+        let mut tags = listing
+            .keys
+            .iter()
+            .map(|key| {
+                key[prefix.len()..]
+                    .parse::<Tag>()
+                    .map_err(|e| corrupt(key, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(tags)
+    }
+
+    async fn referrer_add(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: Bytes,
+    ) -> Result<()> {
+        let key = self.keys.referrer(repo, subject, referrer);
+        self.bucket
+            .put(&key, descriptor, Condition::None)
+            .await
+            .map(drop)
+            .map_err(StorageError::from)
+    }
+
+    async fn referrer_remove(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        self.bucket
+            .delete(&self.keys.referrer(repo, subject, referrer))
+            .await
+    }
+
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Bytes>> {
+        let prefix = self.keys.referrers(repo, subject);
+        let listing = self.bucket.list(&prefix, None).await?;
+        let mut referrers = listing
+            .keys
+            .into_iter()
+            .map(|key| {
+                let digest = key[prefix.len()..]
+                    .replacen('/', ":", 1)
+                    .parse::<Digest>()
+                    .map_err(|e| corrupt(&key, e))?;
+                Ok((digest, key))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        referrers.sort();
+        let descriptors: Vec<Option<Bytes>> = futures_util::stream::iter(referrers)
+            .map(|(_, key)| async move {
+                // A record removed since the listing is skipped.
+                Ok::<_, StorageError>(self.bucket.get_optional(&key).await?.map(|o| o.data))
+            })
+            .buffered(FAN_OUT)
+            .try_collect()
+            .await?;
+        Ok(descriptors.into_iter().flatten().collect())
+    }
+
+    async fn repositories(&self) -> Result<Vec<RepoName>> {
+        let mut names = self
+            .walk_repositories()
+            .await?
+            .into_iter()
+            .map(|name| name.parse::<RepoName>().map_err(|e| corrupt(&name, e)))
+            .collect::<Result<Vec<_>>>()?;
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(names)
+    }
+
+    async fn check(&self) -> Result<()> {
+        let quick = aws_sdk_s3::config::Builder::default()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CHECK_TIMEOUT)
+                    .operation_timeout(CHECK_TIMEOUT)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(1));
+        self.bucket
+            .client
+            .head_bucket()
+            .bucket(&self.bucket.name)
+            .customize()
+            .config_override(quick)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| self.bucket.error("HeadBucket", "", &e))
+    }
+}
