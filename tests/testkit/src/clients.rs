@@ -197,16 +197,8 @@ pub fn crane_roundtrip(host: &str, credentials: Option<&Credentials>) -> Result<
         cmd
     };
     if let Some(c) = credentials {
-        run(crane().args([
-            "auth",
-            "login",
-            host,
-            "-u",
-            &c.username,
-            "-p",
-            &c.password,
-        ]))
-        .context("crane auth login")?;
+        run(crane().args(["auth", "login", host, "-u", &c.username, "-p", &c.password]))
+            .context("crane auth login")?;
     }
     let layer_dir = ws.path().join("layer");
     fs::create_dir_all(&layer_dir)?;
@@ -584,7 +576,10 @@ pub fn ctr_roundtrip(host: &str, credentials: Option<&Credentials>) -> Result<()
         .find(|(_, digest)| *digest == pushed)
         .map(|(name, _)| name.clone())
         .ok_or_else(|| anyhow!("imported images {imported:?} lack manifest {pushed}"))?;
-    run(containerd.ctr().args(["images", "tag", &source, &reference])).context("ctr tag")?;
+    run(containerd
+        .ctr()
+        .args(["images", "tag", &source, &reference]))
+    .context("ctr tag")?;
     run(containerd
         .ctr()
         .args(["images", "push", "--plain-http"])
@@ -680,7 +675,12 @@ pub fn helm_roundtrip(host: &str, credentials: Option<&Credentials>) -> Result<(
         .context("helm registry login")?;
     }
     let packaged_dir = ws.path().join("packaged");
-    run(helm().arg("package").arg(&chart).arg("-d").arg(&packaged_dir)).context("helm package")?;
+    run(helm()
+        .arg("package")
+        .arg(&chart)
+        .arg("-d")
+        .arg(&packaged_dir))
+    .context("helm package")?;
     let packaged = packaged_dir.join("harness-chart-0.1.0.tgz");
     let namespace = format!("oci://{host}/{}", unique_repo("helm"));
 
@@ -697,8 +697,13 @@ pub fn helm_roundtrip(host: &str, credentials: Option<&Credentials>) -> Result<(
         push.status,
         push.stderr
     );
-    let pushed = digest_line(&format!("{}{}", push.stdout, push.stderr))
-        .ok_or_else(|| anyhow!("helm push printed no digest: {}{}", push.stdout, push.stderr))?;
+    let pushed = digest_line(&format!("{}{}", push.stdout, push.stderr)).ok_or_else(|| {
+        anyhow!(
+            "helm push printed no digest: {}{}",
+            push.stdout,
+            push.stderr
+        )
+    })?;
 
     let pulled_dir = ws.path().join("pulled");
     fs::create_dir_all(&pulled_dir)?;
@@ -715,8 +720,13 @@ pub fn helm_roundtrip(host: &str, credentials: Option<&Credentials>) -> Result<(
         pull.status,
         pull.stderr
     );
-    let pulled = digest_line(&format!("{}{}", pull.stdout, pull.stderr))
-        .ok_or_else(|| anyhow!("helm pull printed no digest: {}{}", pull.stdout, pull.stderr))?;
+    let pulled = digest_line(&format!("{}{}", pull.stdout, pull.stderr)).ok_or_else(|| {
+        anyhow!(
+            "helm pull printed no digest: {}{}",
+            pull.stdout,
+            pull.stderr
+        )
+    })?;
     ensure_same("helm manifest digest", &pushed, &pulled)?;
     ensure_same(
         "chart archive",

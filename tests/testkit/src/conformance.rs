@@ -492,7 +492,10 @@ mod tests {
     }
 
     fn all_categories() -> Vec<(&'static str, &'static str)> {
-        CATEGORIES.iter().map(|(_, apis)| (apis[0], "Pass")).collect()
+        CATEGORIES
+            .iter()
+            .map(|(_, apis)| (apis[0], "Pass"))
+            .collect()
     }
 
     #[test]

@@ -300,7 +300,10 @@ mod tests {
         assert_eq!(out, "hello\n");
         let err = run(Command::new("sh").args(["-c", "echo broken >&2; exit 3"])).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("broken") && msg.contains("exit status: 3"), "{msg}");
+        assert!(
+            msg.contains("broken") && msg.contains("exit status: 3"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -347,7 +350,10 @@ mod tests {
         while alive(&grandchild) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
-        assert!(!alive(&grandchild), "grandchild {grandchild} survived the guard");
+        assert!(
+            !alive(&grandchild),
+            "grandchild {grandchild} survived the guard"
+        );
     }
 
     fn sleeper() -> Command {
@@ -372,7 +378,10 @@ mod tests {
         cmd.args(["-c", "echo cannot-start >&2; exit 1"]);
         let mut guard = ChildGuard::spawn("failing", cmd).unwrap();
         let err = guard
-            .wait_ready(&Readiness::Http("http://127.0.0.1:1/".into()), Duration::from_secs(10))
+            .wait_ready(
+                &Readiness::Http("http://127.0.0.1:1/".into()),
+                Duration::from_secs(10),
+            )
             .unwrap_err();
         assert!(format!("{err}").contains("cannot-start"));
     }

@@ -1,8 +1,9 @@
 //! Peer registries: CNCF Distribution v3 (the reference implementation, built by the harness)
 //! and Debian's `docker-registry` (Distribution 2.8, a second peer for benchmarks).
 //!
-//! Both serve plain HTTP on an ephemeral loopback port, without authentication, with deletes
-//! enabled (needed by the conformance suite's content-management tests).
+//! Both serve plain HTTP on an ephemeral loopback port with deletes enabled (needed by the
+//! conformance suite's content-management tests); without authentication by default, or with
+//! HTTP basic authentication for one user ([`Distribution::start_with_auth`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use tempfile::TempDir;
 
+use crate::clients::Credentials;
 use crate::process::{self, ChildGuard, READY_TIMEOUT, Readiness};
 use crate::s3::S3Server;
 use crate::tools;
@@ -44,7 +46,12 @@ impl PeerRegistry {
         format!("http://{}", self.host)
     }
 
-    fn start(name: &str, binary: &Path, storage: Storage<'_>) -> Result<Self> {
+    fn start(
+        name: &str,
+        binary: &Path,
+        storage: Storage<'_>,
+        user: Option<&Credentials>,
+    ) -> Result<Self> {
         let mut last_err = None;
         for _ in 0..3 {
             let dir = tempfile::Builder::new()
@@ -52,16 +59,31 @@ impl PeerRegistry {
                 .tempdir()?;
             let port = process::free_port();
             let host = format!("127.0.0.1:{port}");
+            let htpasswd = match user {
+                Some(user) => {
+                    let path = dir.path().join("htpasswd");
+                    // Cost 4, the minimum: this only guards a throwaway test registry.
+                    let hash = bcrypt::hash(&user.password, 4)?;
+                    std::fs::write(&path, format!("{}:{hash}\n", user.username))?;
+                    Some(path)
+                }
+                None => None,
+            };
             let config = dir.path().join("config.yml");
-            std::fs::write(&config, render_config(&host, &dir.path().join("data"), storage))
-                .context("writing registry config")?;
+            let data = dir.path().join("data");
+            let yaml = render_config(&host, &data, storage, htpasswd.as_deref());
+            std::fs::write(&config, yaml).context("writing registry config")?;
             let mut cmd = Command::new(binary);
             cmd.arg("serve")
                 .arg(&config)
                 // The default OpenTelemetry exporter would try https://localhost:4318.
                 .env("OTEL_TRACES_EXPORTER", "none");
             let mut server = ChildGuard::spawn(name, cmd)?;
-            let ready = Readiness::Http(format!("http://{host}/v2/"));
+            // With authentication, /v2/ answers 401; the TCP port is the best signal then.
+            let ready = match user {
+                None => Readiness::Http(format!("http://{host}/v2/")),
+                Some(_) => Readiness::Tcp(([127, 0, 0, 1], port).into()),
+            };
             match server.wait_ready(&ready, READY_TIMEOUT) {
                 Ok(()) => {
                     return Ok(Self {
@@ -77,12 +99,22 @@ impl PeerRegistry {
     }
 }
 
-fn render_config(host: &str, root: &Path, storage: Storage<'_>) -> String {
+fn render_config(host: &str, root: &Path, storage: Storage<'_>, htpasswd: Option<&Path>) -> String {
     let mut yaml = String::new();
     let _ = writeln!(yaml, "version: 0.1");
-    let _ = writeln!(yaml, "log:\n  level: warn\n  accesslog:\n    disabled: true");
+    let _ = writeln!(
+        yaml,
+        "log:\n  level: warn\n  accesslog:\n    disabled: true"
+    );
     let _ = writeln!(yaml, "http:\n  addr: {host}");
     let _ = writeln!(yaml, "health:\n  storagedriver:\n    enabled: false");
+    if let Some(path) = htpasswd {
+        let _ = writeln!(
+            yaml,
+            "auth:\n  htpasswd:\n    realm: harness\n    path: {}",
+            path.display()
+        );
+    }
     let _ = writeln!(yaml, "storage:");
     let _ = writeln!(yaml, "  delete:\n    enabled: true");
     let _ = writeln!(yaml, "  redirect:\n    disable: true");
@@ -125,7 +157,19 @@ impl Distribution {
 
     /// Starts Distribution v3 with the given storage.
     pub fn start_with(storage: Storage<'_>) -> Result<Self> {
-        PeerRegistry::start("distribution", &tools::bin("registry"), storage).map(Self)
+        PeerRegistry::start("distribution", &tools::bin("registry"), storage, None).map(Self)
+    }
+
+    /// Starts Distribution v3 (filesystem storage) that requires HTTP basic authentication
+    /// as `user` (htpasswd, bcrypt) for every request.
+    pub fn start_with_auth(user: &Credentials) -> Result<Self> {
+        PeerRegistry::start(
+            "distribution",
+            &tools::bin("registry"),
+            Storage::Filesystem,
+            Some(user),
+        )
+        .map(Self)
     }
 }
 
@@ -151,7 +195,13 @@ impl DockerRegistry28 {
 
     /// Starts Distribution 2.8 with the given storage.
     pub fn start_with(storage: Storage<'_>) -> Result<Self> {
-        PeerRegistry::start("docker-registry", &tools::bin("docker-registry"), storage).map(Self)
+        PeerRegistry::start(
+            "docker-registry",
+            &tools::bin("docker-registry"),
+            storage,
+            None,
+        )
+        .map(Self)
     }
 }
 

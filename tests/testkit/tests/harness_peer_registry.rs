@@ -2,7 +2,7 @@
 //! trip and the OCI conformance suite against CNCF Distribution v3, plus smoke tests of
 //! Debian's Distribution 2.8 and of Distribution v3 on the harness S3 server.
 
-use testkit::clients;
+use testkit::clients::{self, Credentials};
 use testkit::conformance::{self, Options};
 use testkit::registry::{Distribution, DockerRegistry28, Storage};
 use testkit::s3::S3Server;
@@ -50,7 +50,11 @@ fn distribution_passes_the_conformance_suite() {
     eprintln!("{}", report.summary());
     report.assert_all_passed();
     assert!(report.results_dir.join("report.html").is_file());
-    assert!(report.passed() > 50, "suspiciously few tests: {}", report.summary());
+    assert!(
+        report.passed() > 50,
+        "suspiciously few tests: {}",
+        report.summary()
+    );
 }
 
 #[test]
@@ -59,7 +63,11 @@ fn conformance_against_no_registry_does_not_pass() {
     let port = testkit::process::free_port();
     let report = conformance::run(&format!("127.0.0.1:{port}"), &Options::default());
     let outcome = std::panic::catch_unwind(|| report.assert_all_passed());
-    assert!(outcome.is_err(), "an absent registry passed: {}", report.summary());
+    assert!(
+        outcome.is_err(),
+        "an absent registry passed: {}",
+        report.summary()
+    );
 }
 
 #[test]
@@ -96,4 +104,33 @@ fn conformance_defaults_catch_what_distribution_lacks() {
         "{}",
         report.summary()
     );
+}
+
+#[test]
+fn clients_authenticate_with_credentials() {
+    let user = Credentials::new("harness-user", "harness-password");
+    let registry = Distribution::start_with_auth(&user).unwrap();
+    assert_eq!(
+        testkit::process::http_get_status(&format!("{}/v2/", registry.url())).unwrap(),
+        401
+    );
+    // Without credentials every client must be refused.
+    assert!(clients::crane_roundtrip(registry.host(), None).is_err());
+    assert!(clients::oras_roundtrip(registry.host(), None).is_err());
+    let wrong = Credentials::new("harness-user", "wrong");
+    assert!(clients::skopeo_roundtrip(registry.host(), Some(&wrong)).is_err());
+    // With them, every client round trips.
+    clients::skopeo_roundtrip(registry.host(), Some(&user)).unwrap();
+    clients::crane_roundtrip(registry.host(), Some(&user)).unwrap();
+    clients::oras_roundtrip(registry.host(), Some(&user)).unwrap();
+    clients::podman_roundtrip(registry.host(), Some(&user)).unwrap();
+    clients::ctr_roundtrip(registry.host(), Some(&user)).unwrap();
+    clients::helm_roundtrip(registry.host(), Some(&user)).unwrap();
+    let options = Options {
+        credentials: Some(user),
+        ..Options::distribution_v3()
+    };
+    let report = conformance::run(registry.host(), &options);
+    eprintln!("{}", report.summary());
+    report.assert_all_passed();
 }

@@ -27,9 +27,7 @@ fn client(s3: &S3Server) -> Client {
 }
 
 /// HTTP status of a failed request (panics on success or on a transport error).
-fn status<E: std::fmt::Debug, R: std::fmt::Debug>(
-    result: Result<R, SdkError<E>>,
-) -> u16 {
+fn status<E: std::fmt::Debug, R: std::fmt::Debug>(result: Result<R, SdkError<E>>) -> u16 {
     match result {
         Ok(ok) => panic!("expected an HTTP error, got success: {ok:?}"),
         Err(SdkError::ServiceError(e)) => e.raw().status().as_u16(),
@@ -130,7 +128,10 @@ async fn s3_server_supports_what_the_registry_needs() {
         .send()
         .await
         .unwrap();
-    assert_eq!(big.content_length(), Some((part1.len() + part2.len()) as i64));
+    assert_eq!(
+        big.content_length(),
+        Some((part1.len() + part2.len()) as i64)
+    );
     let bytes = big.body.collect().await.unwrap().into_bytes();
     assert!(bytes.starts_with(&part1) && bytes.ends_with(&part2));
 
@@ -189,7 +190,10 @@ async fn s3_server_supports_what_the_registry_needs() {
         .send()
         .await
         .unwrap();
-    assert_eq!(&current.body.collect().await.unwrap().into_bytes()[..], b"v2");
+    assert_eq!(
+        &current.body.collect().await.unwrap().into_bytes()[..],
+        b"v2"
+    );
 
     // Racing create-only writers: exactly one wins each key, the loser gets 412.
     for round in 0..10 {
@@ -209,8 +213,17 @@ async fn s3_server_supports_what_the_registry_needs() {
             (a, b) => panic!("round {round}: expected exactly one winner, got {a:?} / {b:?}"),
         };
         assert_eq!(status(loser), 412, "round {round}: the losing writer");
-        let stored = c.get_object().bucket(bucket).key(&key).send().await.unwrap();
-        assert_eq!(&stored.body.collect().await.unwrap().into_bytes()[..], winner);
+        let stored = c
+            .get_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            &stored.body.collect().await.unwrap().into_bytes()[..],
+            winner
+        );
     }
 }
 
