@@ -140,6 +140,16 @@ fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xfffff)
 }
 
+/// Selects rustls' ring provider for the whole process, once. kube and reqwest need a
+/// process-wide default, and rustls cannot choose one itself when several providers are
+/// compiled in (the AWS SDK brings aws-lc-rs). Harmless if one is already installed.
+fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 fn run(mut command: Command) -> Result<Output> {
     let line = format!("{command:?}");
     command.output().map_err(|source| ClusterError::Spawn {
@@ -230,6 +240,7 @@ impl Cluster {
 
     /// A Kubernetes client authenticated as the cluster admin.
     pub async fn client(&self) -> Result<Client> {
+        ensure_crypto_provider();
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
         let config =
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
@@ -239,6 +250,7 @@ impl Cluster {
     /// An HTTPS client without credentials that trusts the cluster CA, for the endpoints
     /// the apiserver serves anonymously (OIDC discovery, JWKS, `/readyz`).
     pub fn anonymous_http(&self) -> Result<reqwest::Client> {
+        ensure_crypto_provider();
         let pem = std::fs::read(&self.ca).map_err(|e| ClusterError::Http(e.to_string()))?;
         let ca =
             reqwest::Certificate::from_pem(&pem).map_err(|e| ClusterError::Http(e.to_string()))?;
