@@ -1,0 +1,324 @@
+//! Shared helpers of the end-to-end tests: the real `dataplane` binary on an ephemeral
+//! loopback port, in its own process group, killed (with the group) on drop.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+
+/// How long the server gets to log its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `dataplane serve`.
+pub struct Dataplane {
+    child: Child,
+    /// The bound address, read from the `listening on ADDR` log line.
+    pub addr: SocketAddr,
+    log_path: PathBuf,
+    _log_dir: TempDir,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("pid", &self.child.id())
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// The `dataplane` binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_dataplane")
+}
+
+impl Dataplane {
+    /// Starts `dataplane serve --listen 127.0.0.1:0 --root ROOT EXTRA...` and waits for its
+    /// address.
+    pub fn start(root: &Path, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--root".to_owned(),
+            root.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_args(&args).unwrap_or_else(|log| panic!("dataplane did not start:\n{log}"))
+    }
+
+    /// Starts the binary with exactly these arguments; `Err(log)` if it exits before logging
+    /// its address.
+    pub fn start_args(args: &[String]) -> Result<Self, String> {
+        let log_dir = tempfile::Builder::new()
+            .prefix("dataplane-log-")
+            .tempdir()
+            .unwrap();
+        let log_path = log_dir.path().join("stderr.log");
+        let log = File::create(&log_path).unwrap();
+        let mut child = Command::new(binary())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("starting the dataplane binary");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(addr) = listening_addr(&text) {
+                return Ok(Self {
+                    child,
+                    addr,
+                    log_path,
+                    _log_dir: log_dir,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited with {status}; log:\n{text}"));
+            }
+            if Instant::now() > deadline {
+                kill_group(&mut child);
+                return Err(format!("no `listening on` line after {START_TIMEOUT:?}:\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal)
+            .expect("signalling the server");
+    }
+
+    /// SIGKILLs the server and reaps it.
+    pub fn kill(&mut self) {
+        kill_group(&mut self.child);
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- dataplane log ----\n{}\n---- end ----", self.log());
+        }
+        kill_group(&mut self.child);
+    }
+}
+
+fn kill_group(child: &mut Child) {
+    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+/// The address of the `listening on ADDR` log line (text or JSON logs).
+pub fn listening_addr(log: &str) -> Option<SocketAddr> {
+    let at = log.find("listening on ")? + "listening on ".len();
+    let rest = &log[at..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different for each seed.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A plain HTTP client that never pools connections across a server restart.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// Resolves an upload `Location` header against the server URL.
+pub fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+/// Appends `key=value` to a URL that may already have a query.
+pub fn with_query(url: &str, key: &str, value: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{key}={value}")
+}
+
+/// Pushes a blob in one `POST ?digest=`; returns the status.
+pub async fn push_blob_monolithic(
+    client: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    data: &[u8],
+) -> reqwest::Result<reqwest::StatusCode> {
+    let digest = sha256(data);
+    let response = client
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await?;
+    Ok(response.status())
+}
+
+/// Pushes a blob with `POST`, one `PATCH` per chunk (with `Content-Range`) and a final
+/// `PUT ?digest=`; returns the status of the `PUT` (or of the first failing step).
+pub async fn push_blob_chunked(
+    client: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    data: &[u8],
+    chunk: usize,
+) -> reqwest::Result<reqwest::StatusCode> {
+    let response = client
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        return Ok(response.status());
+    }
+    let mut location = absolute(base, location_of(&response));
+    let mut offset = 0;
+    for piece in data.chunks(chunk) {
+        let end = offset + piece.len() - 1;
+        let response = client
+            .patch(&location)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{offset}-{end}"))
+            .body(piece.to_vec())
+            .send()
+            .await?;
+        if response.status() != reqwest::StatusCode::ACCEPTED {
+            return Ok(response.status());
+        }
+        location = absolute(base, location_of(&response));
+        offset += piece.len();
+    }
+    let response = client
+        .put(with_query(&location, "digest", &sha256(data)))
+        .send()
+        .await?;
+    Ok(response.status())
+}
+
+fn location_of(response: &reqwest::Response) -> &str {
+    response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("upload responses carry a Location")
+}
+
+/// An OCI image manifest referencing `config` and `layers` (as `(digest, size)`).
+pub fn image_manifest(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|(digest, size)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": digest,
+                "size": size,
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config.0,
+            "size": config.1,
+        },
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+/// `PUT`s a manifest under `reference`; returns the status.
+pub async fn put_manifest(
+    client: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    reference: &str,
+    manifest: &[u8],
+) -> reqwest::Result<reqwest::StatusCode> {
+    let response = client
+        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_vec())
+        .send()
+        .await?;
+    Ok(response.status())
+}
+
+/// `GET`s a URL; returns the status, the `Docker-Content-Digest` header and the body.
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Option<String>, Vec<u8>) {
+    let response = client.get(url).send().await.expect("GET");
+    let status = response.status().as_u16();
+    let digest = response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.bytes().await.expect("reading a body").to_vec();
+    (status, digest, body)
+}

@@ -1,0 +1,285 @@
+//! Operations of the real binary: health, readiness, metrics, logs, configuration handling.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Dataplane, binary, client, get, push_blob_monolithic, pseudo_random, sha256};
+
+const HEAD: &str = "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n";
+
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Dataplane::start(root.path(), &[]);
+    let client = client();
+    let base = server.url();
+
+    assert_eq!(get(&client, &format!("{base}/healthz")).await.0, 200);
+    assert_eq!(get(&client, &format!("{base}/readyz")).await.0, 200);
+    assert_eq!(get(&client, &format!("{base}/v2/")).await.0, 200);
+
+    let data = pseudo_random(1, 300_000);
+    let status = push_blob_monolithic(&client, &base, "ops/metrics", &data)
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let (status, _, body) = get(
+        &client,
+        &format!("{base}/v2/ops/metrics/blobs/{}", sha256(&data)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, data);
+    let (status, _, _) = get(&client, &format!("{base}/v2/ops/metrics/manifests/missing")).await;
+    assert_eq!(status, 404);
+
+    let (status, _, body) = get(&client, &format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    for series in [
+        r#"dataplane_http_requests_total{route="health",method="GET",status="200"}"#,
+        r#"dataplane_http_requests_total{route="base",method="GET",status="200"}"#,
+        r#"dataplane_http_requests_total{route="blob_upload",method="POST",status="201"}"#,
+        r#"dataplane_http_requests_total{route="blob",method="GET",status="200"}"#,
+        r#"dataplane_http_requests_total{route="manifest",method="GET",status="404"}"#,
+        r#"dataplane_http_request_duration_seconds_count{route="blob",method="GET"}"#,
+    ] {
+        assert!(
+            metric_value(&text, series).is_some_and(|v| v >= 1.0),
+            "{series} missing in\n{text}"
+        );
+    }
+    assert!(!text.contains("ops/metrics"), "raw paths must not be labels");
+    let bytes_in = metric_value(&text, r#"dataplane_http_request_bytes_total{route="blob_upload"}"#)
+        .unwrap();
+    let bytes_out =
+        metric_value(&text, r#"dataplane_http_response_bytes_total{route="blob"}"#).unwrap();
+    assert!(bytes_in >= data.len() as f64, "{bytes_in}");
+    assert!(bytes_out >= data.len() as f64, "{bytes_out}");
+    assert_eq!(
+        metric_value(&text, "dataplane_uploads_in_flight"),
+        Some(0.0)
+    );
+
+    // The counters grow with further traffic.
+    push_blob_monolithic(&client, &base, "ops/metrics", &pseudo_random(2, 1000))
+        .await
+        .unwrap();
+    let (_, _, body) = get(&client, &format!("{base}/metrics")).await;
+    let text = String::from_utf8(body).unwrap();
+    let later = metric_value(&text, r#"dataplane_http_request_bytes_total{route="blob_upload"}"#)
+        .unwrap();
+    assert!(later >= bytes_in + 1000.0, "{later} vs {bytes_in}");
+}
+
+#[tokio::test]
+async fn json_logs_are_json() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Dataplane::start(root.path(), &["--log-format", "json"]);
+    let client = client();
+    assert_eq!(get(&client, &format!("{}/v2/", server.url())).await.0, 200);
+    // The access log line is written after the response; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("request served") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    let mut listening = false;
+    let mut served = false;
+    for line in lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let message = value["fields"]["message"].as_str().unwrap_or_default();
+        listening |= message == format!("listening on {}", server.addr);
+        if message == "request served" {
+            served = true;
+            assert_eq!(value["fields"]["status"], 200, "{line}");
+            assert_eq!(value["span"]["route"], "base", "{line}");
+            assert!(value["span"]["request_id"].as_str().is_some(), "{line}");
+        }
+        assert!(value["level"].is_string() && value["timestamp"].is_string(), "{line}");
+    }
+    assert!(listening && served, "{log}");
+}
+
+#[test]
+fn unknown_config_field_stops_serve_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, format!("{HEAD}storage:\n  filesystem: {{rot: /tmp/x}}\n")).unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown field `rot`"), "{stderr}");
+    assert!(stderr.contains("storage.filesystem"), "{stderr}");
+    assert!(stderr.contains("`root`"), "{stderr}");
+    assert!(stderr.contains("line 4"), "{stderr}");
+}
+
+#[test]
+fn s3_storage_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, format!("{HEAD}storage: {{s3: {{bucket: b}}}}\n")).unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`s3` is not available yet"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn check_config_validates_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!("{HEAD}region: nl-01\nnamespaces: [{{name: acme, visibility: public}}]\n"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("nl-01"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!("{HEAD}namespaces: [{{name: acme}}, {{name: acme}}, {{name: Bad}}]\n"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("namespaces[1].name") && stderr.contains("duplicate"), "{stderr}");
+    assert!(stderr.contains("namespaces[2].name"), "{stderr}");
+
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, "apiVersion: registry.thalassa.cloud/v9\nkind: DataPlaneConfig\n")
+        .unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["check-config"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("registry.thalassa.cloud/v1alpha1"), "{stderr}");
+}
+
+#[tokio::test]
+async fn config_reloads_live_and_ignores_invalid_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let root = dir.path().join("data");
+    std::fs::write(
+        &path,
+        format!("{HEAD}region: one\nstorage: {{filesystem: {{root: {}}}}}\n", root.display()),
+    )
+    .unwrap();
+    let args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--config"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([path.display().to_string()])
+        .collect();
+    let server = Dataplane::start_args(&args).unwrap();
+    let wait_for = |needle: &'static str, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if server.log().matches(needle).count() >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    std::fs::write(&path, format!("{HEAD}region: one\nnamespaces: [{{nam: x}}]\n")).unwrap();
+    wait_for("new configuration refused", 1);
+    assert!(server.log().contains("unknown field `nam`"), "{}", server.log());
+
+    std::fs::write(
+        &path,
+        format!("{HEAD}region: two\nstorage: {{filesystem: {{root: {}}}}}\n", root.display()),
+    )
+    .unwrap();
+    wait_for("configuration reloaded", 1);
+
+    std::fs::write(&path, format!("{HEAD}region: three\n")).unwrap();
+    wait_for("configuration reloaded", 2);
+    wait_for("take effect after a restart", 1);
+
+    // Still serving from the original root throughout.
+    let client = client();
+    let data = pseudo_random(3, 10_000);
+    assert_eq!(
+        push_blob_monolithic(&client, &server.url(), "ops/reload", &data)
+            .await
+            .unwrap(),
+        201
+    );
+    assert!(
+        root.join("blobs/sha256")
+            .join(&sha256(&data)[7..9])
+            .join(&sha256(&data)[7..])
+            .is_file()
+    );
+}
+
+#[tokio::test]
+async fn abandoned_upload_sessions_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, format!("{HEAD}uploads: {{sessionTimeout: 2s}}\n")).unwrap();
+    let root = dir.path().join("data");
+    let server = Dataplane::start(&root, &["--config", path.to_str().unwrap()]);
+    let client = client();
+    let base = server.url();
+    let response = client
+        .post(format!("{base}/v2/ops/expiry/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = common::absolute(
+        &base,
+        response.headers()["location"].to_str().unwrap(),
+    );
+    assert_eq!(client.get(&location).send().await.unwrap().status(), 204);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = client.get(&location).send().await.unwrap();
+        if response.status() == 404 {
+            let body = response.text().await.unwrap();
+            assert!(body.contains("BLOB_UPLOAD_UNKNOWN"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "session never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.log().contains("removed abandoned upload session"));
+}

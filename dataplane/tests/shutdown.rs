@@ -1,0 +1,150 @@
+//! Graceful shutdown of the real binary: an upload in flight when SIGTERM arrives still
+//! completes, readiness is 503 during the drain, new connections are refused once the listener
+//! closed, and the process exits 0.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Dataplane, absolute, client, get, pseudo_random, sha256, with_query};
+use nix::sys::signal::Signal;
+
+const CHUNK: usize = 64 * 1024;
+const CHUNKS: usize = 40;
+const CHUNK_PAUSE: Duration = Duration::from_millis(100);
+const DRAIN_DELAY: &str = "1500ms";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_upload_in_flight_then_exits_zero() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = Dataplane::start(
+        root.path(),
+        &["--drain-delay", DRAIN_DELAY, "--shutdown-timeout", "30s"],
+    );
+    let base = server.url();
+    let client = client();
+    let data = Bytes::from(pseudo_random(7, CHUNK * CHUNKS));
+    let digest = sha256(&data);
+
+    let response = client
+        .post(format!("{base}/v2/drain/blob/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = absolute(&base, response.headers()["location"].to_str().unwrap());
+
+    // The final PUT streams its body slowly: about four seconds in all.
+    let (first_sent_tx, first_sent_rx) = tokio::sync::oneshot::channel();
+    let body_data = data.clone();
+    let body = futures_util::stream::unfold(
+        (0usize, Some(first_sent_tx)),
+        move |(i, mut first)| {
+            let data = body_data.clone();
+            async move {
+                if i == CHUNKS {
+                    return None;
+                }
+                if i > 0 {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    }
+                    tokio::time::sleep(CHUNK_PAUSE).await;
+                }
+                let piece = data.slice(i * CHUNK..(i + 1) * CHUNK);
+                Some((Ok::<_, std::io::Error>(piece), (i + 1, first)))
+            }
+        },
+    );
+    let upload_client = client.clone();
+    let put_url = with_query(&location, "digest", &digest);
+    let upload = tokio::spawn(async move {
+        upload_client
+            .put(put_url)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", (CHUNK * CHUNKS).to_string())
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+
+    first_sent_rx.await.unwrap();
+    let signalled = Instant::now();
+    server.signal(Signal::SIGTERM);
+
+    // Readiness turns 503 at once, while the listener still accepts during the drain delay.
+    let mut saw_not_ready = false;
+    while signalled.elapsed() < Duration::from_millis(1000) {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == 503
+        {
+            saw_not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_not_ready, "readiness never turned 503 during the drain");
+    assert_eq!(get(&client, &format!("{base}/healthz")).await.0, 200);
+
+    // Then the listener closes: new connections are refused while the upload still runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect(server.addr).await.is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listener never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !upload.is_finished(),
+        "the upload finished before the listener closed; the test proves nothing"
+    );
+    assert!(
+        client.get(format!("{base}/v2/")).send().await.is_err(),
+        "a request after the listener closed must be refused"
+    );
+
+    // The upload in flight completes.
+    let status = upload.await.unwrap().expect("the upload must not be cut off");
+    assert_eq!(status, 201, "{}", server.log());
+
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.wait(Duration::from_secs(20));
+        (status, server)
+    })
+    .await
+    .unwrap();
+    let (status, server) = exit;
+    let status = status.expect("the server exits after the drain");
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("received SIGTERM") && log.contains("shut down"), "{log}");
+    drop(server);
+
+    // The blob is durable: a new server on the same root serves it whole.
+    let server = Dataplane::start(root.path(), &[]);
+    let (status, header, body) = get(
+        &client,
+        &format!("{}/v2/drain/blob/blobs/{digest}", server.url()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header.as_deref(), Some(digest.as_str()));
+    assert_eq!(sha256(&body), digest);
+}
+
+#[tokio::test]
+async fn sigint_on_an_idle_server_exits_zero_quickly() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = Dataplane::start(root.path(), &[]);
+    let started = Instant::now();
+    server.signal(Signal::SIGINT);
+    let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
