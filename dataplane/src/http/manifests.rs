@@ -1,17 +1,21 @@
 //! Manifest endpoints: `GET`/`HEAD`/`PUT`/`DELETE` of `/v2/<name>/manifests/<reference>`.
 
 use axum::body::Body;
-use axum::http::StatusCode;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 
 use super::auth::Action;
+use super::blobs::parse_digest;
 use super::error::{ApiError, ErrorCode};
-use super::{CONTENT_DIGEST_HEADER, Ctx, OCI_SUBJECT_HEADER, empty, headers, route, set_header};
-use crate::oci::{NameError, Reference, RepoName};
-use crate::registry::{MAX_MANIFEST_SIZE, RegistryError};
+use super::{
+    CONTENT_DIGEST_HEADER, Ctx, OCI_SUBJECT_HEADER, OCI_TAG_HEADER, empty, headers, route,
+    set_header,
+};
+use crate::oci::{NameError, Reference, RepoName, Tag};
+use crate::registry::{MAX_MANIFEST_SIZE, PutTarget, RegistryError};
 
 /// Parses a reference; `unknown_tag` decides how an invalid tag is answered (a tag that cannot
 /// exist is unknown when reading, invalid when writing).
@@ -96,9 +100,10 @@ pub(super) async fn put(
         ));
     }
     let content_type = ctx.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let target = put_target(ctx, &reference)?;
     let put = ctx
         .registry
-        .manifest_put(name, &reference, content_type, buf.freeze())
+        .manifest_put(name, &target, content_type, buf.freeze())
         .await?;
     let mut r = empty(StatusCode::CREATED);
     set_header(
@@ -110,7 +115,46 @@ pub(super) async fn put(
     if let Some(subject) = &put.subject {
         set_header(&mut r, OCI_SUBJECT_HEADER, subject.to_string());
     }
+    if matches!(reference, Reference::Digest(_)) {
+        for tag in &target.tags {
+            if let Ok(v) = HeaderValue::from_str(tag.as_str()) {
+                r.headers_mut().append(OCI_TAG_HEADER, v);
+            }
+        }
+    }
     Ok(r)
+}
+
+/// The push target: the path reference plus the `tag` parameters (extra tags for a push by
+/// digest) and the `digest` parameter (the digest, and so the algorithm, of a push by tag).
+fn put_target(ctx: &Ctx, reference: &Reference) -> Result<PutTarget, ApiError> {
+    let mut target = PutTarget::from_reference(reference);
+    for (key, value) in &ctx.query {
+        match key.as_str() {
+            "tag" => {
+                let tag: Tag = value.parse().map_err(|e: NameError| {
+                    ApiError::new(ErrorCode::ManifestInvalid, e.to_string())
+                })?;
+                if !target.tags.contains(&tag) {
+                    target.tags.push(tag);
+                }
+            }
+            "digest" => {
+                let digest = parse_digest(value)?;
+                match &target.digest {
+                    Some(d) if *d != digest => {
+                        return Err(ApiError::new(
+                            ErrorCode::DigestInvalid,
+                            "the digest parameter disagrees with the digest in the path",
+                        ));
+                    }
+                    _ => target.digest = Some(digest),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(target)
 }
 
 /// `DELETE /v2/<name>/manifests/<reference>`: a tag, or a manifest with its tags.

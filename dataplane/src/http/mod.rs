@@ -51,6 +51,8 @@ pub const CONTENT_DIGEST_HEADER: HeaderName = HeaderName::from_static("docker-co
 pub const UPLOAD_UUID_HEADER: HeaderName = HeaderName::from_static("docker-upload-uuid");
 /// `OCI-Subject`.
 pub const OCI_SUBJECT_HEADER: HeaderName = HeaderName::from_static("oci-subject");
+/// `OCI-Tag`, one per tag set by a push by digest with `tag` parameters.
+pub const OCI_TAG_HEADER: HeaderName = HeaderName::from_static("oci-tag");
 /// `OCI-Filters-Applied`.
 pub const OCI_FILTERS_APPLIED_HEADER: HeaderName = HeaderName::from_static("oci-filters-applied");
 

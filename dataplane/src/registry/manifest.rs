@@ -6,7 +6,7 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde_json::{Map, Value};
 
 use super::{Registry, RegistryError, Result};
-use crate::oci::{Digest, DigestAlgorithm, Reference, RepoName};
+use crate::oci::{Digest, DigestAlgorithm, Reference, RepoName, Tag};
 use crate::storage::{ManifestMeta, StorageError};
 
 /// Largest manifest accepted, in bytes.
@@ -234,6 +234,32 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedM
     }
 }
 
+/// Where a pushed manifest goes: the digest it must have (pushed by digest, or by tag with a
+/// `digest` parameter) and the tags to point at it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutTarget {
+    /// The digest the content must hash to; `None`: its SHA-256 digest.
+    pub digest: Option<Digest>,
+    /// Tags to point at the manifest.
+    pub tags: Vec<Tag>,
+}
+
+impl PutTarget {
+    /// The target of `PUT /v2/<name>/manifests/<reference>` without parameters.
+    pub fn from_reference(reference: &Reference) -> Self {
+        match reference {
+            Reference::Digest(d) => Self {
+                digest: Some(d.clone()),
+                tags: Vec::new(),
+            },
+            Reference::Tag(t) => Self {
+                digest: None,
+                tags: vec![t.clone()],
+            },
+        }
+    }
+}
+
 /// Result of a manifest push.
 #[derive(Debug, Clone)]
 pub struct ManifestPut {
@@ -257,18 +283,19 @@ pub struct Manifest {
 }
 
 impl Registry {
-    /// Validates and stores a manifest in `repo`, then points the tag at it (when `reference`
-    /// is a tag) and records it as a referrer of its subject.
+    /// Validates and stores a manifest in `repo`, then points `target`'s tags at it and records
+    /// it as a referrer of its subject. With `target.digest`, the content must hash to it (with
+    /// its algorithm); otherwise the manifest is addressed by its SHA-256 digest.
     pub async fn manifest_put(
         &self,
         repo: &RepoName,
-        reference: &Reference,
+        target: &PutTarget,
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<ManifestPut> {
         let parsed = parse_manifest(content_type, &body)?;
-        let digest = match reference {
-            Reference::Digest(declared) => {
+        let digest = match &target.digest {
+            Some(declared) => {
                 let computed = Digest::of(declared.algorithm(), &body);
                 if computed != *declared {
                     return Err(RegistryError::DigestMismatch {
@@ -278,7 +305,7 @@ impl Registry {
                 }
                 computed
             }
-            Reference::Tag(_) => Digest::of(DigestAlgorithm::Sha256, &body),
+            None => Digest::of(DigestAlgorithm::Sha256, &body),
         };
         for blob in &parsed.blobs {
             if self.storage.blob_linked(repo, blob).await? {
@@ -330,7 +357,7 @@ impl Registry {
                 .referrer_add(repo, subject, &digest, Bytes::from(json))
                 .await?;
         }
-        if let Reference::Tag(tag) = reference {
+        for tag in &target.tags {
             self.storage.tag_set(repo, tag, &digest).await?;
         }
         Ok(ManifestPut {

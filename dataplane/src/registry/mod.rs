@@ -21,7 +21,8 @@ pub use blob::{BlobRead, ByteRange};
 pub use error::{RegistryError, Result};
 pub use listing::{Listing, MAX_PAGE_SIZE, Page};
 pub use manifest::{
-    MAX_MANIFEST_SIZE, Manifest, ManifestKind, ManifestPut, ParsedManifest, parse_manifest,
+    MAX_MANIFEST_SIZE, Manifest, ManifestKind, ManifestPut, ParsedManifest, PutTarget,
+    parse_manifest,
 };
 pub use upload::{ChunkSpec, MountOutcome};
 

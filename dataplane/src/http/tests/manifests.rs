@@ -328,3 +328,72 @@ async fn delete_by_tag_and_by_digest() {
         .assert_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
     }
 }
+
+#[tokio::test]
+async fn tag_and_digest_parameters_on_push() {
+    let app = TestApp::new();
+    let config = app.push_blob("params", b"cfg").await;
+    let layer = app.push_blob("params", b"lyr").await;
+    let body = image_manifest(&config, &layer, "");
+    // By digest, with tags.
+    let digest = Digest::sha256_of(body.as_bytes());
+    let r = app
+        .call_with(
+            Method::PUT,
+            &format!("/v2/params/manifests/{digest}?tag=one&tag=two"),
+            &[("content-type", OCI_MANIFEST)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let tags: Vec<&str> = r
+        .headers
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["one", "two"]);
+    for tag in ["one", "two"] {
+        let r = app
+            .call(Method::HEAD, &format!("/v2/params/manifests/{tag}"), "")
+            .await;
+        assert_eq!(
+            r.header("docker-content-digest"),
+            Some(digest.to_string().as_str())
+        );
+    }
+    // By tag, with the digest (and so the algorithm) to use.
+    let d512 = Digest::of(DigestAlgorithm::Sha512, body.as_bytes());
+    let r = app
+        .call_with(
+            Method::PUT,
+            &format!("/v2/params/manifests/five12?digest={d512}"),
+            &[("content-type", OCI_MANIFEST)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(d512.to_string().as_str())
+    );
+    let r = app
+        .call(Method::GET, "/v2/params/manifests/five12", "")
+        .await;
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(d512.to_string().as_str())
+    );
+    // Invalid tag parameters are refused, and nothing is tagged.
+    app.call_with(
+        Method::PUT,
+        &format!("/v2/params/manifests/{digest}?tag=ok&tag=.bad"),
+        &[("content-type", OCI_MANIFEST)],
+        body,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID");
+    app.call(Method::GET, "/v2/params/manifests/ok", "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
+}
