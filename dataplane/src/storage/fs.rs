@@ -1698,4 +1698,40 @@ mod tests {
             Err(StorageError::NotFound)
         ));
     }
+
+    /// Appends racing from two instances (as from two processes) are serialized by the file
+    /// lock: exactly one wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn appends_from_two_instances_are_serialized() {
+        let dir = tempfile::tempdir().unwrap();
+        let instances = [
+            Arc::new(FsStorage::open(dir.path()).await.unwrap()),
+            Arc::new(FsStorage::open(dir.path()).await.unwrap()),
+        ];
+        let r = repo("shared/race");
+        let id = instances[0].upload_create(&r).await.unwrap().id;
+        let tasks: Vec<_> = (0..8u8)
+            .map(|i| {
+                let s = Arc::clone(&instances[usize::from(i % 2)]);
+                let (r, id) = (r.clone(), id.clone());
+                let chunks = (0..4).map(|_| vec![i; 64 * 1024]).collect();
+                tokio::spawn(
+                    async move { (i, s.upload_append(&r, &id, 0, stream_of(chunks)).await) },
+                )
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (i, Ok(_)) => winners.push(i),
+                (_, Err(StorageError::OffsetMismatch { current, .. })) => {
+                    assert_eq!(current, 256 * 1024)
+                }
+                (_, Err(e)) => panic!("unexpected error {e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1);
+        let stored = collect(instances[1].upload_read(&r, &id).await.unwrap()).await;
+        assert_eq!(stored, vec![winners[0]; 256 * 1024]);
+    }
 }
