@@ -17,8 +17,8 @@ use common::{
 const PUSHES: usize = 50;
 /// Acknowledgements per push: chunked layer, small layer, shared config, manifest.
 const ACKS_PER_PUSH: usize = 4;
-/// The server is killed once this many acknowledgements were seen.
-const KILL_AFTER_ACKS: usize = PUSHES * ACKS_PER_PUSH / 3;
+/// The server is killed once this many manifests were acknowledged.
+const KILL_AFTER_MANIFESTS: usize = 10;
 const CHUNK: usize = 256 * 1024;
 
 /// What one push sends.
@@ -35,7 +35,8 @@ fn shared_config() -> Vec<u8> {
 }
 
 fn push_plan(i: usize) -> Push {
-    let layer = pseudo_random(1000 + i as u64, 1024 * 1024 + i * 7919);
+    // Sizes from 256 KiB to 2.5 MiB (1 to 10 chunks), so pushes finish at different times.
+    let layer = pseudo_random(1000 + i as u64, CHUNK * (1 + i % 10) + i * 7919);
     let small = pseudo_random(5000 + i as u64, 64 * 1024 + i);
     let config = shared_config();
     let manifest = image_manifest(
@@ -65,12 +66,14 @@ async fn run_push(
     base: String,
     i: usize,
     acks: Arc<Mutex<Vec<Ack>>>,
-    count: Arc<AtomicUsize>,
+    manifests: Arc<AtomicUsize>,
 ) {
     let push = push_plan(i);
     let ack = |a: Ack| {
+        if matches!(a, Ack::Manifest { .. }) {
+            manifests.fetch_add(1, Ordering::SeqCst);
+        }
         acks.lock().unwrap().push(a);
-        count.fetch_add(1, Ordering::SeqCst);
     };
     let Ok(status) = push_blob_chunked(&client, &base, &push.repo, &push.layer, CHUNK).await
     else {
@@ -143,7 +146,7 @@ async fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
     let base = server.url();
     let http = client();
     let acks = Arc::new(Mutex::new(Vec::new()));
-    let count = Arc::new(AtomicUsize::new(0));
+    let manifests_acked = Arc::new(AtomicUsize::new(0));
 
     let tasks: Vec<_> = (0..PUSHES)
         .map(|i| {
@@ -152,25 +155,29 @@ async fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
                 base.clone(),
                 i,
                 acks.clone(),
-                count.clone(),
+                manifests_acked.clone(),
             ))
         })
         .collect();
 
-    // Kill as soon as a third of all acknowledgements arrived.
-    while count.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
+    // Kill as soon as some manifests were acknowledged.
+    while manifests_acked.load(Ordering::SeqCst) < KILL_AFTER_MANIFESTS {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     server.kill();
-    let acked_at_kill = count.load(Ordering::SeqCst);
+    let acked_at_kill = acks.lock().unwrap().len();
     for task in tasks {
         task.await.unwrap();
     }
     let acks = acks.lock().unwrap().clone();
     // Acknowledgements whose response was already in flight may land after the kill; none can
     // arrive once the process is gone, and the kill left pushes unfinished.
-    assert!(acks.len() < PUSHES * ACKS_PER_PUSH, "every push finished before the kill");
-    assert!(acks.len() >= acked_at_kill);
+    let manifests_acked = manifests_acked.load(Ordering::SeqCst);
+    assert!(manifests_acked >= KILL_AFTER_MANIFESTS);
+    assert!(
+        manifests_acked < PUSHES && acks.len() < PUSHES * ACKS_PER_PUSH,
+        "every push finished before the kill"
+    );
     eprintln!(
         "killed after {acked_at_kill} acknowledgements, {} in all, of {} possible",
         acks.len(),
