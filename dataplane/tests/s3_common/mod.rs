@@ -19,9 +19,25 @@ pub fn shared_server() -> Arc<S3Server> {
         return server;
     }
     // Starting blocks (process spawn and readiness polling); tests run on a multi-thread runtime.
-    let server = Arc::new(tokio::task::block_in_place(S3Server::start));
+    let server = Arc::new(tokio::task::block_in_place(start_server));
     *slot = Arc::downgrade(&server);
     server
+}
+
+/// Starts a server, trying again when it comes up but refuses its first request (a loaded
+/// machine can make the bucket creation fail with 503 right after readiness).
+fn start_server() -> S3Server {
+    let mut last = None;
+    for _ in 0..3 {
+        match S3Server::try_start() {
+            Ok(server) => return server,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!(
+        "starting the test S3 server: {:?}",
+        last.expect("an attempt")
+    );
 }
 
 /// A key prefix no other test of this process uses.

@@ -88,6 +88,12 @@ impl Bucket {
     where
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
+        if let SdkError::ServiceError(service) = &err
+            && service.err().code() == Some("NoSuchBucket")
+        {
+            // A configuration or infrastructure fault, not a missing object.
+            return Failure::Other(self.error(op, key, &err));
+        }
         let status = err.raw_response().map(|r| r.status().as_u16());
         match status {
             Some(404) => return Failure::NotFound,
@@ -97,8 +103,11 @@ impl Bucket {
         }
         if let SdkError::ServiceError(service) = &err {
             // MinIO and S3 name a missing multipart upload or key by code, too.
-            if matches!(service.err().code(), Some("NoSuchKey" | "NoSuchUpload")) {
-                return Failure::NotFound;
+            match service.err().code() {
+                Some("NoSuchKey" | "NoSuchUpload") => return Failure::NotFound,
+                // AWS answers 409 when a conditional write races another one: retry as a 412.
+                Some("ConditionalRequestConflict") => return Failure::Precondition,
+                _ => {}
             }
         }
         Failure::Other(self.error(op, key, &err))

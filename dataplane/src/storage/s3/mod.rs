@@ -37,7 +37,7 @@
 //! 2. streams the body into a **new** segment with a fresh name: bytes are buffered into parts
 //!    of [`PART_SIZE`] and sent as parts of a multipart upload, at most [`PARTS_IN_FLIGHT`]
 //!    parts uploading in parallel while the next one fills, so an append holds at most
-//!    `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes whatever its length; a body shorter than one
+//!    `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes (18 MiB) whatever its length; a body shorter than one
 //!    part becomes a single `PutObject`;
 //! 3. if the session's last segment is shorter than S3's 5 MiB minimum part size (a *short
 //!    tail*, left by a small chunk), it is read first and becomes the start of the new segment,
@@ -65,7 +65,7 @@
 //!
 //! A cancelled session (`upload_delete`) is removed the same way: record, then segments, then
 //! any multipart upload still pending under its prefix. Limits: one append may carry at most
-//! 10 000 parts (about 80 GiB) and a blob at most 10 000 composed parts. A replica crash
+//! 10 000 parts (about 58 GiB) and a blob at most 10 000 composed parts. A replica crash
 //! between deleting a record and its segments leaves unreferenced objects under `uploads/`;
 //! a bucket lifecycle rule (expire `uploads/` after some days, abort incomplete multipart
 //! uploads after a day) is the recommended backstop.
@@ -110,6 +110,8 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const MAX_ATTEMPTS: u32 = 4;
 /// Time allowed for the readiness probe.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Region signed for when talking to an S3-compatible endpoint and none is configured.
+const DEFAULT_REGION: &str = "us-east-1";
 /// Attempts of a compare-and-swap on a record before giving up.
 const CAS_ATTEMPTS: u32 = 8;
 
@@ -119,7 +121,8 @@ const CAS_ATTEMPTS: u32 = 8;
 pub struct S3Settings {
     /// Bucket name (the bucket must exist).
     pub bucket: String,
-    /// Region the bucket is in (and that requests are signed for).
+    /// Region the bucket is in (and that requests are signed for); empty to take it from the
+    /// AWS default chain (`AWS_REGION`, profile), or `us-east-1` with a custom endpoint.
     pub region: String,
     /// Endpoint URL for S3-compatible servers (`http://127.0.0.1:9000`); `None` for AWS.
     pub endpoint: Option<String>,
@@ -175,11 +178,6 @@ impl S3Storage {
                 "S3 storage needs a bucket name".to_owned(),
             ));
         }
-        if settings.region.is_empty() {
-            return Err(StorageError::Backend(
-                "S3 storage needs a region".to_owned(),
-            ));
-        }
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
@@ -190,9 +188,11 @@ impl S3Storage {
             .with_initial_backoff(Duration::from_millis(100))
             .with_max_backoff(Duration::from_secs(2));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(settings.region.clone()))
             .timeout_config(timeouts)
             .retry_config(retries);
+        if !settings.region.is_empty() {
+            loader = loader.region(Region::new(settings.region.clone()));
+        }
         if let Some(c) = credentials {
             loader = loader.credentials_provider(Credentials::new(
                 c.access_key_id,
@@ -206,9 +206,19 @@ impl S3Storage {
             loader = loader.endpoint_url(endpoint);
         }
         let shared = loader.load().await;
-        let config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(settings.force_path_style)
-            .build();
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.force_path_style);
+        if shared.region().is_none() {
+            if settings.endpoint.is_none() {
+                return Err(StorageError::Backend(
+                    "S3 storage needs a region: set it in the configuration or in AWS_REGION"
+                        .to_owned(),
+                ));
+            }
+            // S3-compatible servers mostly ignore the region but signatures need one.
+            config = config.region(Region::new(DEFAULT_REGION));
+        }
+        let config = config.build();
         Ok(S3Storage {
             bucket: Bucket {
                 client: aws_sdk_s3::Client::from_conf(config),

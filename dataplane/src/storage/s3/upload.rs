@@ -16,7 +16,7 @@ use crate::oci::{Digest, RepoName};
 use crate::storage::{ByteStream, Result, StorageError, UploadId, UploadInfo};
 
 /// Size of the parts an append streams to S3 (and the most it buffers before sending one).
-pub const PART_SIZE: usize = 8 * 1024 * 1024;
+pub const PART_SIZE: usize = 6 * 1024 * 1024;
 /// Parts of one append uploading at once, besides the one being filled.
 pub const PARTS_IN_FLIGHT: usize = 2;
 /// S3's minimum size of every part of a multipart upload but the last.
