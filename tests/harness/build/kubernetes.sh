@@ -21,7 +21,7 @@ if [[ -f "$versions" ]]; then
   # shellcheck source=/dev/null
   source "$versions"
 fi
-: "${KUBERNETES_VERSION:=1.37.2}"
+: "${KUBERNETES_VERSION:=1.34.12}"
 
 cache="${1:-${REGISTRY_HARNESS_CACHE:-$HOME/.cache/registry-harness}}"
 mkdir -p "$cache/bin"
