@@ -50,9 +50,7 @@ const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The configured storage backend is not part of this release.
-    #[error(
-        "storage backend `{0}` is not available yet in this release; use `storage.filesystem`"
-    )]
+    #[error("storage backend `{0}` is not available yet in this release; use `storage.filesystem`")]
     BackendUnavailable(&'static str),
     /// The configuration selects no storage backend.
     #[error("the configuration selects no storage backend")]
@@ -408,11 +406,15 @@ mod tests {
         let (status, text) = get_text(&app, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(
-            text.contains(r#"dataplane_http_requests_total{route="base",method="GET",status="200"} 1"#),
+            text.contains(
+                r#"dataplane_http_requests_total{route="base",method="GET",status="200"} 1"#
+            ),
             "{text}"
         );
         assert!(
-            text.contains(r#"dataplane_http_requests_total{route="health",method="GET",status="200"} 2"#),
+            text.contains(
+                r#"dataplane_http_requests_total{route="health",method="GET",status="200"} 2"#
+            ),
             "{text}"
         );
         shutting_down.store(true, Ordering::SeqCst);

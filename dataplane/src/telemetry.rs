@@ -322,7 +322,10 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     let route = RouteClass::of(request.uri().path());
     let method = method_label(request.method());
     let _in_flight = (route == RouteClass::BlobUpload
-        && matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT))
+        && matches!(
+            *request.method(),
+            Method::POST | Method::PATCH | Method::PUT
+        ))
     .then(|| {
         metrics.uploads_in_flight.inc();
         InFlight(metrics.uploads_in_flight.clone())
@@ -496,7 +499,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"dataplane_http_requests_total{route="tags",method="GET",status="200"} 1"#),
+            text.contains(
+                r#"dataplane_http_requests_total{route="tags",method="GET",status="200"} 1"#
+            ),
             "{text}"
         );
         assert!(
@@ -508,7 +513,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"dataplane_http_request_duration_seconds_count{route="tags",method="GET"} 1"#),
+            text.contains(
+                r#"dataplane_http_request_duration_seconds_count{route="tags",method="GET"} 1"#
+            ),
             "{text}"
         );
         assert!(text.contains("dataplane_uploads_in_flight 0"), "{text}");

@@ -10,7 +10,8 @@ use common::Dataplane;
 fn oci_conformance_suite_passes() {
     let root = tempfile::tempdir().unwrap();
     let server = Dataplane::start(root.path(), &[]);
-    let report = testkit::conformance::run(&server.host(), &testkit::conformance::Options::default());
+    let report =
+        testkit::conformance::run(&server.host(), &testkit::conformance::Options::default());
     eprintln!("{}", report.summary());
     report.assert_all_passed();
     assert!(

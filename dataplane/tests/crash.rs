@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    Dataplane, client, get, image_manifest, pseudo_random, push_blob_chunked,
-    push_blob_monolithic, put_manifest, sha256,
+    Dataplane, client, get, image_manifest, pseudo_random, push_blob_chunked, push_blob_monolithic,
+    put_manifest, sha256,
 };
 
 const PUSHES: usize = 50;
@@ -57,8 +57,16 @@ fn push_plan(i: usize) -> Push {
 
 #[derive(Debug, Clone)]
 enum Ack {
-    Blob { repo: String, digest: String, len: usize },
-    Manifest { repo: String, tag: String, bytes: Vec<u8> },
+    Blob {
+        repo: String,
+        digest: String,
+        len: usize,
+    },
+    Manifest {
+        repo: String,
+        tag: String,
+        bytes: Vec<u8>,
+    },
 }
 
 async fn run_push(
@@ -75,8 +83,7 @@ async fn run_push(
         }
         acks.lock().unwrap().push(a);
     };
-    let Ok(status) = push_blob_chunked(&client, &base, &push.repo, &push.layer, CHUNK).await
-    else {
+    let Ok(status) = push_blob_chunked(&client, &base, &push.repo, &push.layer, CHUNK).await else {
         return;
     };
     if status != 201 {

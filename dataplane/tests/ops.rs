@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Dataplane, binary, client, get, push_blob_monolithic, pseudo_random, sha256};
+use common::{Dataplane, binary, client, get, pseudo_random, push_blob_monolithic, sha256};
 
 const HEAD: &str = "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n";
 
@@ -55,11 +55,20 @@ async fn health_readiness_and_metrics() {
             "{series} missing in\n{text}"
         );
     }
-    assert!(!text.contains("ops/metrics"), "raw paths must not be labels");
-    let bytes_in = metric_value(&text, r#"dataplane_http_request_bytes_total{route="blob_upload"}"#)
-        .unwrap();
-    let bytes_out =
-        metric_value(&text, r#"dataplane_http_response_bytes_total{route="blob"}"#).unwrap();
+    assert!(
+        !text.contains("ops/metrics"),
+        "raw paths must not be labels"
+    );
+    let bytes_in = metric_value(
+        &text,
+        r#"dataplane_http_request_bytes_total{route="blob_upload"}"#,
+    )
+    .unwrap();
+    let bytes_out = metric_value(
+        &text,
+        r#"dataplane_http_response_bytes_total{route="blob"}"#,
+    )
+    .unwrap();
     assert!(bytes_in >= data.len() as f64, "{bytes_in}");
     assert!(bytes_out >= data.len() as f64, "{bytes_out}");
     assert_eq!(
@@ -73,8 +82,11 @@ async fn health_readiness_and_metrics() {
         .unwrap();
     let (_, _, body) = get(&client, &format!("{base}/metrics")).await;
     let text = String::from_utf8(body).unwrap();
-    let later = metric_value(&text, r#"dataplane_http_request_bytes_total{route="blob_upload"}"#)
-        .unwrap();
+    let later = metric_value(
+        &text,
+        r#"dataplane_http_request_bytes_total{route="blob_upload"}"#,
+    )
+    .unwrap();
     assert!(later >= bytes_in + 1000.0, "{later} vs {bytes_in}");
 }
 
@@ -105,7 +117,10 @@ async fn json_logs_are_json() {
             assert_eq!(value["span"]["route"], "base", "{line}");
             assert!(value["span"]["request_id"].as_str().is_some(), "{line}");
         }
-        assert!(value["level"].is_string() && value["timestamp"].is_string(), "{line}");
+        assert!(
+            value["level"].is_string() && value["timestamp"].is_string(),
+            "{line}"
+        );
     }
     assert!(listening && served, "{log}");
 }
@@ -114,7 +129,11 @@ async fn json_logs_are_json() {
 fn unknown_config_field_stops_serve_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
-    std::fs::write(&path, format!("{HEAD}storage:\n  filesystem: {{rot: /tmp/x}}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("{HEAD}storage:\n  filesystem: {{rot: /tmp/x}}\n"),
+    )
+    .unwrap();
     let output = std::process::Command::new(binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&path)
@@ -174,12 +193,18 @@ fn check_config_validates_documents() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("namespaces[1].name") && stderr.contains("duplicate"), "{stderr}");
+    assert!(
+        stderr.contains("namespaces[1].name") && stderr.contains("duplicate"),
+        "{stderr}"
+    );
     assert!(stderr.contains("namespaces[2].name"), "{stderr}");
 
     let other = dir.path().join("other.yaml");
-    std::fs::write(&other, "apiVersion: registry.thalassa.cloud/v9\nkind: DataPlaneConfig\n")
-        .unwrap();
+    std::fs::write(
+        &other,
+        "apiVersion: registry.thalassa.cloud/v9\nkind: DataPlaneConfig\n",
+    )
+    .unwrap();
     let output = std::process::Command::new(binary())
         .args(["check-config"])
         .arg(&other)
@@ -187,7 +212,10 @@ fn check_config_validates_documents() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("registry.thalassa.cloud/v1alpha1"), "{stderr}");
+    assert!(
+        stderr.contains("registry.thalassa.cloud/v1alpha1"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +225,10 @@ async fn config_reloads_live_and_ignores_invalid_documents() {
     let root = dir.path().join("data");
     std::fs::write(
         &path,
-        format!("{HEAD}region: one\nstorage: {{filesystem: {{root: {}}}}}\n", root.display()),
+        format!(
+            "{HEAD}region: one\nstorage: {{filesystem: {{root: {}}}}}\n",
+            root.display()
+        ),
     )
     .unwrap();
     let args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--config"]
@@ -212,18 +243,33 @@ async fn config_reloads_live_and_ignores_invalid_documents() {
             if server.log().matches(needle).count() >= count {
                 return;
             }
-            assert!(Instant::now() < deadline, "no {needle:?} in\n{}", server.log());
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in\n{}",
+                server.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
 
-    std::fs::write(&path, format!("{HEAD}region: one\nnamespaces: [{{nam: x}}]\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("{HEAD}region: one\nnamespaces: [{{nam: x}}]\n"),
+    )
+    .unwrap();
     wait_for("new configuration refused", 1);
-    assert!(server.log().contains("unknown field `nam`"), "{}", server.log());
+    assert!(
+        server.log().contains("unknown field `nam`"),
+        "{}",
+        server.log()
+    );
 
     std::fs::write(
         &path,
-        format!("{HEAD}region: two\nstorage: {{filesystem: {{root: {}}}}}\n", root.display()),
+        format!(
+            "{HEAD}region: two\nstorage: {{filesystem: {{root: {}}}}}\n",
+            root.display()
+        ),
     )
     .unwrap();
     wait_for("configuration reloaded", 1);
@@ -264,10 +310,7 @@ async fn abandoned_upload_sessions_expire() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    let location = common::absolute(
-        &base,
-        response.headers()["location"].to_str().unwrap(),
-    );
+    let location = common::absolute(&base, response.headers()["location"].to_str().unwrap());
     assert_eq!(client.get(&location).send().await.unwrap().status(), 204);
 
     let deadline = Instant::now() + Duration::from_secs(15);

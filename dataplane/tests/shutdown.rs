@@ -38,9 +38,8 @@ async fn sigterm_drains_an_upload_in_flight_then_exits_zero() {
     // The final PUT streams its body slowly: about four seconds in all.
     let (first_sent_tx, first_sent_rx) = tokio::sync::oneshot::channel();
     let body_data = data.clone();
-    let body = futures_util::stream::unfold(
-        (0usize, Some(first_sent_tx)),
-        move |(i, mut first)| {
+    let body =
+        futures_util::stream::unfold((0usize, Some(first_sent_tx)), move |(i, mut first)| {
             let data = body_data.clone();
             async move {
                 if i == CHUNKS {
@@ -55,8 +54,7 @@ async fn sigterm_drains_an_upload_in_flight_then_exits_zero() {
                 let piece = data.slice(i * CHUNK..(i + 1) * CHUNK);
                 Some((Ok::<_, std::io::Error>(piece), (i + 1, first)))
             }
-        },
-    );
+        });
     let upload_client = client.clone();
     let put_url = with_query(&location, "digest", &digest);
     let upload = tokio::spawn(async move {
@@ -107,7 +105,10 @@ async fn sigterm_drains_an_upload_in_flight_then_exits_zero() {
     );
 
     // The upload in flight completes.
-    let status = upload.await.unwrap().expect("the upload must not be cut off");
+    let status = upload
+        .await
+        .unwrap()
+        .expect("the upload must not be cut off");
     assert_eq!(status, 201, "{}", server.log());
 
     let exit = tokio::task::spawn_blocking(move || {
@@ -120,7 +121,10 @@ async fn sigterm_drains_an_upload_in_flight_then_exits_zero() {
     let status = status.expect("the server exits after the drain");
     assert_eq!(status.code(), Some(0), "{}", server.log());
     let log = server.log();
-    assert!(log.contains("received SIGTERM") && log.contains("shut down"), "{log}");
+    assert!(
+        log.contains("received SIGTERM") && log.contains("shut down"),
+        "{log}"
+    );
     drop(server);
 
     // The blob is durable: a new server on the same root serves it whole.

@@ -315,7 +315,10 @@ impl Config {
             check_refs(format!("federations[{i}]"), &f.namespaces);
         }
         for (i, r) in self.retention.iter().enumerate() {
-            check_refs(format!("retention[{i}]"), std::slice::from_ref(&r.namespace));
+            check_refs(
+                format!("retention[{i}]"),
+                std::slice::from_ref(&r.namespace),
+            );
         }
         let mut problem = |path: String, message: String| problems.push(Problem { path, message });
 
@@ -612,13 +615,11 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_rfc3339(&text)
-            .map(Timestamp)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid timestamp {text:?} ({e}); write RFC 3339 in UTC, e.g. 2026-01-31T12:00:00Z"
-                ))
-            })
+        humantime::parse_rfc3339(&text).map(Timestamp).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid timestamp {text:?} ({e}); write RFC 3339 in UTC, e.g. 2026-01-31T12:00:00Z"
+            ))
+        })
     }
 }
 
@@ -931,20 +932,28 @@ shards: [{name: region-config-2}]
         .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("namespaces[0].visibility"), "{msg}");
-        assert!(msg.contains("`public`") && msg.contains("`private`"), "{msg}");
+        assert!(
+            msg.contains("`public`") && msg.contains("`private`"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn other_versions_and_kinds_are_refused_by_name() {
-        let err =
-            Config::from_yaml_str("apiVersion: registry.thalassa.cloud/v2\nkind: DataPlaneConfig\nnewField: 1\n")
-                .unwrap_err();
-        assert!(matches!(err, ConfigError::UnsupportedVersion { .. }), "{err:?}");
+        let err = Config::from_yaml_str(
+            "apiVersion: registry.thalassa.cloud/v2\nkind: DataPlaneConfig\nnewField: 1\n",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnsupportedVersion { .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains(API_VERSION), "{err}");
         let err = Config::from_yaml_str("kind: DataPlaneConfig\n").unwrap_err();
         assert!(matches!(err, ConfigError::UnsupportedVersion { ref found } if found.is_empty()));
-        let err = Config::from_yaml_str("apiVersion: registry.thalassa.cloud/v1alpha1\nkind: Pod\n")
-            .unwrap_err();
+        let err =
+            Config::from_yaml_str("apiVersion: registry.thalassa.cloud/v1alpha1\nkind: Pod\n")
+                .unwrap_err();
         assert!(matches!(err, ConfigError::WrongKind { .. }), "{err:?}");
     }
 
@@ -954,7 +963,10 @@ shards: [{name: region-config-2}]
             "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\nstorage: [\n",
         )
         .unwrap_err();
-        assert!(matches!(err, ConfigError::Syntax { line: Some(_), .. }), "{err:?}");
+        assert!(
+            matches!(err, ConfigError::Syntax { line: Some(_), .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -977,7 +989,8 @@ shards: [{name: region-config-2}]
     }
 
     fn invalid(text: &str) -> Vec<Problem> {
-        let doc = format!("apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n{text}");
+        let doc =
+            format!("apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n{text}");
         match Config::from_yaml_str(&doc) {
             Err(ConfigError::Invalid(problems)) => problems,
             other => panic!("expected semantic problems, got {other:?}"),
@@ -1015,7 +1028,11 @@ shards: [{name: region-config-2}]
         let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["namespaces[0].name", "namespaces[1].name", "namespaces[3].name"]
+            [
+                "namespaces[0].name",
+                "namespaces[1].name",
+                "namespaces[3].name"
+            ]
         );
         assert!(p[2].message.contains("duplicate"));
     }
@@ -1042,7 +1059,11 @@ shards: [{name: region-config-2}]
         let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["credentials[0].expiresAt", "credentials[1].id", "credentials[1].secretHash"]
+            [
+                "credentials[0].expiresAt",
+                "credentials[1].id",
+                "credentials[1].secretHash"
+            ]
         );
         let err = Config::from_yaml_str(
             "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
@@ -1054,10 +1075,16 @@ shards: [{name: region-config-2}]
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let p = invalid("region: NL_01\nuploads: {sessionTimeout: 0s}\nshards: [{name: a}, {name: a}]\n");
+        let p = invalid(
+            "region: NL_01\nuploads: {sessionTimeout: 0s}\nshards: [{name: a}, {name: a}]\n",
+        );
         assert_eq!(p.len(), 3, "{p:?}");
         let err = ConfigError::Invalid(p).to_string();
-        assert!(err.contains("region") && err.contains("uploads.sessionTimeout") && err.contains("shards[1].name"));
+        assert!(
+            err.contains("region")
+                && err.contains("uploads.sessionTimeout")
+                && err.contains("shards[1].name")
+        );
     }
 
     #[test]

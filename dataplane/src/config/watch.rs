@@ -252,10 +252,7 @@ mod tests {
         let (handle, reloader) =
             ConfigReloader::start(ConfigSource::new(Some(path.clone()), None)).unwrap();
         let mut reloader = reloader.unwrap();
-        write(
-            &path,
-            "region: moved\nstorage: {filesystem: {root: /b}}\n",
-        );
+        write(&path, "region: moved\nstorage: {filesystem: {root: /b}}\n");
         assert!(matches!(
             reloader.poll().await,
             ReloadOutcome::Applied {
@@ -275,7 +272,10 @@ mod tests {
         let source = ConfigSource::new(Some(path.clone()), Some("/override".into()));
         let (handle, reloader) = ConfigReloader::start(source).unwrap();
         let mut reloader = reloader.unwrap();
-        assert_eq!(handle.current().filesystem_root(), Some(Path::new("/override")));
+        assert_eq!(
+            handle.current().filesystem_root(),
+            Some(Path::new("/override"))
+        );
         write(&path, "region: r2\nstorage: {filesystem: {root: /other}}\n");
         assert!(matches!(
             reloader.poll().await,
@@ -283,7 +283,10 @@ mod tests {
                 storage_change_pending: false
             }
         ));
-        assert_eq!(handle.current().filesystem_root(), Some(Path::new("/override")));
+        assert_eq!(
+            handle.current().filesystem_root(),
+            Some(Path::new("/override"))
+        );
     }
 
     #[tokio::test]

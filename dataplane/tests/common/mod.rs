@@ -89,7 +89,9 @@ impl Dataplane {
             }
             if Instant::now() > deadline {
                 kill_group(&mut child);
-                return Err(format!("no `listening on` line after {START_TIMEOUT:?}:\n{text}"));
+                return Err(format!(
+                    "no `listening on` line after {START_TIMEOUT:?}:\n{text}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
