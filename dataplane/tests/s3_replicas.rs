@@ -15,6 +15,7 @@ use dataplane::storage::conformance::{
 };
 use dataplane::storage::s3::{S3Settings, S3Storage};
 use dataplane::storage::{Storage, StorageError};
+use futures_util::StreamExt;
 use s3_common::{
     credentials, keys_under, pending_multipart_uploads, replica, settings, shared_server,
     unique_prefix,
@@ -365,4 +366,43 @@ async fn readiness_fails_fast_while_unreachable_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     forwarder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_killed_mid_append_gives_a_clean_error() {
+    // A server of its own, since this test stops it.
+    let server = tokio::task::block_in_place(s3_common::start_server);
+    let storage = replica(&server, &unique_prefix("killed")).await;
+    let r = repo("replicas/killed");
+    let id = storage.upload_create(&r).await.unwrap().id;
+
+    // A long body that reports when 20 MiB (several parts) have been handed over.
+    let (sent_enough, enough) = tokio::sync::oneshot::channel::<()>();
+    let mut sent_enough = Some(sent_enough);
+    let chunk = Bytes::from(content(25, MIB));
+    let body = futures_util::stream::iter(0..512).then(move |i| {
+        if i == 20
+            && let Some(tx) = sent_enough.take()
+        {
+            let _ = tx.send(());
+        }
+        let chunk = chunk.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, std::io::Error>(chunk)
+        }
+    });
+    let append = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = storage.upload_append(&r, &id, 0, Box::pin(body)).await;
+        (result, started.elapsed())
+    });
+    enough.await.unwrap();
+    tokio::task::block_in_place(|| drop(server));
+    let (result, elapsed) = append.await.unwrap();
+    match result {
+        Err(StorageError::Backend(message)) => assert!(message.contains("S3"), "{message}"),
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");
 }

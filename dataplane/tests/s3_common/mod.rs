@@ -26,7 +26,7 @@ pub fn shared_server() -> Arc<S3Server> {
 
 /// Starts a server, trying again when it comes up but refuses its first request (a loaded
 /// machine can make the bucket creation fail with 503 right after readiness).
-fn start_server() -> S3Server {
+pub fn start_server() -> S3Server {
     let mut last = None;
     for _ in 0..3 {
         match S3Server::try_start() {
