@@ -146,6 +146,34 @@ fn assert_every_stored_blob_is_whole(root: &Path) -> usize {
     checked
 }
 
+/// Every blob link of every repository points at a stored blob; returns the number of links.
+fn assert_every_link_has_its_blob(root: &Path) -> usize {
+    fn walk(dir: &Path, root: &Path, links: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if !path.is_dir() {
+                continue;
+            }
+            if path.file_name().is_some_and(|n| n == "_layers") {
+                for link in std::fs::read_dir(path.join("sha256")).into_iter().flatten() {
+                    let hex = link.unwrap().file_name().to_string_lossy().into_owned();
+                    let blob = root.join("blobs/sha256").join(&hex[..2]).join(&hex);
+                    assert!(blob.is_file(), "link to sha256:{hex} without its blob");
+                    *links += 1;
+                }
+            } else {
+                walk(&path, root, links);
+            }
+        }
+    }
+    let mut links = 0;
+    walk(&root.join("repositories"), root, &mut links);
+    links
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
     let root = tempfile::tempdir().unwrap();
@@ -195,6 +223,8 @@ async fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
     // Nothing partial on disk under a blob name.
     let stored = assert_every_stored_blob_is_whole(root.path());
     assert!(stored > 0);
+    let links = assert_every_link_has_its_blob(root.path());
+    assert!(links > 0);
 
     let server = Dataplane::start(root.path(), &[]);
     let base = server.url();
@@ -281,7 +311,8 @@ async fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
     assert_eq!(status, 200);
     assert_eq!(body, manifest);
     eprintln!(
-        "{} acknowledgements checked ({manifests} manifests), {stored} stored blobs verified",
+        "{} acknowledgements checked ({manifests} manifests), {stored} stored blobs and {links} \
+         links verified",
         acks.len()
     );
 }
