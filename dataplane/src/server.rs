@@ -439,24 +439,32 @@ mod tests {
     async fn expires_only_old_sessions() {
         let storage = MemoryStorage::new();
         let repo: RepoName = "a/b".parse().unwrap();
-        let old = storage.upload_create(&repo).await.unwrap();
-        let now = SystemTime::now() + Duration::from_secs(3600);
-        let fresh = storage.upload_create(&repo).await.unwrap();
-        let removed = expire_upload_sessions(&storage, Duration::from_secs(1800), now)
+        let session = storage.upload_create(&repo).await.unwrap();
+        let max_age = Duration::from_secs(1800);
+
+        // Younger than the timeout: kept.
+        let removed = expire_upload_sessions(&storage, max_age, SystemTime::now())
             .await
             .unwrap();
-        // Both were created "an hour ago" relative to `now`.
-        assert_eq!(removed, 2);
-        assert!(storage.upload_info(&repo, &old.id).await.is_err());
-        assert!(storage.upload_info(&repo, &fresh.id).await.is_err());
-
-        let kept = storage.upload_create(&repo).await.unwrap();
-        let removed =
-            expire_upload_sessions(&storage, Duration::from_secs(1800), SystemTime::now())
-                .await
-                .unwrap();
         assert_eq!(removed, 0);
-        assert!(storage.upload_info(&repo, &kept.id).await.is_ok());
+        assert!(storage.upload_info(&repo, &session.id).await.is_ok());
+
+        // An hour later: removed, and a second sweep finds nothing more.
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let removed = expire_upload_sessions(&storage, max_age, later)
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(matches!(
+            storage.upload_info(&repo, &session.id).await,
+            Err(StorageError::NotFound)
+        ));
+        assert_eq!(
+            expire_upload_sessions(&storage, max_age, later)
+                .await
+                .unwrap(),
+            0
+        );
     }
 
     #[tokio::test]
@@ -497,5 +505,55 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn shutdown_timeout_abandons_requests_that_never_finish() {
+        use tokio::io::AsyncWriteExt;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let storage = Arc::new(MemoryStorage::new());
+        let repo: RepoName = "slow/upload".parse().unwrap();
+        let session = storage.upload_create(&repo).await.unwrap();
+        let server = Server::new(ConfigHandle::fixed(Config::default()))
+            .with_storage(storage)
+            .with_options(ServeOptions {
+                shutdown_timeout: Duration::from_millis(300),
+                ..ServeOptions::default()
+            });
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = rx.await;
+        }));
+        let mut stream = loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // A chunk whose body never arrives in full.
+        stream
+            .write_all(
+                format!(
+                    "PATCH /v2/slow/upload/blobs/uploads/{} HTTP/1.1\r\nhost: x\r\n\
+                     content-type: application/octet-stream\r\ncontent-length: 1000000\r\n\r\n",
+                    session.id
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stream.write_all(&[0u8; 1000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("serve returns after the shutdown timeout")
+            .unwrap()
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(stream);
     }
 }
