@@ -239,13 +239,11 @@ pub fn crane_roundtrip(host: &str, credentials: Option<&Credentials>) -> Result<
         .ok_or_else(|| anyhow!("manifest without layers: {manifest}"))?;
     // The blob is binary (gzip): write it to a file and hash the raw bytes.
     let blob_file = ws.path().join("layer.blob");
-    run(Command::new("sh")
-        .arg("-c")
-        .arg("exec \"$0\" blob --insecure \"$1\" > \"$2\"")
-        .arg(tools::bin("crane"))
-        .arg(format!("{repo}@{layer}"))
-        .arg(&blob_file)
-        .env("DOCKER_CONFIG", ws.path().join("docker")))?;
+    process::run_to_file(
+        crane().args(["blob", "--insecure", &format!("{repo}@{layer}")]),
+        &blob_file,
+    )
+    .context("crane blob")?;
     ensure_same("layer blob", layer, &sha256_digest(&fs::read(&blob_file)?))?;
 
     let pulled = ws.path().join("pulled");

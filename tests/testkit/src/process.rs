@@ -235,11 +235,31 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(out.stdout)
 }
 
+/// Runs a one-shot command (at most [`COMMAND_TIMEOUT`]) with its stdout written byte for
+/// byte to the file `out`; fails like [`run`].
+pub fn run_to_file(cmd: &mut Command, out: &Path) -> Result<()> {
+    let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let result = spawn_and_wait(cmd, COMMAND_TIMEOUT, Stdio::from(file))?;
+    if !result.status.success() {
+        bail!(
+            "{} failed ({})\nstderr:\n{}",
+            describe(cmd),
+            result.status,
+            result.stderr.trim_end()
+        );
+    }
+    Ok(())
+}
+
 /// Runs a one-shot command in its own process group, killing the group after `timeout`.
 /// Does not check the exit status.
 pub fn run_unchecked(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    spawn_and_wait(cmd, timeout, Stdio::piped())
+}
+
+fn spawn_and_wait(cmd: &mut Command, timeout: Duration, stdout: Stdio) -> Result<Output> {
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = cmd
@@ -304,6 +324,18 @@ mod tests {
             msg.contains("broken") && msg.contains("exit status: 3"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn run_to_file_keeps_binary_output_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        run_to_file(
+            Command::new("sh").args(["-c", "printf '\\000\\377\\n'"]),
+            &out,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), [0u8, 0xff, b'\n']);
     }
 
     #[test]
