@@ -238,3 +238,46 @@ fn s3_server_stops_and_deletes_its_data_on_drop() {
     assert!(http_get_status(&health).is_err(), "server still answers");
     assert!(!data.exists(), "data directory left behind");
 }
+
+#[test]
+fn s3_script_starts_and_stops_a_server() {
+    let runtime = tempfile::tempdir().unwrap();
+    let script = testkit::tools::repo_root().join("tests/harness/s3");
+    let s3 = |action: &str| {
+        let mut cmd = std::process::Command::new(&script);
+        cmd.arg(action).env("XDG_RUNTIME_DIR", runtime.path());
+        testkit::process::run(&mut cmd).unwrap()
+    };
+    let exports = s3("up");
+    let env: std::collections::HashMap<&str, &str> = exports
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .collect();
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "S3_BUCKET",
+    ] {
+        assert!(env.contains_key(key), "{key} missing from:\n{exports}");
+    }
+    let endpoint = env["AWS_ENDPOINT_URL"];
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
+    assert_eq!(s3("env"), exports);
+    let health = format!("{endpoint}/minio/health/live");
+    assert_eq!(http_get_status(&health).unwrap(), 200);
+    let pid = std::fs::read_to_string(runtime.path().join("registry-harness/s3/pid")).unwrap();
+    s3("down");
+    assert!(http_get_status(&health).is_err(), "server still answers");
+    // Gone, or a zombie waiting for a reaper: either way no longer running.
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .map(|stat| stat.rsplit(')').next().unwrap_or("").trim().to_owned())
+        .unwrap_or_default();
+    assert!(
+        state.is_empty() || state.starts_with('Z'),
+        "server process {} left behind ({state})",
+        pid.trim()
+    );
+    assert!(!runtime.path().join("registry-harness/s3").exists());
+}
