@@ -6,8 +6,10 @@
 //! dataplane check-config FILE
 //! ```
 //!
-//! `serve` logs one line containing `listening on <ADDR>` (the actual address, also when the
-//! port is 0) on stderr once it accepts requests; scripts and tests wait for it.
+//! Once `serve` accepts requests, it logs `listening on <ADDR>` (the bound address, also when
+//! the port is 0) on stderr: the first line (`fields.message` of the first object in JSON mode),
+//! unless opening storage reported something first (e.g. cleaning up after a crash). Scripts and
+//! tests wait for the first line containing `listening on `.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,7 +49,8 @@ struct ServeArgs {
     /// storage under ./registry-data.
     #[arg(long, env = "DATAPLANE_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on; port 0 picks a free port (the log line says which).
+    /// Address to listen on; with port 0 a free port is picked, and the log line
+    /// `listening on ADDR` names it.
     #[arg(long, env = "DATAPLANE_LISTEN", default_value = "127.0.0.1:5000")]
     listen: String,
     /// Filesystem storage root; replaces the storage of the configuration document.
@@ -127,15 +130,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let source = ConfigSource::new(args.config.clone(), args.root.clone());
     let (config, reloader) = ConfigReloader::start(source)?;
-    {
-        let current = config.current();
-        tracing::info!(
-            region = %current.region,
-            config = ?args.config,
-            storage_root = ?current.filesystem_root(),
-            "configuration loaded"
-        );
-    }
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

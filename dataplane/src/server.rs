@@ -191,7 +191,14 @@ impl Server {
             .with_graceful_shutdown(signal)
             .into_future();
 
-        tracing::info!("listening on {addr}");
+        {
+            let config = self.config.current();
+            tracing::info!(
+                region = %config.region,
+                storage_root = ?config.filesystem_root(),
+                "listening on {addr}"
+            );
+        }
         let timeout = self.options.shutdown_timeout;
         let result = tokio::select! {
             result = server => result.map_err(ServeError::from),
