@@ -194,6 +194,7 @@ impl Server {
         {
             let config = self.config.current();
             tracing::info!(
+                target: telemetry::LISTENING_TARGET,
                 region = %config.region,
                 storage_root = ?config.filesystem_root(),
                 "listening on {addr}"

@@ -58,12 +58,28 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
+/// Log target of the `listening on ADDR` line, which scripts and tests wait for: it is logged
+/// at `info` whatever `RUST_LOG` says (unless `RUST_LOG` names this target itself).
+pub const LISTENING_TARGET: &str = "dataplane::listening";
+
+/// The log filter for a `RUST_LOG` value: `info` when unset, and the listening line always.
+pub fn log_filter(spec: Option<&str>) -> Result<EnvFilter, TelemetryError> {
+    let spec = spec
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    if spec.contains(LISTENING_TARGET) {
+        Ok(EnvFilter::try_new(spec)?)
+    } else {
+        Ok(EnvFilter::try_new(format!(
+            "{spec},{LISTENING_TARGET}=info"
+        ))?)
+    }
+}
+
 /// Installs the global log subscriber: stderr, `RUST_LOG` filter (default `info`).
 pub fn init_logging(format: LogFormat) -> Result<(), TelemetryError> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(spec)?,
-        _ => EnvFilter::new("info"),
-    };
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

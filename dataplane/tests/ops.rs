@@ -125,6 +125,27 @@ async fn json_logs_are_json() {
     assert!(listening && served, "{log}");
 }
 
+#[tokio::test]
+async fn the_listening_line_survives_a_quiet_log_filter() {
+    let root = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--root"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([root.path().display().to_string()])
+        .collect();
+    let server = Dataplane::start_args_env(&args, &[("RUST_LOG", "warn")]).unwrap();
+    let client = client();
+    assert_eq!(get(&client, &format!("{}/v2/", server.url())).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = server.log();
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "only the listening line at warn:\n{log}"
+    );
+    assert!(log.contains("listening on"), "{log}");
+}
+
 #[test]
 fn unknown_config_field_stops_serve_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();

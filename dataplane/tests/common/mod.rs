@@ -58,6 +58,12 @@ impl Dataplane {
     /// Starts the binary with exactly these arguments; `Err(log)` if it exits before logging
     /// its address.
     pub fn start_args(args: &[String]) -> Result<Self, String> {
+        Self::start_args_env(args, &[])
+    }
+
+    /// Like [`Dataplane::start_args`], with extra environment variables (`RUST_LOG` is unset
+    /// unless given here).
+    pub fn start_args_env(args: &[String], env: &[(&str, &str)]) -> Result<Self, String> {
         let log_dir = tempfile::Builder::new()
             .prefix("dataplane-log-")
             .tempdir()
@@ -67,6 +73,7 @@ impl Dataplane {
         let mut child = Command::new(binary())
             .args(args)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
