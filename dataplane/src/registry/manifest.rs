@@ -1,5 +1,8 @@
 //! Manifests: validation on push, storage by digest, tags, referrers, reads and deletes.
 
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
@@ -260,6 +263,50 @@ impl PutTarget {
     }
 }
 
+/// Total bytes of manifest content kept in memory by [`ManifestCache`].
+const MANIFEST_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Recently served manifest bytes by digest. Content-addressed bytes never change, so entries
+/// cannot go stale; whether a repository may see a manifest is still decided by its link in
+/// storage on every request. Read-mostly: lookups share a read lock.
+#[derive(Debug, Default)]
+pub(super) struct ManifestCache(RwLock<CacheInner>);
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    entries: HashMap<Digest, Bytes>,
+    bytes: usize,
+}
+
+impl ManifestCache {
+    fn get(&self, digest: &Digest) -> Option<Bytes> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .get(digest)
+            .cloned()
+    }
+
+    fn insert(&self, digest: &Digest, bytes: &Bytes) {
+        if bytes.len() > MANIFEST_CACHE_BYTES / 16 || self.get(digest).is_some() {
+            return;
+        }
+        let mut inner = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if inner.bytes + bytes.len() > MANIFEST_CACHE_BYTES {
+            inner.entries.clear();
+            inner.bytes = 0;
+        }
+        if inner
+            .entries
+            .insert(digest.clone(), bytes.clone())
+            .is_none()
+        {
+            inner.bytes += bytes.len();
+        }
+    }
+}
+
 /// Result of a manifest push.
 #[derive(Debug, Clone)]
 pub struct ManifestPut {
@@ -388,8 +435,11 @@ impl Registry {
         Ok((digest, meta))
     }
 
-    /// Reads a manifest's bytes (known to be stored).
+    /// Reads a manifest's bytes (known to be stored), from the cache when it holds them.
     async fn manifest_bytes(&self, digest: &Digest, size: u64) -> Result<Bytes> {
+        if let Some(bytes) = self.manifests.get(digest) {
+            return Ok(bytes);
+        }
         let mut stream = self
             .storage
             .blob_read(digest, None)
@@ -403,7 +453,9 @@ impl Registry {
         while let Some(chunk) = stream.next().await {
             buf.extend_from_slice(&chunk.map_err(StorageError::Io)?);
         }
-        Ok(buf.freeze())
+        let bytes = buf.freeze();
+        self.manifests.insert(digest, &bytes);
+        Ok(bytes)
     }
 
     /// A manifest of `repo` by tag or digest; with its bytes when `with_body`.
@@ -558,5 +610,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.artifact_type.as_deref(), Some("application/x-sbom"));
+    }
+
+    #[test]
+    fn manifest_cache_stays_within_its_budget() {
+        let cache = ManifestCache::default();
+        let small = Bytes::from_static(b"{}");
+        let d = Digest::sha256_of(&small);
+        assert!(cache.get(&d).is_none());
+        cache.insert(&d, &small);
+        assert_eq!(cache.get(&d), Some(small));
+        // Entries too large for the cache are not kept.
+        let big = Bytes::from(vec![b'x'; MANIFEST_CACHE_BYTES / 8]);
+        let big_digest = Digest::sha256_of(&big);
+        cache.insert(&big_digest, &big);
+        assert!(cache.get(&big_digest).is_none());
+        // Filling past the budget starts over instead of growing.
+        let chunk = MANIFEST_CACHE_BYTES / 16;
+        for i in 0..20u8 {
+            let b = Bytes::from(vec![i; chunk]);
+            cache.insert(&Digest::sha256_of(&b), &b);
+        }
+        assert!(cache.0.read().unwrap().bytes <= MANIFEST_CACHE_BYTES);
     }
 }

@@ -34,6 +34,7 @@ pub use upload::{ChunkSpec, MountOutcome};
 pub struct Registry {
     storage: Arc<dyn Storage>,
     hashes: upload::HashCache,
+    manifests: manifest::ManifestCache,
 }
 
 impl Registry {
@@ -42,6 +43,7 @@ impl Registry {
         Self {
             storage,
             hashes: upload::HashCache::default(),
+            manifests: manifest::ManifestCache::default(),
         }
     }
 
