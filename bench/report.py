@@ -50,6 +50,7 @@ def rows(facts: dict[str, str]) -> list[Row]:
         Row("push_mbps", f"Push, {size} single stream (MB/s)", "push", 0, True),
         Row("push_sha_pct", "Push / one core's SHA-256 speed (%)", "push", 0, True),
         Row("push_cpu_s", "Server CPU time per push (s)", "push", 2, False),
+        Row("push_sys_s", "… of which in the kernel (s)", "push", 2, False),
         Row("pull_mbps", f"Pull, {size} single stream (MB/s)", "pull", 0, True),
         Row("pull_cpu_s", "Server CPU time per pull (s)", "pull", 2, False),
         Row("get_rps", "Manifest GET by tag, 64 connections (req/s)", "manifest_get", 0, True),

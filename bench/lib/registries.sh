@@ -141,6 +141,14 @@ registry_cpu_ticks() {
   awk '{ print $12 + $13 }' <<<"$rest"
 }
 
+# registry_sys_ticks: prints the server's system (kernel) CPU time so far, in clock ticks.
+registry_sys_ticks() {
+  local stat rest
+  stat="$(</proc/"$REG_PID"/stat)" || return 1
+  rest="${stat##*) }"
+  awk '{ print $13 }' <<<"$rest"
+}
+
 # registry_status_kib FIELD: prints a /proc/PID/status field of the server, in KiB (e.g. VmHWM).
 registry_status_kib() {
   awk -v f="$1:" '$1 == f { print $2 }' "/proc/$REG_PID/status"
