@@ -40,6 +40,7 @@ use crate::http::{AppState, build_app};
 use crate::oci::RepoName;
 use crate::registry::Registry;
 use crate::storage::fs::FsStorage;
+use crate::storage::s3::{S3Settings, S3Storage};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::{self, Metrics, RouteClass};
 
@@ -49,9 +50,6 @@ const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The configured storage backend is not part of this release.
-    #[error("storage backend `{0}` is not available yet in this release; use `storage.filesystem`")]
-    BackendUnavailable(&'static str),
     /// The configuration selects no storage backend.
     #[error("the configuration selects no storage backend")]
     NoBackend,
@@ -88,7 +86,16 @@ impl Default for ServeOptions {
 pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServeError> {
     match (&config.storage.filesystem, &config.storage.s3) {
         (Some(fs), _) => Ok(Arc::new(FsStorage::open(fs.root.clone()).await?)),
-        (None, Some(_)) => Err(ServeError::BackendUnavailable("s3")),
+        (None, Some(s3)) => Ok(Arc::new(
+            S3Storage::connect(S3Settings {
+                bucket: s3.bucket.clone(),
+                region: s3.region.clone().unwrap_or_default(),
+                endpoint: s3.endpoint.clone(),
+                prefix: s3.prefix.clone(),
+                force_path_style: s3.force_path_style,
+            })
+            .await?,
+        )),
         (None, None) => Err(ServeError::NoBackend),
     }
 }
@@ -473,18 +480,6 @@ mod tests {
                 .unwrap(),
             0
         );
-    }
-
-    #[tokio::test]
-    async fn s3_is_refused_clearly() {
-        let config = Config::from_yaml_str(
-            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
-             storage: {s3: {bucket: b}}\n",
-        )
-        .unwrap();
-        let err = open_storage(&config).await.unwrap_err();
-        assert!(matches!(err, ServeError::BackendUnavailable("s3")));
-        assert!(err.to_string().contains("not available yet"));
     }
 
     #[tokio::test]

@@ -169,22 +169,6 @@ fn unknown_config_field_stops_serve_naming_the_field() {
 }
 
 #[test]
-fn s3_storage_is_refused_with_a_clear_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, format!("{HEAD}storage: {{s3: {{bucket: b}}}}\n")).unwrap();
-    let output = std::process::Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("`s3` is not available yet"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-#[test]
 fn check_config_validates_documents() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.yaml");

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tempfile::TempDir;
 
 use crate::process::{self, ChildGuard, Readiness};
@@ -120,15 +120,27 @@ impl S3Server {
     }
 
     /// Creates another bucket.
+    ///
+    /// MinIO can answer 503 for a moment after it reports ready (its object layer is still
+    /// initialising), so the creation is retried for a few seconds.
     pub fn create_bucket(&self, name: &str) -> Result<()> {
-        process::run(
-            Command::new(tools::bin("curl"))
-                .args(["-fsS", "-o", "/dev/null", "-X", "PUT"])
-                .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
-                .args(["-u", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
-                .arg(format!("{}/{name}", self.endpoint)),
-        )
-        .with_context(|| format!("creating bucket {name}"))?;
-        Ok(())
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = process::run(
+                Command::new(tools::bin("curl"))
+                    .args(["-fsS", "-o", "/dev/null", "-X", "PUT"])
+                    .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
+                    .args(["-u", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+                    .arg(format!("{}/{name}", self.endpoint)),
+            );
+            match attempt {
+                Ok(_) => return Ok(()),
+                Err(err) if std::time::Instant::now() < deadline => {
+                    eprintln!("bucket {name} not accepted yet, retrying: {err:#}");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(err) => return Err(err.context(format!("creating bucket {name}"))),
+            }
+        }
     }
 }

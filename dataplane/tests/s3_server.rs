@@ -1,0 +1,272 @@
+//! The data plane on S3 storage, as a region runs it: real `dataplane serve` processes sharing
+//! one bucket of the harness's S3 server. The OCI conformance suite and real clients run
+//! against it, and several replicas serve one upload and one tag between them.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{
+    Dataplane, absolute, client, image_manifest, pseudo_random, push_blob_monolithic, sha256,
+    with_query,
+};
+use reqwest::StatusCode;
+use testkit::s3::S3Server;
+
+/// A replica of the data plane configured for `prefix` in the server's bucket.
+struct Replica {
+    server: Dataplane,
+    _config_dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Replica {
+    type Target = Dataplane;
+    fn deref(&self) -> &Dataplane {
+        &self.server
+    }
+}
+
+fn config_for(s3: &S3Server, prefix: &str, endpoint: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let yaml = format!(
+        "apiVersion: registry.thalassa.cloud/v1alpha1\n\
+         kind: DataPlaneConfig\n\
+         region: test\n\
+         storage:\n  \
+           s3:\n    \
+             bucket: {bucket}\n    \
+             region: {region}\n    \
+             endpoint: {endpoint}\n    \
+             prefix: {prefix}\n    \
+             forcePathStyle: true\n",
+        bucket = s3.bucket(),
+        region = s3.region(),
+    );
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}
+
+fn replica_at(s3: &S3Server, prefix: &str, endpoint: &str) -> Replica {
+    let (dir, path) = config_for(s3, prefix, endpoint);
+    let args = [
+        "serve".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--config".to_owned(),
+        path.display().to_string(),
+    ];
+    let server = Dataplane::start_args_env(
+        &args,
+        &[
+            ("AWS_ACCESS_KEY_ID", s3.access_key()),
+            ("AWS_SECRET_ACCESS_KEY", s3.secret_key()),
+        ],
+    )
+    .unwrap_or_else(|log| panic!("dataplane on S3 did not start:\n{log}"));
+    Replica {
+        server,
+        _config_dir: dir,
+    }
+}
+
+fn replica(s3: &S3Server, prefix: &str) -> Replica {
+    replica_at(s3, prefix, s3.endpoint())
+}
+
+#[test]
+fn oci_conformance_suite_passes_on_s3() {
+    let s3 = S3Server::start();
+    let server = replica(&s3, "conformance");
+    let report =
+        testkit::conformance::run(&server.host(), &testkit::conformance::Options::default());
+    eprintln!("{}", report.summary());
+    report.assert_all_passed();
+    assert!(
+        report.unexercised_categories().is_empty(),
+        "{:?}",
+        report.unexercised_categories()
+    );
+}
+
+#[test]
+fn real_clients_round_trip_on_s3() {
+    let s3 = S3Server::start();
+    let server = replica(&s3, "clients");
+    let host = server.host();
+    let mut failures = Vec::new();
+    type RoundTrip = fn(&str, Option<&testkit::clients::Credentials>) -> anyhow::Result<()>;
+    let clients: [(&str, RoundTrip); 6] = [
+        ("skopeo", testkit::clients::skopeo_roundtrip),
+        ("crane", testkit::clients::crane_roundtrip),
+        ("oras", testkit::clients::oras_roundtrip),
+        ("podman", testkit::clients::podman_roundtrip),
+        ("ctr", testkit::clients::ctr_roundtrip),
+        ("helm", testkit::clients::helm_roundtrip),
+    ];
+    for (name, roundtrip) in clients {
+        if let Err(err) = roundtrip(&host, None) {
+            failures.push(format!("{name}: {err:#}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "client round trips failed on S3:\n{}\nserver log:\n{}",
+        failures.join("\n"),
+        server.log()
+    );
+}
+
+/// Pushes `data` as a monolithic blob through `base` and returns its digest.
+async fn push_blob(http: &reqwest::Client, base: &str, repo: &str, data: &[u8]) -> String {
+    let status = push_blob_monolithic(http, base, repo, data).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    sha256(data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_uploads_tags_and_blobs() {
+    let s3 = S3Server::start();
+    let replicas = [
+        replica(&s3, "shared"),
+        replica(&s3, "shared"),
+        replica(&s3, "shared"),
+    ];
+    let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+    let http = client();
+    let repo = "team/app";
+
+    // One upload, each chunk through a different replica, finished on a third.
+    let data = pseudo_random(7, 3 * 1024 * 1024 + 17);
+    let chunks: Vec<&[u8]> = data.chunks(1024 * 1024 + 5).collect();
+    let response = http
+        .post(format!("{}/v2/{repo}/blobs/uploads/", urls[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let mut location = response.headers()["location"].to_str().unwrap().to_owned();
+    let mut offset = 0usize;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let base = &urls[(i + 1) % 3];
+        let response = http
+            .patch(absolute(base, &location))
+            .header("content-type", "application/octet-stream")
+            .header(
+                "content-range",
+                format!("{}-{}", offset, offset + chunk.len() - 1),
+            )
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "chunk {i}");
+        offset += chunk.len();
+        assert_eq!(
+            response.headers()["range"].to_str().unwrap(),
+            format!("0-{}", offset - 1)
+        );
+        location = response.headers()["location"].to_str().unwrap().to_owned();
+    }
+    let digest = sha256(&data);
+    let response = http
+        .put(with_query(
+            &absolute(&urls[2], &location),
+            "digest",
+            &digest,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // Pulled through every replica at once, byte for byte.
+    for base in &urls {
+        let body = http
+            .get(format!("{base}/v2/{repo}/blobs/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(body.status(), StatusCode::OK);
+        assert_eq!(sha256(&body.bytes().await.unwrap()), digest);
+    }
+
+    // The same tag pushed from all three replicas at once: one winner, seen by everyone.
+    let config = push_blob(&http, &urls[0], repo, b"{}").await;
+    let mut manifests = Vec::new();
+    for (i, base) in urls.iter().enumerate() {
+        let layer = push_blob(&http, base, repo, format!("layer {i}").as_bytes()).await;
+        let manifest = image_manifest((&config, 2), &[(&layer, 7)]);
+        manifests.push((sha256(&manifest), manifest));
+    }
+    let pushes = manifests.iter().zip(&urls).map(|((_, manifest), base)| {
+        let http = http.clone();
+        let url = format!("{base}/v2/{repo}/manifests/latest");
+        let manifest = manifest.clone();
+        async move {
+            http.put(url)
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .body(manifest)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    for status in futures_util::future::join_all(pushes).await {
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    for base in &urls {
+        let response = http
+            .get(format!("{base}/v2/{repo}/manifests/latest"))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let header = response.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = response.bytes().await.unwrap();
+        assert_eq!(sha256(&body), header, "tag body and digest disagree");
+        seen.push(header);
+    }
+    assert!(
+        seen.iter().all(|d| d == &seen[0]),
+        "replicas disagree: {seen:?}"
+    );
+    assert!(manifests.iter().any(|(d, _)| d == &seen[0]));
+}
+
+#[tokio::test]
+async fn readiness_fails_while_the_bucket_is_unreachable() {
+    let s3 = S3Server::start();
+    // A port nobody listens on: the replica starts, but is not ready.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let server = replica_at(&s3, "unreachable", &endpoint);
+    let response = client()
+        .get(format!("{}/readyz", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health = client()
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    // The same configuration on the real endpoint is ready.
+    let ready = replica(&s3, "reachable");
+    let response = client()
+        .get(format!("{}/readyz", ready.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
