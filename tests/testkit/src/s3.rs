@@ -26,6 +26,8 @@ pub const BUCKET: &str = "registry";
 #[derive(Debug)]
 pub struct S3Server {
     endpoint: String,
+    port: u16,
+    console: u16,
     // Field order matters: the server stops before its data directory is removed.
     _server: ChildGuard,
     _data: TempDir,
@@ -50,22 +52,12 @@ impl S3Server {
             let port = process::free_port();
             let console = process::free_port();
             let endpoint = format!("http://127.0.0.1:{port}");
-            let mut cmd = Command::new(&minio);
-            cmd.arg("server")
-                .arg(data.path())
-                .args(["--quiet", "--address", &format!("127.0.0.1:{port}")])
-                .args(["--console-address", &format!("127.0.0.1:{console}")])
-                .env("MINIO_ROOT_USER", ACCESS_KEY)
-                .env("MINIO_ROOT_PASSWORD", SECRET_KEY)
-                .env("MINIO_REGION", REGION)
-                .env("MINIO_BROWSER", "off")
-                .env("MINIO_UPDATE", "off");
-            let mut server = ChildGuard::spawn("minio", cmd)?;
-            let ready = Readiness::Http(format!("{endpoint}/minio/health/ready"));
-            match server.wait_ready(&ready, Duration::from_secs(60)) {
-                Ok(()) => {
+            match spawn_minio(&minio, data.path(), port, console) {
+                Ok(server) => {
                     let s3 = Self {
                         endpoint,
+                        port,
+                        console,
                         _server: server,
                         _data: data,
                     };
@@ -76,6 +68,41 @@ impl S3Server {
             }
         }
         Err(last_err.expect("at least one attempt"))
+    }
+
+    /// SIGKILLs the server's process group and reaps it, keeping its port and data directory
+    /// for [`S3Server::restart`]. Requests to the endpoint fail until then.
+    pub fn kill(&mut self) {
+        if !self._server.is_running() {
+            return;
+        }
+        let group = nix::unistd::Pid::from_raw(self._server.pid() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        self._server.stop();
+    }
+
+    /// Starts the server again on the same port and data directory (after [`S3Server::kill`],
+    /// or stopping a running one first) and waits until it is ready; the bucket and its
+    /// objects are those on disk.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let minio = tools::bin("minio");
+        // The old listener is gone, but give a lingering socket a few chances to be released.
+        let mut attempt = 0;
+        loop {
+            match spawn_minio(&minio, self._data.path(), self.port, self.console) {
+                Ok(server) => {
+                    self._server = server;
+                    return Ok(());
+                }
+                Err(err) if attempt < 2 => {
+                    eprintln!("S3 server did not restart, retrying: {err:#}");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(err) => return Err(err.context("restarting the test S3 server")),
+            }
+        }
     }
 
     /// Endpoint URL, e.g. `http://127.0.0.1:40123` (path-style addressing).
@@ -143,4 +170,27 @@ impl S3Server {
             }
         }
     }
+}
+
+/// Starts MinIO on `port` (console on `console`) serving `data`, and waits until it is ready.
+fn spawn_minio(
+    minio: &std::path::Path,
+    data: &std::path::Path,
+    port: u16,
+    console: u16,
+) -> Result<ChildGuard> {
+    let mut cmd = Command::new(minio);
+    cmd.arg("server")
+        .arg(data)
+        .args(["--quiet", "--address", &format!("127.0.0.1:{port}")])
+        .args(["--console-address", &format!("127.0.0.1:{console}")])
+        .env("MINIO_ROOT_USER", ACCESS_KEY)
+        .env("MINIO_ROOT_PASSWORD", SECRET_KEY)
+        .env("MINIO_REGION", REGION)
+        .env("MINIO_BROWSER", "off")
+        .env("MINIO_UPDATE", "off");
+    let mut server = ChildGuard::spawn("minio", cmd)?;
+    let ready = Readiness::Http(format!("http://127.0.0.1:{port}/minio/health/ready"));
+    server.wait_ready(&ready, Duration::from_secs(60))?;
+    Ok(server)
 }
