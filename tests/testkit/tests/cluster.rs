@@ -293,6 +293,18 @@ fn pids_of(state_dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Whether `pid` is a live process (a zombie awaiting its reaper does not count).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the parenthesised command name.
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
 #[test]
 fn clusters_run_side_by_side_and_down_leaves_nothing_behind() {
     let (a, b) = std::thread::scope(|s| {
@@ -324,10 +336,7 @@ fn clusters_run_side_by_side_and_down_leaves_nothing_behind() {
     a.stop().expect("cluster down");
     assert!(!dir.exists(), "state dir removed");
     for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} still running after down"
-        );
+        assert!(!running(pid), "process {pid} still running after down");
     }
     // b is untouched by a's teardown.
     assert_eq!(
