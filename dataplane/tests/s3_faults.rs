@@ -1,5 +1,5 @@
 //! S3 faults seen through the real binary: the S3 server is SIGKILLed in the middle of 20
-//! concurrent pushes and restarted on the same port and data. Clients see clean OCI 5xx errors
+//! concurrent pushes and restarted on the same port and data. Clients see clean OCI 503 errors
 //! (never a hang), the data plane stays alive and reports itself unready, retries succeed once
 //! the bucket is back, every acknowledged push is intact and nothing partial is visible.
 
@@ -95,9 +95,9 @@ struct Failure {
 
 #[derive(Debug)]
 enum FailureKind {
-    /// A 5xx with an OCI error body: the expected answer during an outage.
+    /// A 503 `UNAVAILABLE` OCI error body: the expected answer during an outage.
     Clean { status: u16, body: String },
-    /// Any other status, or a 5xx without an OCI error body.
+    /// Any other status or body.
     Unclean { status: u16, body: String },
     /// No response: a timeout (a hang) or a broken connection.
     Transport { timed_out: bool, error: String },
@@ -170,7 +170,7 @@ async fn send(
     };
     let status = status.as_u16();
     Err(failure(
-        if (500..600).contains(&status) && is_oci_error_body(&body) {
+        if status == 503 && is_oci_error_body(&body) && body.contains("\"UNAVAILABLE\"") {
             FailureKind::Clean { status, body }
         } else {
             FailureKind::Unclean { status, body }

@@ -322,7 +322,7 @@ async fn readiness_fails_fast_while_unreachable_and_recovers() {
     );
     let message = error.to_string();
     assert!(
-        matches!(error, StorageError::Backend(_)) && message.contains("HeadBucket"),
+        matches!(error, StorageError::Unavailable(_)) && message.contains("HeadBucket"),
         "{message}"
     );
     // Data calls fail the same way, after the SDK's retries, without hanging.
@@ -330,7 +330,10 @@ async fn readiness_fails_fast_while_unreachable_and_recovers() {
     let blob = unreachable
         .blob_put(&Digest::sha256_of(b"x"), Bytes::from_static(b"x"))
         .await;
-    assert!(matches!(blob, Err(StorageError::Backend(_))), "{blob:?}");
+    assert!(
+        matches!(blob, Err(StorageError::Unavailable(_))),
+        "{blob:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "{:?}",
@@ -401,7 +404,9 @@ async fn server_killed_mid_append_gives_a_clean_error() {
     tokio::task::block_in_place(|| drop(server));
     let (result, elapsed) = append.await.unwrap();
     match result {
-        Err(StorageError::Backend(message)) => assert!(message.contains("S3"), "{message}"),
+        Err(StorageError::Unavailable(message) | StorageError::Backend(message)) => {
+            assert!(message.contains("S3"), "{message}")
+        }
         other => panic!("expected a backend error, got {other:?}"),
     }
     assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     /// Too many requests.
     #[serde(rename = "TOOMANYREQUESTS")]
     TooManyRequests,
+    /// The registry cannot serve the request now (its storage is unreachable); retry later.
+    Unavailable,
     /// An internal failure (details are logged, never sent).
     Unknown,
 }
@@ -63,6 +65,7 @@ impl ErrorCode {
             Self::Denied => StatusCode::FORBIDDEN,
             Self::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -140,6 +143,20 @@ impl ApiError {
         }))
     }
 
+    /// Storage is unreachable: logs `cause` once and answers 503 `UNAVAILABLE`, telling the
+    /// client to retry (the request changed nothing it could observe).
+    pub fn unavailable(cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::warn!(error = %cause, "storage unavailable");
+        Self(Box::new(Inner {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::Unavailable,
+            message: "the registry's storage is temporarily unavailable; retry later".into(),
+            detail: serde_json::Value::Null,
+            headers: HeaderMap::new(),
+        }))
+        .with_header(axum::http::header::RETRY_AFTER, "1")
+    }
+
     /// The status that will be answered.
     pub fn status(&self) -> StatusCode {
         self.0.status
@@ -203,19 +220,24 @@ impl From<RegistryError> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         use std::io::ErrorKind as K;
-        let unavailable = matches!(
-            &e,
-            StorageError::Io(io) if matches!(
+        let unavailable = match &e {
+            StorageError::Unavailable(_) => true,
+            StorageError::Io(io) => matches!(
                 io.kind(),
-                K::TimedOut | K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted
-                    | K::NotConnected | K::HostUnreachable | K::NetworkUnreachable
-            )
-        );
-        let err = Self::internal(&e);
+                K::TimedOut
+                    | K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::NotConnected
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable
+            ),
+            _ => false,
+        };
         if unavailable {
-            err.with_status(StatusCode::SERVICE_UNAVAILABLE)
+            Self::unavailable(&e)
         } else {
-            err
+            Self::internal(&e)
         }
     }
 }
@@ -239,5 +261,47 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         response.headers_mut().extend(headers);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn rendered(e: StorageError) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let response = ApiError::from(e).into_response();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn unreachable_storage_is_503_unavailable_without_details() {
+        let (status, headers, body) = rendered(StorageError::Unavailable(
+            "S3 PutObject of s3://secret-bucket/x failed".into(),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[axum::http::header::RETRY_AFTER], "1");
+        assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
+        assert!(!body.to_string().contains("secret-bucket"), "{body}");
+
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let (status, _, body) = rendered(StorageError::Io(refused)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
+    }
+
+    #[tokio::test]
+    async fn other_storage_failures_are_500_without_details() {
+        let (status, _, body) =
+            rendered(StorageError::Backend("corrupt record /var/lib/x".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["errors"][0]["code"], "UNKNOWN");
+        assert!(!body.to_string().contains("/var/lib"), "{body}");
     }
 }

@@ -85,6 +85,10 @@ pub enum StorageError {
     /// A backend-specific failure with a message safe to log.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The backend cannot be reached or is overloaded (connection refused, timeout, throttling);
+    /// the same request may succeed later. The message is safe to log.
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Identifier of an upload session: a UUID, so it is safe as a path or key component.

@@ -123,6 +123,13 @@ impl Bucket {
     where
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
+        let transient = match err {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
+            SdkError::ServiceError(service) => {
+                matches!(service.raw().status().as_u16(), 500 | 502 | 503 | 504)
+            }
+            _ => false,
+        };
         let cause = match err {
             SdkError::TimeoutError(_) => "timed out".to_owned(),
             SdkError::DispatchFailure(failure) if failure.is_timeout() => {
@@ -142,10 +149,12 @@ impl Bucket {
             }
             other => DisplayErrorContext(other).to_string(),
         };
-        StorageError::Backend(format!(
-            "S3 {op} of s3://{}/{key} failed: {cause}",
-            self.name
-        ))
+        let message = format!("S3 {op} of s3://{}/{key} failed: {cause}", self.name);
+        if transient {
+            StorageError::Unavailable(message)
+        } else {
+            StorageError::Backend(message)
+        }
     }
 
     /// Size of an object, or `None` if it does not exist.

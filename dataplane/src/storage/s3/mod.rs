@@ -76,8 +76,9 @@
 //! with retries; blobs are written with `If-None-Match: *` so existing content is never
 //! replaced. The SDK retries transient failures (throttling, 5xx, connection errors) with
 //! exponential backoff; timeouts bound connecting, waiting for a response and each whole
-//! operation. Every S3 failure becomes [`StorageError::Backend`] naming the operation, the key
-//! and the cause. [`Storage::check`] issues a `HeadBucket` with a short timeout, so readiness
+//! operation. Every S3 failure names the operation, the key and the cause: an unreachable
+//! endpoint, a timeout or an S3 5xx becomes [`StorageError::Unavailable`] (answered 503, retry
+//! later), anything else [`StorageError::Backend`]. [`Storage::check`] issues a `HeadBucket` with a short timeout, so readiness
 //! fails quickly while the bucket is unreachable.
 
 mod bucket;
