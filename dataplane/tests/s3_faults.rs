@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Dataplane, absolute, image_manifest, pseudo_random, sha256, with_query};
+use common::{S3Dataplane, absolute, image_manifest, pseudo_random, sha256, with_query};
 use reqwest::StatusCode;
 use testkit::s3::S3Server;
 use tokio::sync::watch;
@@ -267,47 +266,6 @@ async fn run_push(
     Ok(())
 }
 
-/// The data plane's configuration for the server's bucket; the directory holds the file.
-fn config_for(s3: &S3Server) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.yaml");
-    let yaml = format!(
-        "apiVersion: registry.thalassa.cloud/v1alpha1\n\
-         kind: DataPlaneConfig\n\
-         region: test\n\
-         storage:\n  \
-           s3:\n    \
-             bucket: {bucket}\n    \
-             region: {region}\n    \
-             endpoint: {endpoint}\n    \
-             prefix: faults\n    \
-             forcePathStyle: true\n",
-        bucket = s3.bucket(),
-        region = s3.region(),
-        endpoint = s3.endpoint(),
-    );
-    std::fs::write(&path, yaml).unwrap();
-    (dir, path)
-}
-
-fn start_dataplane(s3: &S3Server, config: &std::path::Path) -> Dataplane {
-    let args = [
-        "serve".to_owned(),
-        "--listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--config".to_owned(),
-        config.display().to_string(),
-    ];
-    Dataplane::start_args_env(
-        &args,
-        &[
-            ("AWS_ACCESS_KEY_ID", s3.access_key()),
-            ("AWS_SECRET_ACCESS_KEY", s3.secret_key()),
-        ],
-    )
-    .unwrap_or_else(|log| panic!("dataplane on S3 did not start:\n{log}"))
-}
-
 /// A client whose every request is bounded by [`REQUEST_TIMEOUT`], never reusing connections.
 fn bounded_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -421,8 +379,7 @@ async fn assert_nothing_partial(http: &reqwest::Client, base: &str, i: usize) ->
 async fn s3_killed_during_concurrent_pushes_then_restarted() {
     let started = Instant::now();
     let mut s3 = tokio::task::block_in_place(S3Server::start);
-    let (_config_dir, config) = config_for(&s3);
-    let mut server = start_dataplane(&s3, &config);
+    let mut server = S3Dataplane::start(&s3, "faults", s3.endpoint());
     let base = server.url();
     let http = bounded_client();
     assert_eq!(status_of(&http, format!("{base}/readyz")).await, 200);

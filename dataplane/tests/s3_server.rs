@@ -4,74 +4,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{
-    Dataplane, absolute, client, image_manifest, pseudo_random, push_blob_monolithic, sha256,
+    S3Dataplane, absolute, client, image_manifest, pseudo_random, push_blob_monolithic, sha256,
     with_query,
 };
 use reqwest::StatusCode;
 use testkit::s3::S3Server;
 
-/// A replica of the data plane configured for `prefix` in the server's bucket.
-struct Replica {
-    server: Dataplane,
-    _config_dir: tempfile::TempDir,
-}
-
-impl std::ops::Deref for Replica {
-    type Target = Dataplane;
-    fn deref(&self) -> &Dataplane {
-        &self.server
-    }
-}
-
-fn config_for(s3: &S3Server, prefix: &str, endpoint: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.yaml");
-    let yaml = format!(
-        "apiVersion: registry.thalassa.cloud/v1alpha1\n\
-         kind: DataPlaneConfig\n\
-         region: test\n\
-         storage:\n  \
-           s3:\n    \
-             bucket: {bucket}\n    \
-             region: {region}\n    \
-             endpoint: {endpoint}\n    \
-             prefix: {prefix}\n    \
-             forcePathStyle: true\n",
-        bucket = s3.bucket(),
-        region = s3.region(),
-    );
-    std::fs::write(&path, yaml).unwrap();
-    (dir, path)
-}
-
-fn replica_at(s3: &S3Server, prefix: &str, endpoint: &str) -> Replica {
-    let (dir, path) = config_for(s3, prefix, endpoint);
-    let args = [
-        "serve".to_owned(),
-        "--listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--config".to_owned(),
-        path.display().to_string(),
-    ];
-    let server = Dataplane::start_args_env(
-        &args,
-        &[
-            ("AWS_ACCESS_KEY_ID", s3.access_key()),
-            ("AWS_SECRET_ACCESS_KEY", s3.secret_key()),
-        ],
-    )
-    .unwrap_or_else(|log| panic!("dataplane on S3 did not start:\n{log}"));
-    Replica {
-        server,
-        _config_dir: dir,
-    }
-}
-
-fn replica(s3: &S3Server, prefix: &str) -> Replica {
-    replica_at(s3, prefix, s3.endpoint())
+fn replica(s3: &S3Server, prefix: &str) -> S3Dataplane {
+    S3Dataplane::start(s3, prefix, s3.endpoint())
 }
 
 #[test]
@@ -247,7 +188,7 @@ async fn readiness_fails_while_the_bucket_is_unreachable() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let server = replica_at(&s3, "unreachable", &endpoint);
+    let server = S3Dataplane::start(&s3, "unreachable", &endpoint);
     let response = client()
         .get(format!("{}/readyz", server.url()))
         .send()

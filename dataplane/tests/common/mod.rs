@@ -331,3 +331,66 @@ pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Option<String>, V
     let body = response.bytes().await.expect("reading a body").to_vec();
     (status, digest, body)
 }
+
+/// A `dataplane serve` on S3 storage: the server plus the directory holding its configuration.
+pub struct S3Dataplane {
+    /// The running server.
+    pub server: Dataplane,
+    _config_dir: TempDir,
+}
+
+impl std::ops::Deref for S3Dataplane {
+    type Target = Dataplane;
+    fn deref(&self) -> &Dataplane {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for S3Dataplane {
+    fn deref_mut(&mut self) -> &mut Dataplane {
+        &mut self.server
+    }
+}
+
+impl S3Dataplane {
+    /// Starts a replica on `s3`'s bucket under `prefix`, reaching S3 at `endpoint` (normally
+    /// `s3.endpoint()`), with the server's credentials in the process environment.
+    pub fn start(s3: &testkit::s3::S3Server, prefix: &str, endpoint: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        let yaml = format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\n\
+             kind: DataPlaneConfig\n\
+             region: test\n\
+             storage:\n  \
+               s3:\n    \
+                 bucket: {bucket}\n    \
+                 region: {region}\n    \
+                 endpoint: {endpoint}\n    \
+                 prefix: {prefix}\n    \
+                 forcePathStyle: true\n",
+            bucket = s3.bucket(),
+            region = s3.region(),
+        );
+        std::fs::write(&path, yaml).unwrap();
+        let args = [
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+        ];
+        let server = Dataplane::start_args_env(
+            &args,
+            &[
+                ("AWS_ACCESS_KEY_ID", s3.access_key()),
+                ("AWS_SECRET_ACCESS_KEY", s3.secret_key()),
+            ],
+        )
+        .unwrap_or_else(|log| panic!("dataplane on S3 did not start:\n{log}"));
+        Self {
+            server,
+            _config_dir: dir,
+        }
+    }
+}
