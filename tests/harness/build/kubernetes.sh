@@ -16,14 +16,11 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-versions="$here/../versions.env"
-if [[ -f "$versions" ]]; then
-  # shellcheck source=/dev/null
-  source "$versions"
-fi
-: "${KUBERNETES_VERSION:=1.34.12}"
+# shellcheck source=SCRIPTDIR/../lib/common.sh
+. "$here/../lib/common.sh"
+load_versions
 
-cache="${1:-${REGISTRY_HARNESS_CACHE:-$HOME/.cache/registry-harness}}"
+cache="${1:-$(default_cache)}"
 mkdir -p "$cache/bin"
 cache="$(cd "$cache" && pwd)"
 
