@@ -8,8 +8,11 @@
 //! - [`registry`]: registry semantics — uploads with streaming digest verification, manifest
 //!   validation, tags, referrers, catalog.
 //! - [`storage`]: the storage trait and its backends.
+//! - [`auth`]: access control (credentials, tokens, workload identity, the authorization
+//!   rule), used by [`http`]; pure policy over [`config`].
 //! - [`oci`] and [`config`]: pure vocabulary and configuration types, used by every layer.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod oci;

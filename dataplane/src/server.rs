@@ -35,6 +35,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+use crate::auth::{AuthService, Transport};
 use crate::config::{Config, ConfigHandle, ConfigReloader};
 use crate::http::{AppState, build_app};
 use crate::oci::RepoName;
@@ -153,8 +154,13 @@ impl Server {
         let registry = Arc::new(Registry::new(storage.clone()));
         let metrics = Arc::new(Metrics::new());
         let shutting_down = Arc::new(AtomicBool::new(false));
+        let transport = Transport {
+            tls: false,
+            public: !listener.local_addr()?.ip().is_loopback(),
+        };
+        let auth = AuthService::new(self.config.clone(), transport);
         let app = router(
-            AppState::new(registry),
+            AppState::new(registry, auth),
             OpsState {
                 storage: storage.clone(),
                 metrics,
@@ -389,7 +395,7 @@ mod tests {
     fn test_router(storage: Arc<dyn Storage>) -> (Router, Arc<AtomicBool>) {
         let shutting_down = Arc::new(AtomicBool::new(false));
         let app = router(
-            AppState::new(Arc::new(Registry::new(storage.clone()))),
+            AppState::open(Arc::new(Registry::new(storage.clone()))),
             OpsState {
                 storage,
                 metrics: Arc::new(Metrics::new()),

@@ -346,6 +346,14 @@ impl Config {
                     "must be later than notBefore".into(),
                 );
             }
+            for (j, old) in c.previous_secrets.iter().enumerate() {
+                if old.secret_hash.is_empty() {
+                    problem(
+                        format!("credentials[{i}].previousSecrets[{j}].secretHash"),
+                        "must not be empty".into(),
+                    );
+                }
+            }
         }
 
         for (i, f) in self.federations.iter().enumerate() {
@@ -359,6 +367,14 @@ impl Config {
                 problem(
                     format!("federations[{i}].audience"),
                     "must not be empty".into(),
+                );
+            }
+            if let Some(bundle) = &f.ca_bundle
+                && !bundle.contains("-----BEGIN CERTIFICATE-----")
+            {
+                problem(
+                    format!("federations[{i}].caBundle"),
+                    "must hold PEM certificates (-----BEGIN CERTIFICATE-----)".into(),
                 );
             }
             for (j, rule) in f.claim_rules.iter().enumerate() {
@@ -393,6 +409,22 @@ impl Config {
                     "must not be empty".into(),
                 );
             }
+        }
+        if let Some(realm) = &self.tokens.realm
+            && !(realm.starts_with("https://") || realm.starts_with("http://"))
+        {
+            problem(
+                "tokens.realm".into(),
+                format!("must be an absolute http:// or https:// URL, found {realm:?}"),
+            );
+        }
+        if self.tokens.ttl.0 < Duration::from_secs(30)
+            || self.tokens.ttl.0 > Duration::from_secs(3600)
+        {
+            problem(
+                "tokens.ttl".into(),
+                "must be between 30s and 1h: access tokens are short-lived".into(),
+            );
         }
         match &self.tokens.active {
             Some(active) if !key_ids.contains(active.as_str()) => problem(
@@ -451,6 +483,18 @@ impl Config {
     /// The namespace with this name, if declared.
     pub fn namespace(&self, name: &str) -> Option<&NamespaceConfig> {
         self.namespaces.iter().find(|ns| ns.name == name)
+    }
+
+    /// Whether the document configures access control (any namespace, credential or
+    /// federation). Without it the data plane is an open development registry: every caller
+    /// may do everything, which is only allowed on a loopback address.
+    pub fn access_control_enabled(&self) -> bool {
+        !(self.namespaces.is_empty() && self.credentials.is_empty() && self.federations.is_empty())
+    }
+
+    /// The `service` name of the token service.
+    pub fn token_service(&self) -> &str {
+        self.tokens.service.as_deref().unwrap_or(&self.region)
     }
 }
 
@@ -685,6 +729,29 @@ pub struct CredentialConfig {
     /// Not valid from this time on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// Secrets replaced by a rotation that still work until their own expiry, so that
+    /// clients holding the old secret keep working while the new one is rolled out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<PreviousSecret>,
+}
+
+/// A rotated-out secret of a credential, accepted until `expiresAt`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviousSecret {
+    /// Hash of the old secret (PHC string format).
+    pub secret_hash: String,
+    /// The old secret stops working at this time.
+    pub expires_at: Timestamp,
+}
+
+impl fmt::Debug for PreviousSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreviousSecret")
+            .field("secret_hash", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 impl fmt::Debug for CredentialConfig {
@@ -696,6 +763,7 @@ impl fmt::Debug for CredentialConfig {
             .field("namespaces", &self.namespaces)
             .field("not_before", &self.not_before)
             .field("expires_at", &self.expires_at)
+            .field("previous_secrets", &self.previous_secrets)
             .finish()
     }
 }
@@ -720,6 +788,10 @@ pub struct FederationConfig {
     /// Namespaces the scope applies to.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// PEM certificates trusted for the issuer's HTTPS endpoints, in addition to the system
+    /// roots (for example a cluster's CA when the issuer is a Kubernetes apiserver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
 }
 
 /// A claim must hold one of the listed values.
@@ -732,16 +804,47 @@ pub struct ClaimRule {
     pub values: Vec<String>,
 }
 
-/// Token-signing keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The token service: signing keys and the names clients see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokensConfig {
     /// Id of the key that signs new tokens (the others still verify, for rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<String>,
-    /// The keys.
+    /// The keys. With none, each process signs with a key of its own made at start (fine for
+    /// one replica; replicas behind one Service need shared keys here).
     #[serde(default)]
     pub keys: Vec<SigningKey>,
+    /// The `service` of the `WWW-Authenticate` challenge and the audience of access tokens
+    /// (default: the region name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Absolute URL of the token endpoint announced in challenges (default:
+    /// `<scheme>://<Host of the request>/token`); set it when a proxy rewrites the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Lifetime of access tokens.
+    #[serde(default = "default_token_ttl")]
+    pub ttl: HumanDuration,
+}
+
+/// Lifetime of access tokens unless configured.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+
+fn default_token_ttl() -> HumanDuration {
+    HumanDuration(DEFAULT_TOKEN_TTL)
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            active: None,
+            keys: Vec::new(),
+            service: None,
+            realm: None,
+            ttl: default_token_ttl(),
+        }
+    }
 }
 
 /// A token-signing key.

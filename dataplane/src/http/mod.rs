@@ -39,6 +39,8 @@ use tower_http::trace::TraceLayer;
 use self::auth::Access;
 use self::error::{ApiError, ErrorCode};
 use self::route::{Route, RouteError};
+use crate::auth::{AuthService, Transport};
+use crate::config::{Config, ConfigHandle};
 use crate::registry::Registry;
 use crate::storage::ByteStream;
 
@@ -60,12 +62,24 @@ pub const OCI_FILTERS_APPLIED_HEADER: HeaderName = HeaderName::from_static("oci-
 #[derive(Debug, Clone)]
 pub struct AppState {
     registry: Arc<Registry>,
+    auth: Arc<AuthService>,
 }
 
 impl AppState {
-    /// State serving `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    /// State serving `registry` with the access control of `auth`.
+    pub fn new(registry: Arc<Registry>, auth: Arc<AuthService>) -> Self {
+        Self { registry, auth }
+    }
+
+    /// State serving `registry` openly, with the default configuration (tests).
+    pub fn open(registry: Arc<Registry>) -> Self {
+        let auth = AuthService::new(ConfigHandle::fixed(Config::default()), Transport::default());
+        Self::new(registry, auth)
+    }
+
+    /// Access control.
+    pub fn auth(&self) -> &Arc<AuthService> {
+        &self.auth
     }
 
     /// The registry served.

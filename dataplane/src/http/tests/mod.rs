@@ -74,7 +74,7 @@ impl TestApp {
     fn over(storage: Arc<dyn Storage>) -> Self {
         let registry = Arc::new(Registry::new(Arc::clone(&storage)));
         Self {
-            router: build_app(AppState::new(registry)),
+            router: build_app(AppState::open(registry)),
             storage,
         }
     }
