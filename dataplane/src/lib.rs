@@ -3,6 +3,7 @@
 //! Layers, from the outside in (each may call only the ones below it):
 //!
 //! - [`server`]: process concerns — listening, graceful shutdown, health, metrics, logs.
+//! - [`tls`]: TLS termination for [`server`], with certificates reloaded when they change.
 //! - [`http`]: the HTTP API; parses requests into [`oci`] values, authorizes, calls [`registry`],
 //!   maps results and errors to OCI responses.
 //! - [`registry`]: registry semantics — uploads with streaming digest verification, manifest
@@ -20,3 +21,4 @@ pub mod registry;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

@@ -3,13 +3,18 @@
 //! ```text
 //! dataplane serve [--config FILE] [--listen ADDR] [--root DIR] [--log-format text|json]
 //!                 [--shutdown-timeout 30s] [--drain-delay 0s]
+//!                 [--tls-cert FILE --tls-key FILE]
 //! dataplane check-config FILE
 //! ```
 //!
 //! Once `serve` accepts requests, it logs `listening on <ADDR>` (the bound address, also when
 //! the port is 0) on stderr: the first line (`fields.message` of the first object in JSON mode),
 //! unless opening storage reported something first (e.g. cleaning up after a crash). Scripts and
-//! tests wait for the first line containing `listening on `.
+//! tests wait for the first line containing `listening on `. The line carries `tls = true` when
+//! serving HTTPS.
+//!
+//! `serve` refuses to start on an address reachable from other hosts (not loopback) when the
+//! configuration declares no access control.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,8 +26,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use dataplane::config::{Config, ConfigReloader, ConfigSource};
-use dataplane::server::{ServeOptions, Server};
+use dataplane::server::{ServeOptions, Server, check_exposure};
 use dataplane::telemetry::{self, LogFormat};
+use dataplane::tls::TlsFiles;
 
 /// The regional OCI registry data plane.
 #[derive(Debug, Parser)]
@@ -65,6 +71,37 @@ struct ServeArgs {
     /// Time between readiness turning 503 and the listener closing, on shutdown.
     #[arg(long, env = "DATAPLANE_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
     drain_delay: Duration,
+    /// Serve HTTPS with this PEM certificate chain (end-entity certificate first); re-read when
+    /// it changes. Requires --tls-key.
+    #[arg(
+        long,
+        env = "DATAPLANE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert; re-read when it changes.
+    /// Requires --tls-cert.
+    #[arg(
+        long,
+        env = "DATAPLANE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The TLS files, when both are given (clap insists on both or neither).
+    fn tls_files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -130,11 +167,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let source = ConfigSource::new(args.config.clone(), args.root.clone());
     let (config, reloader) = ConfigReloader::start(source)?;
+    // Refuse open access before binding when the address is literal; `serve` checks the bound
+    // address again in any case.
+    if let Ok(addr) = args.listen.parse() {
+        check_exposure(&config.current(), addr)?;
+    }
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     Server::new(config)
         .with_reloader(reloader)
+        .with_tls(args.tls_files())
         .with_options(ServeOptions {
             shutdown_timeout: args.shutdown_timeout,
             drain_delay: args.drain_delay,

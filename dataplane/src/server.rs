@@ -15,8 +15,16 @@
 //! closes, in-flight requests (uploads included) run to completion, and `serve` returns. If
 //! they take longer than the shutdown timeout they are abandoned (upload sessions stay in
 //! storage and can be resumed).
+//!
+//! TLS ([`Server::with_tls`]): the same server behind rustls, with handshakes completed off
+//! the accept loop and the certificate reloaded when its files change (see [`crate::tls`]).
+//!
+//! Exposure: a server whose listener is reachable from other hosts (not loopback) refuses to
+//! start when the configuration declares no access control ([`check_exposure`]).
 
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -44,6 +52,7 @@ use crate::storage::fs::FsStorage;
 use crate::storage::s3::{S3Settings, S3Storage};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::{self, Metrics, RouteClass};
+use crate::tls::{ReloadingCertificate, TlsError, TlsFiles, TlsListener};
 
 /// How long a readiness storage check may take before the process counts as not ready.
 const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,6 +69,33 @@ pub enum ServeError {
     /// The listener failed.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The listener is reachable from other hosts and the configuration has no access control.
+    #[error(
+        "refusing to serve on {addr} without access control: declare namespaces and \
+         credentials in the configuration (--config), or listen on a loopback address"
+    )]
+    OpenAccess {
+        /// The listening address.
+        addr: SocketAddr,
+    },
+    /// The TLS certificate or key did not load.
+    #[error("cannot load the TLS certificate: {0}")]
+    Tls(TlsError),
+}
+
+/// Whether `addr` is reachable only from this host.
+pub fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Refuses ([`ServeError::OpenAccess`]) to serve on an address reachable from other hosts when
+/// `config` declares no access control: everyone could then push and delete.
+pub fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
+    if is_loopback(addr) || config.access_control_enabled() {
+        Ok(())
+    } else {
+        Err(ServeError::OpenAccess { addr })
+    }
 }
 
 /// Tunables of a running server, apart from the configuration document.
@@ -107,6 +143,7 @@ pub struct Server {
     config: ConfigHandle,
     reloader: Option<ConfigReloader>,
     storage: Option<Arc<dyn Storage>>,
+    tls: Option<TlsFiles>,
     options: ServeOptions,
 }
 
@@ -117,6 +154,7 @@ impl Server {
             config,
             reloader: None,
             storage: None,
+            tls: None,
             options: ServeOptions::default(),
         }
     }
@@ -133,6 +171,13 @@ impl Server {
         self
     }
 
+    /// Serves TLS with the certificate and key of these files (reloaded when they change, every
+    /// [`ServeOptions::reload_interval`]) instead of plain HTTP.
+    pub fn with_tls(mut self, tls: Option<TlsFiles>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Replaces the options.
     pub fn with_options(mut self, options: ServeOptions) -> Self {
         self.options = options;
@@ -142,11 +187,26 @@ impl Server {
     /// Serves on `listener` until `shutdown` completes and in-flight requests are done (or the
     /// shutdown timeout passed). Logs `listening on <addr>` once storage is open and requests
     /// are accepted.
+    ///
+    /// Fails before accepting anything when the listener is not loopback and the configuration
+    /// has no access control ([`check_exposure`]), when the TLS files do not load, or when
+    /// storage does not open.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        let addr = listener.local_addr()?;
+        check_exposure(&self.config.current(), addr)?;
+        let certificate = match self.tls {
+            Some(files) => Some(
+                tokio::task::spawn_blocking(move || ReloadingCertificate::load(files))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(ServeError::Tls)?,
+            ),
+            None => None,
+        };
         let storage = match self.storage {
             Some(storage) => storage,
             None => open_storage(&self.config.current()).await?,
@@ -155,8 +215,8 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let shutting_down = Arc::new(AtomicBool::new(false));
         let transport = Transport {
-            tls: false,
-            public: !listener.local_addr()?.ip().is_loopback(),
+            tls: certificate.is_some(),
+            public: !is_loopback(addr),
         };
         let auth = AuthService::new(self.config.clone(), transport);
         let app = router(
@@ -181,12 +241,17 @@ impl Server {
             self.config.clone(),
             stop_rx.clone(),
         )));
-
-        let addr = listener.local_addr()?;
-        let listener = listener.tap_io(|tcp| {
-            // Small responses (manifests, status codes) must not wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
-        });
+        let tls_config = match &certificate {
+            Some(certificate) => {
+                tasks.push(tokio::spawn(
+                    certificate
+                        .clone()
+                        .watch(self.options.reload_interval, stopped(stop_rx.clone())),
+                ));
+                Some(certificate.server_config().map_err(ServeError::Tls)?)
+            }
+            None => None,
+        };
 
         let (closed_tx, mut closed_rx) = watch::channel(false);
         let drain_delay = self.options.drain_delay;
@@ -200,9 +265,25 @@ impl Server {
             tracing::info!("listener closed; waiting for in-flight requests");
             let _ = closed_tx.send(true);
         };
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .into_future();
+        let server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls_config {
+            Some(tls_config) => Box::pin(
+                axum::serve(TlsListener::new(listener, tls_config), app)
+                    .with_graceful_shutdown(signal)
+                    .into_future(),
+            ),
+            None => {
+                let listener = listener.tap_io(|tcp| {
+                    // Small responses (manifests, status codes) must not wait for Nagle's
+                    // algorithm.
+                    let _ = tcp.set_nodelay(true);
+                });
+                Box::pin(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(signal)
+                        .into_future(),
+                )
+            }
+        };
 
         {
             let config = self.config.current();
@@ -210,6 +291,7 @@ impl Server {
                 target: telemetry::LISTENING_TARGET,
                 region = %config.region,
                 storage_root = ?config.filesystem_root(),
+                tls = certificate.is_some(),
                 "listening on {addr}"
             );
         }
