@@ -16,6 +16,9 @@ use super::{OidcError, OidcSettings};
 /// Path of the discovery document below the issuer (OpenID Connect Discovery 1.0, §4).
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
+/// Media types of a JWKS document (RFC 7517 §8.5 registers the first).
+const JWKS_ACCEPT: &str = "application/jwk-set+json, application/json";
+
 /// Which issuer, trusted how.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct IssuerKey {
@@ -158,7 +161,7 @@ impl KeyFetcher {
 
         let discovery_url = discovery_url(issuer);
         let body = self
-            .get(&client, &discovery_url)
+            .get(&client, &discovery_url, "application/json")
             .await
             .map_err(unavailable)?;
         let discovery: Discovery = serde_json::from_slice(&body).map_err(|e| {
@@ -178,16 +181,25 @@ impl KeyFetcher {
                 "jwks_uri {jwks_uri:?} is not an https:// URL"
             )));
         }
-        let body = self.get(&client, &jwks_uri).await.map_err(unavailable)?;
+        // Kubernetes answers 406 to a JWKS request that accepts only `application/json`.
+        let body = self
+            .get(&client, &jwks_uri, JWKS_ACCEPT)
+            .await
+            .map_err(unavailable)?;
         KeySet::parse(&body).map_err(|e| discovery_error(format!("{jwks_uri}: {e}")))
     }
 
-    /// GET `url`, refusing error statuses and bodies over the size cap.
-    async fn get(&self, client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+    /// GET `url` asking for `accept`, refusing error statuses and bodies over the size cap.
+    async fn get(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        accept: &str,
+    ) -> Result<Vec<u8>, String> {
         let cap = self.settings.max_document_bytes;
         let mut response = client
             .get(url)
-            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::ACCEPT, accept)
             .send()
             .await
             .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
