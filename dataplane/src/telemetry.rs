@@ -113,13 +113,15 @@ pub enum RouteClass {
     Health,
     /// `/metrics`.
     Metrics,
+    /// `/token`: the token service.
+    Token,
     /// Anything else.
     Other,
 }
 
 impl RouteClass {
     /// Every class, in label order.
-    pub const ALL: [RouteClass; 10] = [
+    pub const ALL: [RouteClass; 11] = [
         RouteClass::Base,
         RouteClass::Blob,
         RouteClass::BlobUpload,
@@ -129,6 +131,7 @@ impl RouteClass {
         RouteClass::Referrers,
         RouteClass::Health,
         RouteClass::Metrics,
+        RouteClass::Token,
         RouteClass::Other,
     ];
 
@@ -138,6 +141,7 @@ impl RouteClass {
         match path {
             "/healthz" | "/readyz" => return RouteClass::Health,
             "/metrics" => return RouteClass::Metrics,
+            "/token" => return RouteClass::Token,
             "/v2" | "/v2/" => return RouteClass::Base,
             "/v2/_catalog" => return RouteClass::Catalog,
             _ => {}
@@ -183,6 +187,7 @@ impl RouteClass {
             RouteClass::Referrers => "referrers",
             RouteClass::Health => "health",
             RouteClass::Metrics => "metrics",
+            RouteClass::Token => "token",
             RouteClass::Other => "other",
         }
     }

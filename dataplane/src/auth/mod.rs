@@ -2,20 +2,43 @@
 //!
 //! Layer rule: this module is pure policy and cryptography over the configuration document
 //! ([`crate::config`]); it never touches storage and knows nothing of HTTP. The HTTP layer
-//! ([`crate::http::auth`]) extracts credentials from requests, asks [`AuthService`] and maps
-//! the answers to responses and challenges.
+//! ([`crate::http::auth`] and the token endpoint) extracts credentials from requests, asks
+//! [`AuthService`] and maps the answers to responses and challenges.
 //!
 //! - [`secret`]: credential secrets, stored only as salted argon2 hashes, verified in
 //!   constant time.
 //! - [`token`]: the registry's short-lived signed access tokens (JWT) and their keys.
 //! - [`oidc`]: workload identity, OIDC tokens of federated issuers.
 //! - [`policy`]: the one authorization rule, scope × namespace × visibility × action.
+//! - [`audit`]: the audit trail, as structured `tracing` events.
+//!
+//! Everything derived from the configuration (namespace and credential indexes, loaded keys,
+//! verified tokens) lives in one [`AccessIndex`], rebuilt when the configuration changes, so
+//! a reload takes effect on the next request and no request reads storage to authorize.
 
+pub mod audit;
 pub mod oidc;
+pub mod policy;
+pub mod secret;
+pub mod token;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
-use crate::config::ConfigHandle;
+use crate::config::{Config, ConfigHandle, CredentialConfig, SigningKey};
+use crate::oci::RepoName;
+
+pub use policy::{Action, Actions, Grants, Namespaces};
+use token::{Claims, KeySet, ResourceAccess, TokenError, TokenUse};
+
+/// The user name under which clients present an OIDC token as their password.
+pub const OIDC_USERNAME: &str = "oidc";
+/// Longest lifetime of a refresh token.
+pub const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Most verified access tokens remembered per configuration.
+const VERIFIED_TOKENS_AT_MOST: usize = 8192;
 
 /// How the data plane is reached, which changes what access control must insist on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,6 +50,319 @@ pub struct Transport {
     pub public: bool,
 }
 
+/// How requests are authorized under the current configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No access control configured, loopback listener: every caller may do everything.
+    Open,
+    /// Access control configured: credentials, tokens, visibility.
+    Enforced,
+    /// No access control configured on a public listener: nothing is allowed.
+    Closed,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No credentials were presented.
+    Anonymous,
+    /// An access credential, by id.
+    Credential(String),
+    /// A workload identity proved by an OIDC token.
+    Federated {
+        /// The federation name.
+        federation: String,
+        /// The token's subject.
+        subject: String,
+    },
+}
+
+impl Principal {
+    /// The subject written into tokens (`sub`).
+    pub fn subject(&self) -> String {
+        match self {
+            Self::Anonymous => String::new(),
+            Self::Credential(id) => id.clone(),
+            Self::Federated {
+                federation,
+                subject,
+            } => format!("federation:{federation}:{subject}"),
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Anonymous => f.write_str("anonymous"),
+            Self::Credential(id) => write!(f, "credential:{id}"),
+            Self::Federated {
+                federation,
+                subject,
+            } => write!(f, "federation:{federation}:{subject}"),
+        }
+    }
+}
+
+/// An authenticated caller and the namespaces it holds a scope on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Who.
+    pub principal: Principal,
+    /// Its grants.
+    pub grants: Grants,
+}
+
+impl Identity {
+    /// The anonymous caller.
+    pub fn anonymous() -> Self {
+        Self {
+            principal: Principal::Anonymous,
+            grants: Grants::none(),
+        }
+    }
+}
+
+/// Why a caller could not be authenticated. Messages are safe to send to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown credential id or wrong secret (never says which).
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// The secret matched, but the credential is not valid yet.
+    #[error("credential {0:?} is not valid yet")]
+    NotYetValid(String),
+    /// The secret matched, but the credential (or this rotated-out secret) has expired.
+    #[error("credential {0:?} has expired")]
+    Expired(String),
+    /// The OIDC token was refused.
+    #[error("workload identity token refused: {0}")]
+    Oidc(#[from] oidc::OidcError),
+    /// A registry token was refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A refresh token was used as an access token or the other way round.
+    #[error("invalid token: wrong token type")]
+    WrongTokenUse,
+    /// No access control is configured and the listener is public: nothing is allowed.
+    #[error("access control is not configured on this registry")]
+    Closed,
+}
+
+/// One requested scope of a token request (`repository:acme/app:pull,push`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeRequest {
+    /// Actions on a repository (`*` for all).
+    Repository(RepoName, Vec<String>),
+    /// The catalog (`registry:catalog:*`).
+    Catalog,
+}
+
+impl ScopeRequest {
+    /// Parses space-separated scopes, skipping the malformed ones (a token simply does not
+    /// grant what was not understood).
+    pub fn parse_all<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<Self> {
+        texts
+            .into_iter()
+            .flat_map(str::split_whitespace)
+            .filter_map(Self::parse)
+            .collect()
+    }
+
+    /// Parses one scope.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (kind, rest) = text.split_once(':')?;
+        let (name, actions) = rest.rsplit_once(':')?;
+        let actions: Vec<String> = actions
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        // `repository(plugin)` and similar class suffixes name the same resource.
+        match kind.split('(').next()? {
+            "repository" => Some(Self::Repository(name.parse().ok()?, actions)),
+            "registry" if name == "catalog" => Some(Self::Catalog),
+            _ => None,
+        }
+    }
+}
+
+/// A freshly issued token.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// The signed JWT.
+    pub token: String,
+    /// Its lifetime.
+    pub expires_in: Duration,
+    /// When it was issued.
+    pub issued_at: SystemTime,
+    /// What it grants.
+    pub claims: Claims,
+}
+
+/// Everything derived from one configuration that authorization needs per request.
+#[derive(Debug)]
+pub struct AccessIndex {
+    config: Arc<Config>,
+    mode: Mode,
+    namespaces: Namespaces,
+    credentials: HashMap<String, usize>,
+    keys: KeySet,
+    verified: Mutex<HashMap<String, Arc<Claims>>>,
+}
+
+impl AccessIndex {
+    fn build(config: Arc<Config>, transport: Transport, fallback_key: &SigningKey) -> Self {
+        let mode = if config.access_control_enabled() {
+            Mode::Enforced
+        } else if transport.public {
+            Mode::Closed
+        } else {
+            Mode::Open
+        };
+        let (keys, errors) = KeySet::load(&config.tokens, fallback_key);
+        for error in errors {
+            tracing::error!(%error, "token signing key not loaded");
+        }
+        if mode == Mode::Enforced && config.tokens.keys.is_empty() {
+            tracing::warn!(
+                "no token signing keys configured: tokens are signed with a key of this \
+                 process only, so they do not work across replicas"
+            );
+        }
+        Self {
+            namespaces: Namespaces::from_config(&config),
+            credentials: config
+                .credentials
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.id.clone(), i))
+                .collect(),
+            keys,
+            mode,
+            verified: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    /// The authorization mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The configuration this index was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The token service name (`service` in challenges, audience of tokens).
+    pub fn service(&self) -> &str {
+        self.config.token_service()
+    }
+
+    /// The configured realm, when the configuration overrides the derived one.
+    pub fn realm(&self) -> Option<&str> {
+        self.config.tokens.realm.as_deref()
+    }
+
+    /// The declared namespaces.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.namespaces
+    }
+
+    /// What `grants` allow on `repo` (everything in open mode, nothing when closed).
+    pub fn permitted(&self, grants: &Grants, repo: &RepoName) -> Actions {
+        match self.mode {
+            Mode::Open => Actions::ALL,
+            Mode::Closed => Actions::NONE,
+            Mode::Enforced => policy::permitted(&self.namespaces, grants, repo),
+        }
+    }
+
+    /// Whether the catalog shows the repositories of `namespace` to the holder of `grants`.
+    pub fn lists_namespace(&self, grants: &Grants, namespace: &str) -> bool {
+        match self.mode {
+            Mode::Open => true,
+            Mode::Closed => false,
+            Mode::Enforced => policy::lists_namespace(&self.namespaces, grants, namespace),
+        }
+    }
+
+    /// What an access token allows on `repo`: the actions it lists, limited to namespaces
+    /// still declared, plus pull on public namespaces.
+    pub fn token_permits(&self, claims: &Claims, repo: &RepoName) -> Actions {
+        let declared = self.permitted(&Grants::none(), repo);
+        if self.mode != Mode::Enforced {
+            return declared;
+        }
+        if self.namespaces.visibility(repo.namespace()).is_none() {
+            return Actions::NONE;
+        }
+        Action::ALL.into_iter().fold(declared, |set, action| {
+            if claims.grants("repository", repo.as_str(), action.as_str()) {
+                set.with(action)
+            } else {
+                set
+            }
+        })
+    }
+
+    /// Verifies a registry access token (remembered until it expires).
+    pub fn verify_access_token(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
+        let now = token::unix_seconds(SystemTime::now());
+        {
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(claims) = verified.get(token)
+                && claims.exp > now
+            {
+                return Ok(Arc::clone(claims));
+            }
+        }
+        let claims = self.keys.verify(token, self.service())?;
+        if claims.token_use != TokenUse::Access {
+            return Err(AuthError::WrongTokenUse);
+        }
+        let claims = Arc::new(claims);
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_TOKENS_AT_MOST {
+            verified.retain(|_, c| c.exp > now);
+            if verified.len() >= VERIFIED_TOKENS_AT_MOST {
+                verified.clear();
+            }
+        }
+        verified.insert(token.to_owned(), Arc::clone(&claims));
+        Ok(claims)
+    }
+
+    fn credential(&self, id: &str) -> Option<&CredentialConfig> {
+        self.credentials
+            .get(id)
+            .map(|i| &self.config.credentials[*i])
+    }
+
+    /// The identity of a credential that is currently valid (for refresh tokens).
+    fn credential_identity(&self, id: &str, now: SystemTime) -> Result<Identity, AuthError> {
+        let credential = self.credential(id).ok_or(AuthError::InvalidCredentials)?;
+        check_window(credential, now)?;
+        let mut grants = Grants::none();
+        grants.add(credential.scope, &credential.namespaces);
+        Ok(Identity {
+            principal: Principal::Credential(credential.id.clone()),
+            grants,
+        })
+    }
+}
+
+fn check_window(credential: &CredentialConfig, now: SystemTime) -> Result<(), AuthError> {
+    if credential.not_before.is_some_and(|nb| now < nb.0) {
+        return Err(AuthError::NotYetValid(credential.id.clone()));
+    }
+    if credential.expires_at.is_some_and(|exp| now >= exp.0) {
+        return Err(AuthError::Expired(credential.id.clone()));
+    }
+    Ok(())
+}
+
 /// Authentication and authorization for one data-plane process, following the live
 /// configuration.
 #[derive(Debug)]
@@ -34,6 +370,9 @@ pub struct AuthService {
     config: ConfigHandle,
     transport: Transport,
     oidc: oidc::OidcVerifier,
+    secrets: secret::SecretVerifier,
+    fallback_key: OnceLock<SigningKey>,
+    index: Mutex<Option<Arc<AccessIndex>>>,
 }
 
 impl AuthService {
@@ -43,6 +382,9 @@ impl AuthService {
             config,
             transport,
             oidc: oidc::OidcVerifier::new(),
+            secrets: secret::SecretVerifier::new(),
+            fallback_key: OnceLock::new(),
+            index: Mutex::new(None),
         })
     }
 
@@ -51,13 +393,171 @@ impl AuthService {
         self.transport
     }
 
-    /// The configuration followed.
-    pub fn config(&self) -> &ConfigHandle {
-        &self.config
+    /// The index of the current configuration, rebuilt when the configuration changed.
+    pub fn index(&self) -> Arc<AccessIndex> {
+        let config = self.config.current();
+        let mut slot = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = slot.as_ref()
+            && Arc::ptr_eq(&index.config, &config)
+        {
+            return Arc::clone(index);
+        }
+        let fallback = self
+            .fallback_key
+            .get_or_init(|| token::generate_key("local"));
+        let index = Arc::new(AccessIndex::build(config, self.transport, fallback));
+        *slot = Some(Arc::clone(&index));
+        index
     }
 
-    /// The OIDC verifier.
-    pub fn oidc(&self) -> &oidc::OidcVerifier {
-        &self.oidc
+    /// Authenticates a user name and password: an access credential, or an OIDC token under
+    /// [`OIDC_USERNAME`].
+    pub async fn authenticate_password(
+        &self,
+        index: &AccessIndex,
+        username: &str,
+        password: &str,
+        now: SystemTime,
+    ) -> Result<Identity, AuthError> {
+        if index.mode == Mode::Closed {
+            return Err(AuthError::Closed);
+        }
+        if username == OIDC_USERNAME && index.credential(username).is_none() {
+            return self.authenticate_oidc(index, password, now).await;
+        }
+        let credential = index.credential(username);
+        let hashes: Vec<&str> = credential
+            .map(|c| {
+                std::iter::once(c.secret_hash.as_str())
+                    .chain(c.previous_secrets.iter().map(|p| p.secret_hash.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let matched = self.secrets.matching(password, &hashes).await;
+        let (Some(credential), Some(matched)) = (credential, matched) else {
+            return Err(AuthError::InvalidCredentials);
+        };
+        if matched > 0 && now >= credential.previous_secrets[matched - 1].expires_at.0 {
+            return Err(AuthError::Expired(credential.id.clone()));
+        }
+        index.credential_identity(&credential.id, now)
+    }
+
+    /// Authenticates a workload by its OIDC token; the grants are the union of every
+    /// federation the token satisfies.
+    pub async fn authenticate_oidc(
+        &self,
+        index: &AccessIndex,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Identity, AuthError> {
+        if index.mode == Mode::Closed {
+            return Err(AuthError::Closed);
+        }
+        let federations = &index.config.federations;
+        let matches = self.oidc.verify(token, federations, now).await?;
+        let first = matches.first().ok_or(AuthError::InvalidCredentials)?;
+        let mut grants = Grants::none();
+        for m in &matches {
+            let federation = &federations[m.federation];
+            grants.add(federation.scope, &federation.namespaces);
+        }
+        Ok(Identity {
+            principal: Principal::Federated {
+                federation: first.name.clone(),
+                subject: first.subject.clone(),
+            },
+            grants,
+        })
+    }
+
+    /// The identity behind a refresh token, re-checked against the current configuration.
+    pub fn authenticate_refresh_token(
+        &self,
+        index: &AccessIndex,
+        refresh_token: &str,
+        now: SystemTime,
+    ) -> Result<Identity, AuthError> {
+        let claims = index.keys.verify(refresh_token, index.service())?;
+        if claims.token_use != TokenUse::Refresh {
+            return Err(AuthError::WrongTokenUse);
+        }
+        index.credential_identity(&claims.sub, now)
+    }
+
+    /// Issues an access token granting `identity` what it asked for and may have.
+    pub fn issue_access_token(
+        &self,
+        index: &AccessIndex,
+        identity: &Identity,
+        requested: &[ScopeRequest],
+        now: SystemTime,
+    ) -> Result<IssuedToken, AuthError> {
+        let ttl = index.config.tokens.ttl.0;
+        let mut claims = Claims::new(index.service(), &identity.principal.subject(), now, ttl);
+        for request in requested {
+            match request {
+                ScopeRequest::Repository(repo, actions) => {
+                    let permitted = index.permitted(&identity.grants, repo);
+                    let granted: Vec<String> = permitted
+                        .iter()
+                        .filter(|a| actions.iter().any(|r| r == "*" || r == a.as_str()))
+                        .map(|a| a.as_str().to_owned())
+                        .collect();
+                    if !granted.is_empty() {
+                        claims.access.push(ResourceAccess {
+                            kind: "repository".into(),
+                            name: repo.to_string(),
+                            actions: granted,
+                        });
+                    }
+                }
+                ScopeRequest::Catalog => {
+                    claims.access.push(ResourceAccess {
+                        kind: "registry".into(),
+                        name: "catalog".into(),
+                        actions: vec!["*".into()],
+                    });
+                    let mut visible: Vec<String> = index
+                        .config
+                        .namespaces
+                        .iter()
+                        .filter(|ns| index.lists_namespace(&identity.grants, &ns.name))
+                        .map(|ns| ns.name.clone())
+                        .collect();
+                    visible.sort();
+                    claims.catalog = visible;
+                }
+            }
+        }
+        let token = index.keys.sign(&claims)?;
+        Ok(IssuedToken {
+            token,
+            expires_in: ttl,
+            issued_at: now,
+            claims,
+        })
+    }
+
+    /// Issues a refresh token for a credential (other principals get none).
+    pub fn issue_refresh_token(
+        &self,
+        index: &AccessIndex,
+        identity: &Identity,
+        now: SystemTime,
+    ) -> Result<Option<String>, AuthError> {
+        let Principal::Credential(id) = &identity.principal else {
+            return Ok(None);
+        };
+        let mut ttl = REFRESH_TOKEN_TTL;
+        if let Some(exp) = index.credential(id).and_then(|c| c.expires_at) {
+            ttl = ttl.min(exp.0.duration_since(now).unwrap_or_default());
+        }
+        let mut claims = Claims::new(index.service(), id, now, ttl);
+        claims.token_use = TokenUse::Refresh;
+        Ok(Some(index.keys.sign(&claims)?))
     }
 }
+
+#[cfg(test)]
+mod tests;

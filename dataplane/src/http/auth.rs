@@ -1,78 +1,240 @@
-//! Who is calling, and what they may do: the authorization slot of the API.
+//! Who is calling, and what they may do: the authorization extractor of the API.
 //!
-//! Today every caller is the anonymous principal and is granted everything. Access control
-//! replaces [`Access::from_request_parts`] (verify the bearer token) and [`Access::allows`]
-//! (consult its grants); [`AuthRejection`] then becomes the `401` with a `WWW-Authenticate`
-//! challenge. Handlers already call [`Access::require`] before touching storage and filter the
-//! catalog with [`Access::allows`], so nothing else has to change.
+//! [`Access`] is extracted before every handler. It authenticates the request once — a
+//! registry access token (`Authorization: Bearer`, verified in memory), an access credential
+//! or OIDC token sent directly (`Authorization: Basic`), or nobody — and then answers every
+//! question through [`crate::auth`]'s single rule. Handlers call [`Access::require`] before
+//! touching storage, so a denial never depends on whether the repository, tag or blob exists.
+//!
+//! Denials: an anonymous caller or a token that lacks the action gets `401 UNAUTHORIZED` with
+//! a `WWW-Authenticate: Bearer realm=...,service=...,scope=...` challenge (what clients need
+//! to fetch a token); a caller authenticated with Basic credentials that do not allow the
+//! action gets `403 DENIED`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::extract::FromRequestParts;
+use axum::http::header::{AUTHORIZATION, HOST, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ErrorCode};
+pub use crate::auth::Action;
+use crate::auth::token::Claims;
+use crate::auth::{AccessIndex, Actions, AuthService, Grants, Mode, Principal, Transport, audit};
 use crate::oci::RepoName;
 
-/// What a request wants to do with a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// Read manifests, blobs, tags and referrers.
-    Pull,
-    /// Upload blobs and push manifests and tags.
-    Push,
-    /// Delete manifests, tags and blobs.
-    Delete,
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// No credentials were presented.
-    Anonymous,
+/// What the caller proved, and therefore how its rights are computed.
+#[derive(Debug, Clone)]
+enum Rights {
+    /// Anonymous, or authenticated directly with Basic credentials: the grants of the
+    /// identity, evaluated by the policy.
+    Grants { grants: Grants, basic: bool },
+    /// A registry access token: the actions it lists.
+    Token(Arc<Claims>),
 }
 
 /// The caller of a request and what it is allowed to do; extracted before every handler.
 #[derive(Debug, Clone)]
 pub struct Access {
     principal: Principal,
+    rights: Rights,
+    index: Arc<AccessIndex>,
+    challenge: Challenge,
 }
 
 impl Access {
-    /// Access of the anonymous caller.
-    pub fn anonymous() -> Self {
-        Self {
-            principal: Principal::Anonymous,
-        }
-    }
-
     /// Who is calling.
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
 
-    /// Whether the caller may perform `action` on `repo` (also the catalog filter).
-    pub fn allows(&self, _repo: &RepoName, _action: Action) -> bool {
-        match self.principal {
-            Principal::Anonymous => true,
+    /// What the caller may do on `repo`.
+    pub fn actions(&self, repo: &RepoName) -> Actions {
+        match &self.rights {
+            Rights::Grants { grants, .. } => self.index.permitted(grants, repo),
+            Rights::Token(claims) => self.index.token_permits(claims, repo),
         }
     }
 
+    /// Whether the caller may perform `action` on `repo`.
+    pub fn allows(&self, repo: &RepoName, action: Action) -> bool {
+        self.actions(repo).contains(action)
+    }
+
     /// Succeeds when the caller may perform `action` on `repo`; the error is the response
-    /// to send otherwise.
+    /// to send otherwise (the same whether or not the repository exists).
     pub fn require(&self, repo: &RepoName, action: Action) -> Result<(), ApiError> {
-        if self.allows(repo, action) {
-            Ok(())
+        let allowed = self.allows(repo, action);
+        if self.index.mode() != Mode::Open {
+            audit::repository_access(&self.principal, repo, action, allowed);
+        }
+        if allowed {
+            return Ok(());
+        }
+        let wanted = if action == Action::Pull {
+            "pull".to_owned()
         } else {
-            Err(ApiError::new(
+            format!("pull,{}", action.as_str())
+        };
+        let scope = format!("repository:{repo}:{wanted}");
+        let detail =
+            json!([{"Type": "repository", "Name": repo.as_str(), "Action": action.as_str()}]);
+        Err(match (&self.rights, self.index.mode()) {
+            (_, Mode::Closed) => closed(),
+            (Rights::Grants { basic: true, .. }, _) => ApiError::new(
                 ErrorCode::Denied,
-                "requested access to the resource is denied",
-            ))
+                format!(
+                    "{} may not {} repository {repo:?}",
+                    self.principal,
+                    action.as_str()
+                ),
+            )
+            .with_detail(detail),
+            (Rights::Grants { .. }, _) => self
+                .challenge
+                .reject("authentication required", Some(&scope), None)
+                .with_detail(detail),
+            (Rights::Token(_), _) => self
+                .challenge
+                .reject(
+                    &format!(
+                        "the access token does not grant {} on repository {repo:?}",
+                        action.as_str()
+                    ),
+                    Some(&scope),
+                    Some("insufficient_scope"),
+                )
+                .with_detail(detail),
+        })
+    }
+
+    /// Whether the catalog shows `repo` to the caller.
+    pub fn lists(&self, repo: &RepoName) -> bool {
+        match &self.rights {
+            Rights::Grants { grants, .. } => self.index.lists_namespace(grants, repo.namespace()),
+            Rights::Token(claims) => {
+                self.index
+                    .token_permits(claims, repo)
+                    .contains(Action::Pull)
+                    || claims.catalog.iter().any(|ns| ns == repo.namespace())
+            }
+        }
+    }
+
+    /// Succeeds when the caller may list the catalog: everyone may (the listing is filtered),
+    /// except a token that was not issued for the catalog, which gets a challenge for it.
+    pub fn require_catalog(&self) -> Result<(), ApiError> {
+        if self.index.mode() == Mode::Closed {
+            return Err(closed());
+        }
+        if let Rights::Token(claims) = &self.rights
+            && self.index.mode() == Mode::Enforced
+            && !claims.grants("registry", "catalog", "*")
+        {
+            return Err(self.challenge.reject(
+                "the access token does not grant the catalog",
+                Some("registry:catalog:*"),
+                Some("insufficient_scope"),
+            ));
+        }
+        audit::catalog_listed(&self.principal);
+        Ok(())
+    }
+
+    /// Succeeds for an authenticated caller (or any caller in open mode): `GET /v2/` answers
+    /// anonymous callers with the challenge that starts the token flow.
+    pub fn require_login(&self) -> Result<(), ApiError> {
+        match self.index.mode() {
+            Mode::Open => Ok(()),
+            Mode::Closed => Err(closed()),
+            Mode::Enforced => match (&self.principal, &self.rights) {
+                (Principal::Anonymous, Rights::Grants { .. }) => {
+                    Err(self.challenge.reject("authentication required", None, None))
+                }
+                _ => Ok(()),
+            },
         }
     }
 }
 
-/// Why a request could not be authenticated (the future `WWW-Authenticate` challenge).
+fn closed() -> ApiError {
+    ApiError::new(
+        ErrorCode::Denied,
+        "access control is not configured on this registry, and it does not serve open \
+         access on a public address",
+    )
+}
+
+/// Where clients get tokens: the parameters of the `WWW-Authenticate` challenge.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    realm: String,
+    service: String,
+}
+
+impl Challenge {
+    /// The challenge for a request: the configured realm, or the token endpoint on the host
+    /// the client addressed.
+    pub fn for_request(index: &AccessIndex, transport: Transport, headers: &HeaderMap) -> Self {
+        let realm = match index.realm() {
+            Some(realm) => realm.to_owned(),
+            None => {
+                let forwarded_https = headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+                let scheme = if transport.tls || forwarded_https {
+                    "https"
+                } else {
+                    "http"
+                };
+                let host = headers
+                    .get(HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|h| {
+                        !h.is_empty()
+                            && h.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+                    })
+                    .unwrap_or("localhost");
+                format!("{scheme}://{host}/token")
+            }
+        };
+        Self {
+            realm,
+            service: index.service().to_owned(),
+        }
+    }
+
+    /// The `WWW-Authenticate` value.
+    pub fn header(&self, scope: Option<&str>, error: Option<&str>) -> String {
+        let mut value = format!(
+            "Bearer realm=\"{}\",service=\"{}\"",
+            self.realm, self.service
+        );
+        if let Some(scope) = scope {
+            value.push_str(&format!(",scope=\"{scope}\""));
+        }
+        if let Some(error) = error {
+            value.push_str(&format!(",error=\"{error}\""));
+        }
+        value
+    }
+
+    /// A `401 UNAUTHORIZED` carrying this challenge.
+    pub fn reject(&self, message: &str, scope: Option<&str>, error: Option<&str>) -> ApiError {
+        ApiError::new(ErrorCode::Unauthorized, message)
+            .with_header(WWW_AUTHENTICATE, self.header(scope, error))
+    }
+}
+
+/// Why a request could not be authenticated: a `401` with the `WWW-Authenticate` challenge.
 #[derive(Debug)]
 pub struct AuthRejection(ApiError);
 
@@ -82,14 +244,121 @@ impl IntoResponse for AuthRejection {
     }
 }
 
+/// The `user:password` of a Basic `Authorization` value.
+pub fn basic_credentials(value: &str) -> Option<(String, String)> {
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+fn principal_of(claims: &Claims) -> Principal {
+    if claims.sub.is_empty() {
+        return Principal::Anonymous;
+    }
+    if let Some(rest) = claims.sub.strip_prefix("federation:")
+        && let Some((federation, subject)) = rest.split_once(':')
+    {
+        return Principal::Federated {
+            federation: federation.to_owned(),
+            subject: subject.to_owned(),
+        };
+    }
+    Principal::Credential(claims.sub.clone())
+}
+
+impl Access {
+    /// Authenticates a request's `Authorization` header.
+    pub async fn authenticate(
+        auth: &AuthService,
+        headers: &HeaderMap,
+    ) -> Result<Self, AuthRejection> {
+        let index = auth.index();
+        let challenge = Challenge::for_request(&index, auth.transport(), headers);
+        let anonymous = |index: Arc<AccessIndex>, challenge: Challenge| Access {
+            principal: Principal::Anonymous,
+            rights: Rights::Grants {
+                grants: Grants::none(),
+                basic: false,
+            },
+            index,
+            challenge,
+        };
+        let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let Some(header) = header.filter(|_| index.mode() != Mode::Open) else {
+            return Ok(anonymous(index, challenge));
+        };
+        let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return match index.verify_access_token(value.trim()) {
+                Ok(claims) => Ok(Access {
+                    principal: principal_of(&claims),
+                    rights: Rights::Token(claims),
+                    index,
+                    challenge,
+                }),
+                Err(e) => {
+                    audit::authentication_failed("", "bearer", &e.to_string());
+                    Err(AuthRejection(challenge.reject(
+                        "invalid or expired access token: request a new one",
+                        None,
+                        Some("invalid_token"),
+                    )))
+                }
+            };
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let Some((user, password)) = basic_credentials(header) else {
+                return Err(AuthRejection(challenge.reject(
+                    "malformed Basic authorization header",
+                    None,
+                    None,
+                )));
+            };
+            return match auth
+                .authenticate_password(&index, &user, &password, SystemTime::now())
+                .await
+            {
+                Ok(identity) => Ok(Access {
+                    principal: identity.principal,
+                    rights: Rights::Grants {
+                        grants: identity.grants,
+                        basic: true,
+                    },
+                    index,
+                    challenge,
+                }),
+                Err(e) => {
+                    audit::authentication_failed(&user, "basic", &e.to_string());
+                    Err(AuthRejection(challenge.reject(&e.to_string(), None, None)))
+                }
+            };
+        }
+        Err(AuthRejection(
+            challenge
+                .reject(
+                    "unsupported authorization scheme: use Bearer or Basic",
+                    None,
+                    None,
+                )
+                .with_status(StatusCode::UNAUTHORIZED),
+        ))
+    }
+}
+
 impl FromRequestParts<AppState> for Access {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(
-        _parts: &mut Parts,
-        _state: &AppState,
+        parts: &mut Parts,
+        state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self::anonymous())
+        Access::authenticate(state.auth(), &parts.headers).await
     }
 }
 

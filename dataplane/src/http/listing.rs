@@ -5,10 +5,10 @@ use axum::http::header::{CONTENT_TYPE, LINK};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::auth::Action;
 use super::blobs::parse_digest;
 use super::error::{ApiError, ErrorCode};
 use super::{Ctx, OCI_FILTERS_APPLIED_HEADER, set_header};
+use crate::auth::Action;
 use crate::oci::RepoName;
 use crate::registry::{Listing, Page};
 
@@ -58,10 +58,11 @@ pub(super) async fn tags(ctx: &Ctx, name: &RepoName) -> Result<Response, ApiErro
 
 /// `GET /v2/_catalog`: the repositories the caller may pull from.
 pub(super) async fn catalog(ctx: &Ctx) -> Result<Response, ApiError> {
+    ctx.access.require_catalog()?;
     let page = page(ctx)?;
     let listing = ctx
         .registry
-        .catalog(&page, |repo| ctx.access.allows(repo, Action::Pull))
+        .catalog(&page, |repo| ctx.access.lists(repo))
         .await?;
     let repos: Vec<&str> = listing.items.iter().map(RepoName::as_str).collect();
     let mut r = Json(json!({ "repositories": repos })).into_response();

@@ -13,6 +13,7 @@ mod headers;
 mod listing;
 mod manifests;
 pub mod route;
+pub mod token;
 mod uploads;
 
 #[cfg(test)]
@@ -28,7 +29,7 @@ use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_LENGTH, LOCATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use futures_util::TryStreamExt;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -118,6 +119,7 @@ pub fn build_app(state: AppState) -> Router {
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
+        .route("/token", get(token::get).post(token::post))
         .with_state(state)
         .layer(layers)
 }
@@ -214,7 +216,7 @@ async fn dispatch(
         query,
     };
     let result = match (route, method) {
-        (Route::Base, Method::GET | Method::HEAD) => Ok(base()),
+        (Route::Base, Method::GET | Method::HEAD) => ctx.access.require_login().map(|()| base()),
         (Route::Catalog, Method::GET) => listing::catalog(&ctx).await,
         (Route::Tags(name), Method::GET) => listing::tags(&ctx, &name).await,
         (Route::Referrers(name, d), Method::GET) => listing::referrers(&ctx, &name, &d).await,

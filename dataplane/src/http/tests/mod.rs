@@ -2,6 +2,7 @@
 //! `tower::ServiceExt::oneshot`, over the in-memory backend (and the filesystem backend where
 //! durability matters).
 
+mod authz;
 mod blobs;
 mod listing;
 mod manifests;

@@ -1,0 +1,39 @@
+//! The audit trail: one structured `tracing` event (target `audit`) per authorization
+//! decision that matters — who, with which credential, in which namespace, what, and whether
+//! it was allowed.
+//!
+//! Denials and authentication failures are logged at `warn`, writes and token issuance at
+//! `info`, allowed reads at `debug` (they are the bulk of the traffic; enable them with
+//! `RUST_LOG=audit=debug`). Secrets and tokens never appear in these events.
+
+use super::{Action, Principal};
+use crate::oci::RepoName;
+
+/// A request on a repository was allowed or denied.
+pub fn repository_access(principal: &Principal, repo: &RepoName, action: Action, allowed: bool) {
+    let who = principal.to_string();
+    let namespace = repo.namespace();
+    let action = action.as_str();
+    if !allowed {
+        tracing::warn!(target: "audit", principal = %who, namespace, repository = %repo, action, outcome = "denied", "access denied");
+    } else if action == "pull" {
+        tracing::debug!(target: "audit", principal = %who, namespace, repository = %repo, action, outcome = "allowed", "access allowed");
+    } else {
+        tracing::info!(target: "audit", principal = %who, namespace, repository = %repo, action, outcome = "allowed", "access allowed");
+    }
+}
+
+/// The token endpoint issued a token.
+pub fn token_issued(principal: &Principal, granted: &str, requested: &str) {
+    tracing::info!(target: "audit", principal = %principal, granted, requested, outcome = "issued", "token issued");
+}
+
+/// Authentication failed (bad password, refused OIDC token, invalid bearer token).
+pub fn authentication_failed(username: &str, method: &str, reason: &str) {
+    tracing::warn!(target: "audit", username, method, reason, outcome = "denied", "authentication failed");
+}
+
+/// The catalog was listed, filtered to what the caller may see.
+pub fn catalog_listed(principal: &Principal) {
+    tracing::debug!(target: "audit", principal = %principal, action = "catalog", outcome = "allowed", "catalog listed");
+}

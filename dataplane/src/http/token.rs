@@ -1,0 +1,214 @@
+//! The token service at `/token`, as Docker-compatible clients use it.
+//!
+//! - `GET /token?service=...&scope=...` with optional Basic authentication (an access
+//!   credential, or an OIDC token as the password of user [`OIDC_USERNAME`]); without it, an
+//!   anonymous token (pull on public namespaces only). `offline_token=true` adds a refresh
+//!   token for credentials.
+//! - `POST /token` with a form (OAuth 2.0): `grant_type=password` (`username`, `password`),
+//!   `grant_type=refresh_token` (`refresh_token`), or
+//!   `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` (`subject_token`, an OIDC
+//!   token); `scope` holds space-separated scopes; `access_type=offline` adds a refresh token.
+//!
+//! A token grants the intersection of what was asked and what the identity may do; asking
+//! for more is not an error (the registry then refuses the request the token does not
+//! cover). Failures to authenticate are `401` with a message that says what to fix.
+//!
+//! [`OIDC_USERNAME`]: crate::auth::OIDC_USERNAME
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::auth::basic_credentials;
+use super::error::{ApiError, ErrorCode};
+use crate::auth::{AuthError, Identity, IssuedToken, ScopeRequest, audit};
+
+/// The OAuth grant type of a token exchange.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn scopes(params: &[(String, String)]) -> Vec<ScopeRequest> {
+    ScopeRequest::parse_all(
+        params
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str()),
+    )
+}
+
+/// `GET /token`.
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = query else {
+        return bad_request("malformed query string");
+    };
+    let auth = state.auth();
+    let index = auth.index();
+    let now = SystemTime::now();
+    let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (username, identity) = match authorization {
+        None => (String::new(), Ok(Identity::anonymous())),
+        Some(value) => match basic_credentials(value) {
+            Some((user, password)) => {
+                let identity = auth
+                    .authenticate_password(&index, &user, &password, now)
+                    .await;
+                (user, identity)
+            }
+            None => return unauthorized("the token endpoint takes Basic authentication"),
+        },
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(e) => return failed(&username, "password", &e),
+    };
+    let offline = param(&params, "offline_token") == Some("true");
+    respond(&state, &identity, &scopes(&params), offline, now, &params)
+}
+
+/// `POST /token` (OAuth 2.0 form).
+pub async fn post(State(state): State<AppState>, body: Bytes) -> Response {
+    let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "malformed form");
+    };
+    let auth = state.auth();
+    let index = auth.index();
+    let now = SystemTime::now();
+    let grant_type = param(&params, "grant_type").unwrap_or_default();
+    let username = param(&params, "username").unwrap_or_default().to_owned();
+    let identity = match grant_type {
+        "password" => {
+            let password = param(&params, "password").unwrap_or_default();
+            auth.authenticate_password(&index, &username, password, now)
+                .await
+        }
+        "refresh_token" => {
+            let token = param(&params, "refresh_token").unwrap_or_default();
+            auth.authenticate_refresh_token(&index, token, now)
+        }
+        TOKEN_EXCHANGE_GRANT => {
+            let token = param(&params, "subject_token").unwrap_or_default();
+            auth.authenticate_oidc(&index, token, now).await
+        }
+        other => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!(
+                    "grant_type {other:?} is not supported: use password, refresh_token or \
+                     {TOKEN_EXCHANGE_GRANT}"
+                ),
+            );
+        }
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(e) => {
+            audit::authentication_failed(&username, grant_type, &e.to_string());
+            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", &e.to_string());
+        }
+    };
+    let offline = param(&params, "access_type") == Some("offline") && grant_type == "password";
+    respond(&state, &identity, &scopes(&params), offline, now, &params)
+}
+
+fn respond(
+    state: &AppState,
+    identity: &Identity,
+    requested: &[ScopeRequest],
+    offline: bool,
+    now: SystemTime,
+    params: &[(String, String)],
+) -> Response {
+    let auth = state.auth();
+    let index = auth.index();
+    let issued = match auth.issue_access_token(&index, identity, requested, now) {
+        Ok(issued) => issued,
+        Err(e) => return ApiError::internal(&e).into_response(),
+    };
+    let refresh = if offline {
+        match auth.issue_refresh_token(&index, identity, now) {
+            Ok(token) => token,
+            Err(e) => return ApiError::internal(&e).into_response(),
+        }
+    } else {
+        None
+    };
+    audit::token_issued(
+        &identity.principal,
+        &granted_summary(&issued),
+        &params
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    let mut body = json!({
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": issued.expires_in.as_secs(),
+        "issued_at": humantime::format_rfc3339_seconds(issued.issued_at).to_string(),
+        "scope": granted_summary(&issued),
+    });
+    if let Some(refresh) = refresh {
+        body["refresh_token"] = refresh.into();
+    }
+    let mut r = Json(body).into_response();
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The granted scopes, space-separated, in scope syntax.
+fn granted_summary(issued: &IssuedToken) -> String {
+    issued
+        .claims
+        .access
+        .iter()
+        .map(|a| format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn failed(username: &str, method: &str, e: &AuthError) -> Response {
+    audit::authentication_failed(username, method, &e.to_string());
+    unauthorized(&e.to_string())
+}
+
+fn unauthorized(message: &str) -> Response {
+    ApiError::new(ErrorCode::Unauthorized, message)
+        .with_header(WWW_AUTHENTICATE, "Basic realm=\"registry\"")
+        .into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    ApiError::new(ErrorCode::Unsupported, message)
+        .with_status(StatusCode::BAD_REQUEST)
+        .into_response()
+}
+
+/// An OAuth 2.0 error response (RFC 6749 section 5.2).
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
