@@ -6,8 +6,10 @@
 //! (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC) and serves them to new handshakes; [`Self::watch`]
 //! re-reads the files periodically and swaps in a changed pair, so renewals (for example
 //! cert-manager rewriting a mounted Secret through a symlink swap) take effect without a
-//! restart. Existing connections keep the certificate they were opened with. A changed pair
-//! that does not load is logged at error level and the previous certificate stays in use.
+//! restart. Existing connections keep the certificate they were opened with (as do clients
+//! resuming a TLS session from before the change: resumption presents no certificate). A
+//! changed pair that does not load is logged at error level and the previous certificate stays
+//! in use.
 //!
 //! [`TlsListener`] accepts TCP connections and runs each handshake in its own task (bounded in
 //! time and in number), handing only finished TLS streams to `axum::serve`. The crypto
@@ -427,6 +429,76 @@ mod tests {
         std::fs::write(&files.cert, cert).unwrap();
         std::fs::write(&files.key, key).unwrap();
         files
+    }
+
+    /// A CA certificate (DER) and a server certificate and key (PEM) for `localhost` it signed.
+    fn ca_signed_pair() -> (CertificateDer<'static>, String, String) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca_cert.der().clone(), cert.pem(), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn handshakes_run_beside_each_other_and_time_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = ca_signed_pair();
+        let certificate = ReloadingCertificate::load(write_files(dir.path(), &cert, &key)).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = TlsListener::new(tcp, certificate.server_config().unwrap())
+            .with_handshake_timeout(Duration::from_secs(3));
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
+            assert!(stream.get_ref().0.nodelay().unwrap());
+            stream.write_all(b"hello").await.unwrap();
+            stream.shutdown().await.unwrap();
+            listener
+        });
+
+        // A client that connects and never says hello...
+        let stalled = TcpStream::connect(addr).await.unwrap();
+        // ...does not hold up the next one.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = connector
+            .connect(name, TcpStream::connect(addr).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(client.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let mut greeting = Vec::new();
+        client.read_to_end(&mut greeting).await.unwrap();
+        assert_eq!(greeting, b"hello");
+        let _listener = server.await.unwrap();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(stalled.try_read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "the stalled handshake was given up before the other one finished"
+        );
+
+        // The stalled handshake is abandoned after the timeout: the server closes it.
+        let mut stalled = stalled;
+        let read = tokio::time::timeout(Duration::from_secs(20), stalled.read(&mut buf))
+            .await
+            .expect("the server closes a connection that never completes its handshake");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 
     #[test]
