@@ -1,1 +1,84 @@
-//! Tests of the access-control service.
+//! Tests of the access-control service's pure parts; the flows are tested through HTTP in
+//! `crate::http::tests::{authz, token}`.
+
+use super::*;
+
+#[test]
+fn scopes_parse_like_docker_clients_send_them() {
+    let parsed = ScopeRequest::parse_all([
+        "repository:acme/app:pull,push repository(plugin):acme/x:pull",
+        "registry:catalog:*",
+        "repository:acme/app:",
+        "repository:Bad/Name:pull",
+        "unknown:thing:pull",
+        "garbage",
+    ]);
+    let repo = |s: &str| s.parse::<RepoName>().unwrap();
+    assert_eq!(
+        parsed,
+        vec![
+            ScopeRequest::Repository(repo("acme/app"), vec!["pull".into(), "push".into()]),
+            ScopeRequest::Repository(repo("acme/x"), vec!["pull".into()]),
+            ScopeRequest::Catalog,
+            ScopeRequest::Repository(repo("acme/app"), vec![]),
+        ]
+    );
+}
+
+#[test]
+fn principals_name_themselves_in_tokens_and_logs() {
+    assert_eq!(Principal::Anonymous.subject(), "");
+    assert_eq!(Principal::Anonymous.to_string(), "anonymous");
+    assert_eq!(
+        Principal::Credential("ci".into()).to_string(),
+        "credential:ci"
+    );
+    let federated = Principal::Federated {
+        federation: "gitlab".into(),
+        subject: "project_path:acme/app".into(),
+    };
+    assert_eq!(
+        federated.subject(),
+        "federation:gitlab:project_path:acme/app"
+    );
+}
+
+#[tokio::test]
+async fn tokens_grant_the_intersection_of_request_and_rights() {
+    let yaml = format!(
+        r#"
+apiVersion: registry.thalassa.cloud/v1alpha1
+kind: DataPlaneConfig
+namespaces: [{{name: acme, visibility: private}}, {{name: shared, visibility: public}}]
+credentials:
+  - {{id: ci, secretHash: "{}", scope: "containerRegistry:pull", namespaces: [acme]}}
+"#,
+        secret::hash_secret("s").unwrap()
+    );
+    let config = Config::from_yaml_str(&yaml).unwrap();
+    let auth = AuthService::new(ConfigHandle::fixed(config), Transport::default());
+    let index = auth.index();
+    assert_eq!(index.mode(), Mode::Enforced);
+    let identity = auth
+        .authenticate_password(&index, "ci", "s", SystemTime::now())
+        .await
+        .unwrap();
+    let requested = ScopeRequest::parse_all([
+        "repository:acme/app:pull,push,delete repository:shared/base:* \
+         repository:other/x:pull registry:catalog:*",
+    ]);
+    let issued = auth
+        .issue_access_token(&index, &identity, &requested, SystemTime::now())
+        .unwrap();
+    let c = &issued.claims;
+    assert!(c.grants("repository", "acme/app", "pull"));
+    assert!(!c.grants("repository", "acme/app", "push"));
+    assert!(c.grants("repository", "shared/base", "pull"));
+    assert!(!c.grants("repository", "shared/base", "push"));
+    assert!(!c.access.iter().any(|a| a.name == "other/x"));
+    assert_eq!(c.catalog, vec!["acme".to_owned(), "shared".to_owned()]);
+    let verified = index.verify_access_token(&issued.token).unwrap();
+    assert_eq!(*verified, issued.claims);
+    // The same index is reused while the configuration does not change.
+    assert!(Arc::ptr_eq(&index, &auth.index()));
+}

@@ -7,6 +7,7 @@ mod blobs;
 mod listing;
 mod manifests;
 mod names;
+mod token;
 mod uploads;
 
 use std::sync::Arc;

@@ -1,0 +1,365 @@
+//! The token service and the challenge flow, in-process: challenges and realms, the OAuth
+//! grants, refresh tokens, invalid tokens, live revocation by a configuration reload, and the
+//! closed mode of a public listener without access control.
+
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode};
+use base64::Engine as _;
+
+use super::{Reply, TestApp};
+use crate::auth::secret::hash_secret;
+use crate::auth::{AuthService, Transport};
+use crate::config::{ConfigHandle, ConfigReloader, ConfigSource};
+use crate::http::{AppState, build_app};
+use crate::oci::Digest;
+use crate::registry::Registry;
+use crate::storage::memory::MemoryStorage;
+
+fn document(extra_credential: bool, tokens: &str) -> String {
+    let ci = hash_secret("ci-secret").unwrap();
+    let mut doc = format!(
+        r#"
+apiVersion: registry.thalassa.cloud/v1alpha1
+kind: DataPlaneConfig
+region: test
+namespaces: [{{name: acme, visibility: private}}]
+tokens: {tokens}
+credentials:
+  - {{id: ci, secretHash: "{ci}", scope: containerRegistry, namespaces: [acme]}}
+"#
+    );
+    if extra_credential {
+        let deploy = hash_secret("deploy-secret").unwrap();
+        doc.push_str(&format!(
+            "  - {{id: deploy, secretHash: \"{deploy}\", scope: \"containerRegistry:pull\", namespaces: [acme]}}\n"
+        ));
+    }
+    doc
+}
+
+fn app_for(handle: ConfigHandle, transport: Transport) -> TestApp {
+    let storage: Arc<dyn crate::storage::Storage> = Arc::new(MemoryStorage::new());
+    let registry = Arc::new(Registry::new(Arc::clone(&storage)));
+    TestApp {
+        router: build_app(AppState::new(registry, AuthService::new(handle, transport))),
+        storage,
+    }
+}
+
+fn enforced(tokens: &str) -> TestApp {
+    let config = crate::config::Config::from_yaml_str(&document(true, tokens)).unwrap();
+    app_for(ConfigHandle::fixed(config), Transport::default())
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+async fn post_form(app: &TestApp, form: &str) -> Reply {
+    app.call_with(
+        Method::POST,
+        "/token",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form.to_owned(),
+    )
+    .await
+}
+
+async fn push_with(app: &TestApp, authorization: &str, data: &[u8]) -> Reply {
+    app.call_with(
+        Method::POST,
+        &format!(
+            "/v2/acme/app/blobs/uploads/?digest={}",
+            Digest::sha256_of(data)
+        ),
+        &[("authorization", authorization)],
+        data.to_vec(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_base_endpoint_challenges_anonymous_callers_with_the_realm_of_the_host() {
+    let app = enforced("{}");
+    let r = app
+        .call_with(
+            Method::GET,
+            "/v2/",
+            &[("host", "registry.example:5000")],
+            "",
+        )
+        .await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="http://registry.example:5000/token",service="test""#)
+    );
+    let r = app
+        .call_with(
+            Method::GET,
+            "/v2/",
+            &[("host", "registry.example"), ("x-forwarded-proto", "https")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="https://registry.example/token",service="test""#)
+    );
+    // A Host header that could break out of the quoted realm is not echoed.
+    let r = app
+        .call_with(Method::GET, "/v2/", &[("host", "evil\",x=\"y")], "")
+        .await;
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="http://localhost/token",service="test""#)
+    );
+    let r = app
+        .call_with(
+            Method::GET,
+            "/v2/",
+            &[("authorization", &basic("ci", "ci-secret"))],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let app = enforced("{realm: \"https://auth.example/token\", service: registry.example}");
+    let r = app.call(Method::GET, "/v2/", "").await;
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="https://auth.example/token",service="registry.example""#)
+    );
+}
+
+#[tokio::test]
+async fn oauth_password_grant_with_refresh_token() {
+    let app = enforced("{ttl: 2m}");
+    let r = post_form(
+        &app,
+        "grant_type=password&username=ci&password=ci-secret&service=test&client_id=test\
+         &access_type=offline&scope=repository%3Aacme%2Fapp%3Apull%2Cpush",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let body = r.json();
+    assert_eq!(body["expires_in"], 120);
+    assert_eq!(body["scope"], "repository:acme/app:pull,push");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+
+    let r = push_with(&app, &format!("Bearer {access}"), b"via access token").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+
+    // A refresh token is not an access token.
+    let r = push_with(&app, &format!("Bearer {refresh}"), b"x").await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+
+    let r = post_form(
+        &app,
+        &format!(
+            "grant_type=refresh_token&refresh_token={refresh}&service=test\
+             &scope=repository%3Aacme%2Fapp%3Apull"
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["scope"], "repository:acme/app:pull");
+    assert!(r.json().get("refresh_token").is_none());
+    // An access token is not a refresh token.
+    let r = post_form(
+        &app,
+        &format!("grant_type=refresh_token&refresh_token={access}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn refused_grants_say_what_is_wrong() {
+    let app = enforced("{}");
+    let r = post_form(&app, "grant_type=password&username=ci&password=wrong").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"], "invalid_grant");
+    assert_eq!(
+        r.json()["error_description"],
+        "invalid username or password"
+    );
+    let r = post_form(
+        &app,
+        "grant_type=password&username=nobody&password=ci-secret",
+    )
+    .await;
+    assert_eq!(
+        r.json()["error_description"],
+        "invalid username or password"
+    );
+    let r = post_form(&app, "grant_type=client_credentials").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"], "unsupported_grant_type");
+    let r = post_form(
+        &app,
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=nope",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let r = app
+        .call_with(
+            Method::GET,
+            "/token?scope=repository%3Aacme%2Fapp%3Apull",
+            &[("authorization", &basic("ci", "wrong"))],
+            "",
+        )
+        .await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+
+    // Anonymous tokens grant nothing in a private namespace.
+    let r = app
+        .call(
+            Method::GET,
+            "/token?scope=repository%3Aacme%2Fapp%3Apull%2Cpush",
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["scope"], "");
+
+    let r = push_with(&app, "Bearer not-a-token", b"x").await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let r = push_with(&app, "Digest whatever", b"x").await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+}
+
+#[tokio::test]
+async fn pull_only_tokens_are_refused_push_with_a_challenge_for_the_missing_action() {
+    let app = enforced("{}");
+    let r = app
+        .call_with(
+            Method::GET,
+            "/token?scope=repository%3Aacme%2Fapp%3Apull%2Cpush",
+            &[("authorization", &basic("deploy", "deploy-secret"))],
+            "",
+        )
+        .await;
+    assert_eq!(r.json()["scope"], "repository:acme/app:pull");
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let r = push_with(&app, &format!("Bearer {token}"), b"denied").await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert!(
+        r.json()["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not grant push"),
+        "{:?}",
+        r.body
+    );
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains(r#"scope="repository:acme/app:pull,push""#),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#),
+        "{challenge}"
+    );
+    // Basic credentials that lack the right get a plain 403.
+    let r = push_with(&app, &basic("deploy", "deploy-secret"), b"denied").await;
+    r.assert_error(StatusCode::FORBIDDEN, "DENIED");
+}
+
+#[tokio::test]
+async fn a_reload_revokes_credentials_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, document(true, "{}")).unwrap();
+    let (handle, reloader) =
+        ConfigReloader::start(ConfigSource::new(Some(path.clone()), None)).expect("config");
+    let mut reloader = reloader.expect("a file source reloads");
+    let app = app_for(handle, Transport::default());
+
+    let deploy = basic("deploy", "deploy-secret");
+    let r = app
+        .call_with(
+            Method::GET,
+            "/v2/acme/app/tags/list",
+            &[("authorization", &deploy)],
+            "",
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "allowed, nothing there: {:?}",
+        r.body
+    );
+    let r = post_form(
+        &app,
+        "grant_type=password&username=deploy&password=deploy-secret&access_type=offline",
+    )
+    .await;
+    let refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
+
+    std::fs::write(&path, document(false, "{}")).unwrap();
+    assert!(matches!(
+        reloader.poll().await,
+        crate::config::ReloadOutcome::Applied { .. }
+    ));
+    let r = app
+        .call_with(
+            Method::GET,
+            "/v2/acme/app/tags/list",
+            &[("authorization", &deploy)],
+            "",
+        )
+        .await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let r = post_form(
+        &app,
+        &format!("grant_type=refresh_token&refresh_token={refresh}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn a_public_listener_without_access_control_allows_nothing() {
+    let app = app_for(
+        ConfigHandle::fixed(crate::config::Config::default()),
+        Transport {
+            tls: false,
+            public: true,
+        },
+    );
+    let r = app.call(Method::GET, "/v2/", "").await;
+    r.assert_error(StatusCode::FORBIDDEN, "DENIED");
+    let r = app
+        .call(Method::GET, "/v2/any/repo/manifests/latest", "")
+        .await;
+    r.assert_error(StatusCode::FORBIDDEN, "DENIED");
+    let data = b"nope";
+    let r = app
+        .call(
+            Method::POST,
+            &format!(
+                "/v2/any/repo/blobs/uploads/?digest={}",
+                Digest::sha256_of(data)
+            ),
+            data.to_vec(),
+        )
+        .await;
+    r.assert_error(StatusCode::FORBIDDEN, "DENIED");
+    let r = app.call(Method::GET, "/v2/_catalog", "").await;
+    r.assert_error(StatusCode::FORBIDDEN, "DENIED");
+}
