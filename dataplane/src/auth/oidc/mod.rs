@@ -127,6 +127,36 @@ impl OidcError {
     }
 }
 
+/// A federation and its index in the configuration.
+type Candidate<'a> = (usize, &'a FederationConfig);
+
+/// Federations of one issuer trusted through the same CA bundle: one key set serves them.
+#[derive(Debug)]
+struct TrustGroup<'a> {
+    ca_bundle: Option<&'a str>,
+    members: Vec<Candidate<'a>>,
+}
+
+impl<'a> TrustGroup<'a> {
+    /// Groups federations of one issuer by CA bundle, in configuration order. They normally
+    /// share one; when they do not, each bundle is its own trust decision with its own key
+    /// set.
+    fn split(candidates: Vec<Candidate<'a>>) -> Vec<TrustGroup<'a>> {
+        let mut groups: Vec<TrustGroup<'a>> = Vec::new();
+        for (index, federation) in candidates {
+            let ca_bundle = federation.ca_bundle.as_deref();
+            match groups.iter_mut().find(|g| g.ca_bundle == ca_bundle) {
+                Some(group) => group.members.push((index, federation)),
+                None => groups.push(TrustGroup {
+                    ca_bundle,
+                    members: vec![(index, federation)],
+                }),
+            }
+        }
+        groups
+    }
+}
+
 /// Timeouts, limits and cache lifetimes of an [`OidcVerifier`].
 #[derive(Debug, Clone)]
 pub struct OidcSettings {
@@ -199,7 +229,7 @@ impl OidcVerifier {
         now: SystemTime,
     ) -> Result<Vec<FederatedIdentity>, OidcError> {
         let token = jwt::parse(token)?;
-        let candidates: Vec<(usize, &FederationConfig)> = federations
+        let candidates: Vec<Candidate<'_>> = federations
             .iter()
             .enumerate()
             .filter(|(_, f)| f.issuer == token.issuer)
@@ -208,21 +238,10 @@ impl OidcVerifier {
             return Err(OidcError::UnknownIssuer);
         }
 
-        // Federations of one issuer normally share one CA bundle; when they do not, each
-        // bundle is its own trust decision with its own key set.
-        let mut groups: Vec<(Option<&str>, Vec<(usize, &FederationConfig)>)> = Vec::new();
-        for (index, federation) in candidates {
-            let bundle = federation.ca_bundle.as_deref();
-            match groups.iter_mut().find(|(b, _)| *b == bundle) {
-                Some((_, members)) => members.push((index, federation)),
-                None => groups.push((bundle, vec![(index, federation)])),
-            }
-        }
-
         let mut identities = Vec::new();
         let mut failure: Option<OidcError> = None;
-        for (bundle, members) in groups {
-            match self.verify_group(&token, bundle, &members, now).await {
+        for group in TrustGroup::split(candidates) {
+            match self.verify_group(&token, &group, now).await {
                 Ok(found) => identities.extend(found),
                 Err(error) => {
                     if failure
@@ -243,15 +262,15 @@ impl OidcVerifier {
         Ok(identities)
     }
 
-    /// Verifies the token with the keys of its issuer fetched under `ca_bundle`, then checks
-    /// it against each of `members`.
+    /// Verifies the token with the keys of its issuer fetched under the group's CA bundle,
+    /// then checks it against each federation of the group.
     async fn verify_group(
         &self,
         token: &jwt::UnverifiedToken<'_>,
-        ca_bundle: Option<&str>,
-        members: &[(usize, &FederationConfig)],
+        group: &TrustGroup<'_>,
         now: SystemTime,
     ) -> Result<Vec<FederatedIdentity>, OidcError> {
+        let ca_bundle = group.ca_bundle;
         let kid = token.kid.as_deref();
         let alg = token.alg;
         let has_key = |set: &keys::KeySet| matches!(set.select(kid, alg), Selection::Found(_));
@@ -285,7 +304,7 @@ impl OidcVerifier {
         let subject = jwt::subject(&token.claims)?;
         let mut audience_accepted = false;
         let mut identities = Vec::new();
-        for (index, federation) in members {
+        for (index, federation) in &group.members {
             if !jwt::audience_contains(&token.claims, &federation.audience) {
                 continue;
             }

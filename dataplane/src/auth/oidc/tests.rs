@@ -786,3 +786,41 @@ async fn oversized_documents_are_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn federations_trusting_the_issuer_differently_are_verified_separately() {
+    let es = TestKey::es256("es");
+    let issuer = TestIssuer::start(&[&es]).await;
+    let verifier = OidcVerifier::with_settings(quick());
+    let broken_bundle = FederationConfig {
+        ca_bundle: Some("no certificate here".to_owned()),
+        ..federation("broken", &issuer.url, AUDIENCE, &[])
+    };
+    let plain = federation("plain", &issuer.url, AUDIENCE, &[("sub", &["builder"])]);
+    let token = es.sign(&issuer.claims("builder"));
+
+    let ids = verifier
+        .verify(&token, &[broken_bundle.clone(), plain], SystemTime::now())
+        .await
+        .expect("the federation without a bundle matches");
+    let names: Vec<&str> = ids.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, vec!["plain"]);
+
+    let err = verifier
+        .verify(
+            &token,
+            std::slice::from_ref(&broken_bundle),
+            SystemTime::now(),
+        )
+        .await
+        .expect_err("no usable trust");
+    assert!(matches!(err, OidcError::CaBundle { .. }), "{err:?}");
+
+    // Of several failures, the one that got furthest is reported.
+    let mismatch = federation("mismatch", &issuer.url, AUDIENCE, &[("sub", &["deployer"])]);
+    let err = verifier
+        .verify(&token, &[broken_bundle, mismatch], SystemTime::now())
+        .await
+        .expect_err("no federation matches");
+    assert!(matches!(err, OidcError::ClaimsMismatch), "{err:?}");
+}
