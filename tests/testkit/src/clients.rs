@@ -741,6 +741,165 @@ fn digest_line(output: &str) -> Option<String> {
         .map(|d| d.trim().to_owned())
 }
 
+/// The client of a one-way transfer ([`push_image`], [`pull_image`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// go-containerregistry's `crane` (`crane auth login` with the credentials).
+    Crane,
+    /// `skopeo copy` (`--dest-creds` / `--src-creds`).
+    Skopeo,
+}
+
+impl Client {
+    /// The client's name, as in its command.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Crane => "crane",
+            Self::Skopeo => "skopeo",
+        }
+    }
+}
+
+/// The outcome of a push or pull that the registry may refuse: what the client said, and the
+/// manifest digest involved.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// The client command's exit status, stdout and stderr.
+    pub output: process::Output,
+    /// For a push: the digest of the image offered (known whether or not the push succeeded).
+    /// For a pull: the digest of the image received, if it succeeded.
+    pub digest: Option<String>,
+}
+
+impl Transfer {
+    /// Whether the client reported success.
+    pub fn succeeded(&self) -> bool {
+        self.output.status.success()
+    }
+
+    /// The digest of a successful transfer; otherwise an error with the client's stderr.
+    pub fn digest_or_error(&self, what: &str) -> Result<String> {
+        ensure!(
+            self.succeeded(),
+            "{what} failed ({}): {}",
+            self.output.status,
+            self.output.stderr.trim()
+        );
+        self.digest
+            .clone()
+            .ok_or_else(|| anyhow!("{what} succeeded but no digest is known"))
+    }
+}
+
+/// Builds a fresh one-layer image with umoci and pushes it to `reference`
+/// (`host/repository:tag`) with `client`, as `credentials` or anonymously. A refused push is
+/// not an error: see [`Transfer::succeeded`]; errors are failures to build or run anything.
+/// The manifest digest is preserved by both clients, so [`Transfer::digest`] is what a pull
+/// returns.
+pub fn push_image(
+    client: Client,
+    reference: &str,
+    credentials: Option<&Credentials>,
+) -> Result<Transfer> {
+    let ws = workspace(&format!("{}-push", client.name()))?;
+    let layout = ws.path().join("image");
+    let tag = "v1";
+    let digest = build_oci_image(&layout, tag, &unique_content(client.name()))?;
+    let source = format!("{}:{tag}", layout.display());
+    let output = match client {
+        Client::Crane => {
+            let mut cmd = crane_in(&ws, reference, credentials)?;
+            cmd.args(["push", "--insecure"]).arg(&layout).arg(reference);
+            process::run_unchecked(&mut cmd, process::COMMAND_TIMEOUT)?
+        }
+        Client::Skopeo => {
+            let mut cmd = skopeo_in(&ws);
+            cmd.args(["copy", "--preserve-digests", "--dest-tls-verify=false"]);
+            if let Some(c) = credentials {
+                cmd.args(["--dest-creds", &c.colon_joined()]);
+            }
+            cmd.arg(format!("oci:{source}"))
+                .arg(format!("docker://{reference}"));
+            process::run_unchecked(&mut cmd, process::COMMAND_TIMEOUT)?
+        }
+    };
+    Ok(Transfer {
+        output,
+        digest: Some(digest),
+    })
+}
+
+/// Pulls `reference` (`host/repository:tag` or `host/repository@digest`) with `client` into a
+/// temporary OCI layout, as `credentials` or anonymously. A refused pull is not an error: see
+/// [`Transfer::succeeded`]; on success [`Transfer::digest`] is the received manifest's digest.
+pub fn pull_image(
+    client: Client,
+    reference: &str,
+    credentials: Option<&Credentials>,
+) -> Result<Transfer> {
+    let ws = workspace(&format!("{}-pull", client.name()))?;
+    let pulled = ws.path().join("pulled");
+    let tag = "pulled";
+    let output = match client {
+        Client::Crane => {
+            let mut cmd = crane_in(&ws, reference, credentials)?;
+            cmd.args(["pull", "--insecure", "--format", "oci", reference])
+                .arg(&pulled);
+            process::run_unchecked(&mut cmd, process::COMMAND_TIMEOUT)?
+        }
+        Client::Skopeo => {
+            let mut cmd = skopeo_in(&ws);
+            cmd.args(["copy", "--preserve-digests", "--src-tls-verify=false"]);
+            if let Some(c) = credentials {
+                cmd.args(["--src-creds", &c.colon_joined()]);
+            }
+            cmd.arg(format!("docker://{reference}"))
+                .arg(format!("oci:{}:{tag}", pulled.display()));
+            process::run_unchecked(&mut cmd, process::COMMAND_TIMEOUT)?
+        }
+    };
+    let digest = if output.status.success() {
+        Some(layout_manifest_digest(&pulled, tag)?)
+    } else {
+        None
+    };
+    Ok(Transfer { output, digest })
+}
+
+/// A `crane` command with its configuration in `ws`, logged in to `reference`'s registry
+/// when `credentials` are given.
+fn crane_in(ws: &TempDir, reference: &str, credentials: Option<&Credentials>) -> Result<Command> {
+    let crane = || {
+        let mut cmd = Command::new(tools::bin("crane"));
+        cmd.env("DOCKER_CONFIG", ws.path().join("docker"));
+        cmd
+    };
+    if let Some(c) = credentials {
+        let host = reference
+            .split_once('/')
+            .map(|(host, _)| host)
+            .ok_or_else(|| anyhow!("reference without a registry host: {reference}"))?;
+        run(crane().args(["auth", "login", host, "-u", &c.username, "-p", &c.password]))
+            .context("crane auth login")?;
+    }
+    Ok(crane())
+}
+
+/// A fresh repository name in `namespace` (like [`unique_repo`], which uses `harness`).
+pub fn unique_repo_in(namespace: &str, client: &str) -> String {
+    let repo = unique_repo(client);
+    let name = repo.strip_prefix("harness/").unwrap_or(&repo);
+    format!("{namespace}/{name}")
+}
+
+/// A `skopeo` command with its auth file in `ws` and no signature policy.
+fn skopeo_in(ws: &TempDir) -> Command {
+    let mut cmd = Command::new(tools::bin("skopeo"));
+    cmd.env("REGISTRY_AUTH_FILE", ws.path().join("auth.json"))
+        .arg("--insecure-policy");
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
