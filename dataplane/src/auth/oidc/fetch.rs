@@ -1,8 +1,10 @@
 //! Fetching and caching issuers' key sets: OIDC discovery, then the JWKS it names.
 //!
-//! One cache entry per issuer and trust configuration (CA bundle). Each entry is guarded
-//! by an async mutex held across the fetch, so concurrent verifications wait for one fetch
-//! instead of each starting their own, and find its result when they get the lock.
+//! One cache entry per issuer and trust configuration (CA bundle). Fetches of one entry
+//! are serialised by an async lock: concurrent verifications that need keys wait for one
+//! fetch instead of each starting their own, and find its result when they get the lock.
+//! A routine refresh of a key set that is merely old does not make anyone wait: while one
+//! task refreshes, the others keep using the old set.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +26,15 @@ const JWKS_ACCEPT: &str = "application/jwk-set+json, application/json";
 struct IssuerKey {
     issuer: String,
     ca_bundle: Option<String>,
+}
+
+/// The cache entry of one issuer.
+#[derive(Debug, Default)]
+struct IssuerEntry {
+    /// What is known; locked only briefly, never across a fetch.
+    state: Mutex<IssuerState>,
+    /// Held for the duration of a fetch.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 /// What is known of one issuer's keys.
@@ -48,13 +59,63 @@ pub(super) enum Need {
     UnknownKey,
 }
 
+/// What to do with the cache as it is.
+#[derive(Debug)]
+enum Decision {
+    /// Use this set.
+    Use(Arc<KeySet>),
+    /// There is no set, and fetching is backing off after this failure.
+    Fail(OidcError),
+    /// Fetch; the current set, if any, may serve meanwhile.
+    Fetch(Option<Arc<KeySet>>),
+}
+
+impl IssuerState {
+    fn decide(
+        &self,
+        settings: &OidcSettings,
+        need: Need,
+        has_key: &impl Fn(&KeySet) -> bool,
+    ) -> Decision {
+        let now = Instant::now();
+        let backing_off = self
+            .last_failure
+            .as_ref()
+            .is_some_and(|(at, _)| now.duration_since(*at) < settings.failure_backoff);
+        let fresh = self
+            .fetched_at
+            .is_some_and(|at| now.duration_since(at) < settings.jwks_ttl);
+        let Some(keys) = &self.keys else {
+            return match &self.last_failure {
+                Some((_, error)) if backing_off => Decision::Fail(error.clone()),
+                _ => Decision::Fetch(None),
+            };
+        };
+        let refetch = match need {
+            _ if !fresh => true,
+            Need::Current => false,
+            Need::UnknownKey => {
+                !has_key(keys)
+                    && self.last_unknown_key_fetch.is_none_or(|at| {
+                        now.duration_since(at) >= settings.unknown_key_refetch_interval
+                    })
+            }
+        };
+        if refetch && !backing_off {
+            Decision::Fetch(Some(keys.clone()))
+        } else {
+            Decision::Use(keys.clone())
+        }
+    }
+}
+
 /// HTTP clients and the per-issuer key-set cache.
 #[derive(Debug)]
 pub(super) struct KeyFetcher {
     settings: OidcSettings,
     /// One client per distinct CA bundle (`None`: system roots only).
     clients: Mutex<HashMap<Option<String>, reqwest::Client>>,
-    issuers: Mutex<HashMap<IssuerKey, Arc<tokio::sync::Mutex<IssuerState>>>>,
+    issuers: Mutex<HashMap<IssuerKey, Arc<IssuerEntry>>>,
     /// Fetches started (discovery and JWKS together count once), for tests.
     #[cfg(test)]
     pub(super) fetches: std::sync::atomic::AtomicUsize,
@@ -72,11 +133,15 @@ impl KeyFetcher {
     }
 
     /// The key set of `issuer` fetched with trust in `ca_bundle`, from the cache when it is
-    /// fresh. A stale set is refreshed; when the refresh fails the stale set is still used
-    /// (and the refresh retried after the failure backoff). With [`Need::UnknownKey`] and a
-    /// set lacking `kid`, the set is refetched at most once per
-    /// [`OidcSettings::unknown_key_refetch_interval`]. The flag tells whether this call
-    /// fetched the set.
+    /// fresh, and whether it was fetched during this call.
+    ///
+    /// Without a cached set, the first caller fetches and the others wait for its result.
+    /// A set older than [`OidcSettings::jwks_ttl`] is refreshed by one caller while the
+    /// others use it as it is; when the refresh fails the old set stays in use. After a
+    /// failure no fetch starts for [`OidcSettings::failure_backoff`]. With
+    /// [`Need::UnknownKey`] and a set for which `has_key` is false, the set is refetched
+    /// (callers wait for it), at most once per
+    /// [`OidcSettings::unknown_key_refetch_interval`].
     pub(super) async fn keys(
         &self,
         issuer: &str,
@@ -84,6 +149,7 @@ impl KeyFetcher {
         need: Need,
         has_key: impl Fn(&KeySet) -> bool,
     ) -> Result<(Arc<KeySet>, bool), OidcError> {
+        let started = Instant::now();
         let entry = {
             let mut issuers = self.issuers.lock().unwrap_or_else(PoisonError::into_inner);
             issuers
@@ -94,53 +160,57 @@ impl KeyFetcher {
                 .or_default()
                 .clone()
         };
-        let mut state = entry.lock().await;
-        let now = Instant::now();
-        let backing_off = state
-            .last_failure
-            .as_ref()
-            .is_some_and(|(at, _)| now.duration_since(*at) < self.settings.failure_backoff);
-        let fresh = state
-            .fetched_at
-            .is_some_and(|at| now.duration_since(at) < self.settings.jwks_ttl);
+        let lock_state = || entry.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let fetched_since_start =
+            |state: &IssuerState| state.fetched_at.is_some_and(|at| at >= started);
 
-        let fetch = match (&state.keys, need) {
-            (None, _) => true,
-            (Some(_), _) if !fresh => true,
-            (Some(keys), Need::UnknownKey) => {
-                !has_key(keys)
-                    && state.last_unknown_key_fetch.is_none_or(|at| {
-                        now.duration_since(at) >= self.settings.unknown_key_refetch_interval
-                    })
-            }
-            (Some(_), Need::Current) => false,
+        let current = match lock_state().decide(&self.settings, need, &has_key) {
+            Decision::Use(keys) => return Ok((keys, false)),
+            Decision::Fail(error) => return Err(error),
+            Decision::Fetch(current) => current,
         };
-        let fetch = fetch && !backing_off;
-        if fetch {
-            if need == Need::UnknownKey && state.keys.is_some() {
-                state.last_unknown_key_fetch = Some(now);
-            }
-            match self.fetch(issuer, ca_bundle).await {
-                Ok(keys) => {
-                    tracing::debug!(issuer, keys = keys.len(), "fetched OIDC issuer keys");
-                    state.keys = Some(Arc::new(keys));
-                    state.fetched_at = Some(Instant::now());
-                    state.last_failure = None;
-                }
-                Err(error) => {
-                    tracing::warn!(issuer, error = ?error, stale_keys = state.keys.is_some(),
-                        "fetching OIDC issuer keys failed");
-                    state.last_failure = Some((Instant::now(), error));
+        let _fetching = match (current, need) {
+            // A routine refresh: whoever is already at it will finish it.
+            (Some(current), Need::Current) => match entry.fetching.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok((current, false)),
+            },
+            _ => entry.fetching.lock().await,
+        };
+
+        // Decide again: the fetch this call waited for may have settled the matter.
+        {
+            let mut state = lock_state();
+            match state.decide(&self.settings, need, &has_key) {
+                Decision::Use(keys) => return Ok((keys, fetched_since_start(&state))),
+                Decision::Fail(error) => return Err(error),
+                Decision::Fetch(current) => {
+                    if need == Need::UnknownKey && current.is_some() {
+                        state.last_unknown_key_fetch = Some(Instant::now());
+                    }
                 }
             }
         }
-        match (&state.keys, &state.last_failure) {
-            (Some(keys), _) => Ok((keys.clone(), fetch)),
-            (None, Some((_, error))) => Err(error.clone()),
-            (None, None) => Err(OidcError::IssuerUnavailable {
-                issuer: issuer.to_owned(),
-                detail: "no key set fetched yet".to_owned(),
-            }),
+        let result = self.fetch(issuer, ca_bundle).await;
+        let mut state = lock_state();
+        match result {
+            Ok(keys) => {
+                tracing::debug!(issuer, keys = keys.len(), "fetched OIDC issuer keys");
+                let keys = Arc::new(keys);
+                state.keys = Some(keys.clone());
+                state.fetched_at = Some(Instant::now());
+                state.last_failure = None;
+                Ok((keys, true))
+            }
+            Err(error) => {
+                tracing::warn!(issuer, error = ?error, stale_keys = state.keys.is_some(),
+                    "fetching OIDC issuer keys failed");
+                state.last_failure = Some((Instant::now(), error.clone()));
+                match &state.keys {
+                    Some(keys) => Ok((keys.clone(), false)),
+                    None => Err(error),
+                }
+            }
         }
     }
 

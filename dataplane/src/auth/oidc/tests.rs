@@ -101,6 +101,8 @@ struct Served {
     padding: usize,
     /// Answer every request with 503.
     down: bool,
+    /// Answer JWKS requests after this long.
+    jwks_delay: Duration,
 }
 
 #[derive(Default)]
@@ -190,6 +192,8 @@ async fn discovery(State(state): State<Arc<IssuerState>>) -> Reply {
 
 async fn jwks(State(state): State<Arc<IssuerState>>) -> Reply {
     state.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    let delay = state.served.lock().expect("served").jwks_delay;
+    tokio::time::sleep(delay).await;
     let served = state.served.lock().expect("served");
     if served.down {
         return Err(StatusCode::SERVICE_UNAVAILABLE);
@@ -823,4 +827,44 @@ async fn federations_trusting_the_issuer_differently_are_verified_separately() {
         .await
         .expect_err("no federation matches");
     assert!(matches!(err, OidcError::ClaimsMismatch), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_routine_refresh_does_not_hold_up_other_verifications() {
+    let es = TestKey::es256("es");
+    let issuer = TestIssuer::start(&[&es]).await;
+    let federations = [federation("ci", &issuer.url, AUDIENCE, &[])];
+    let verifier = OidcVerifier::with_settings(OidcSettings {
+        jwks_ttl: Duration::ZERO,
+        http_timeout: Duration::from_secs(5),
+        ..OidcSettings::default()
+    });
+    let token = es.sign(&issuer.claims("builder"));
+    verifier
+        .verify(&token, &federations, SystemTime::now())
+        .await
+        .expect("first fetch");
+
+    issuer.served().jwks_delay = Duration::from_millis(1500);
+    let refreshing = verifier.verify(&token, &federations, SystemTime::now());
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let result = verifier
+            .verify(&token, &federations, SystemTime::now())
+            .await;
+        (result, started.elapsed())
+    };
+    let (refreshed, (result, waited)) = tokio::join!(refreshing, meanwhile);
+    refreshed.expect("refreshed");
+    result.expect("the old set serves during the refresh");
+    assert!(waited < Duration::from_millis(500), "{waited:?}");
+    assert_eq!(issuer.jwks_hits(), 2);
+}
+
+#[test]
+fn verification_futures_can_move_between_threads() {
+    fn assert_send<T: Send>(_: &T) {}
+    let verifier = OidcVerifier::new();
+    assert_send(&verifier.verify("", &[], SystemTime::now()));
 }
