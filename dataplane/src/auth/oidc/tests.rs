@@ -736,7 +736,7 @@ async fn an_unreachable_issuer_fails_fast_and_clearly() {
             matches!(err, OidcError::IssuerUnavailable { .. }),
             "{err:?}"
         );
-        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(started.elapsed() < Duration::from_millis(400));
         assert_eq!(verifier.fetcher.fetches.load(Ordering::SeqCst), fetches);
     }
     hold.abort();
@@ -845,7 +845,7 @@ async fn a_routine_refresh_does_not_hold_up_other_verifications() {
         .await
         .expect("first fetch");
 
-    issuer.served().jwks_delay = Duration::from_millis(1500);
+    issuer.served().jwks_delay = Duration::from_secs(3);
     let refreshing = verifier.verify(&token, &federations, SystemTime::now());
     let meanwhile = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -858,7 +858,7 @@ async fn a_routine_refresh_does_not_hold_up_other_verifications() {
     let (refreshed, (result, waited)) = tokio::join!(refreshing, meanwhile);
     refreshed.expect("refreshed");
     result.expect("the old set serves during the refresh");
-    assert!(waited < Duration::from_millis(500), "{waited:?}");
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
     assert_eq!(issuer.jwks_hits(), 2);
 }
 
