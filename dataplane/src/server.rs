@@ -199,12 +199,15 @@ impl Server {
         let addr = listener.local_addr()?;
         check_exposure(&self.config.current(), addr)?;
         let certificate = match self.tls {
-            Some(files) => Some(
-                tokio::task::spawn_blocking(move || ReloadingCertificate::load(files))
-                    .await
-                    .map_err(std::io::Error::other)?
-                    .map_err(ServeError::Tls)?,
-            ),
+            Some(files) => {
+                let certificate =
+                    tokio::task::spawn_blocking(move || ReloadingCertificate::load(files))
+                        .await
+                        .map_err(std::io::Error::other)?
+                        .map_err(ServeError::Tls)?;
+                let tls_config = certificate.server_config().map_err(ServeError::Tls)?;
+                Some((certificate, tls_config))
+            }
             None => None,
         };
         let storage = match self.storage {
@@ -241,17 +244,13 @@ impl Server {
             self.config.clone(),
             stop_rx.clone(),
         )));
-        let tls_config = match &certificate {
-            Some(certificate) => {
-                tasks.push(tokio::spawn(
-                    certificate
-                        .clone()
-                        .watch(self.options.reload_interval, stopped(stop_rx.clone())),
-                ));
-                Some(certificate.server_config().map_err(ServeError::Tls)?)
-            }
-            None => None,
-        };
+        let tls = certificate.is_some();
+        let tls_config = certificate.map(|(certificate, tls_config)| {
+            tasks.push(tokio::spawn(
+                certificate.watch(self.options.reload_interval, stopped(stop_rx.clone())),
+            ));
+            tls_config
+        });
 
         let (closed_tx, mut closed_rx) = watch::channel(false);
         let drain_delay = self.options.drain_delay;
@@ -291,7 +290,7 @@ impl Server {
                 target: telemetry::LISTENING_TARGET,
                 region = %config.region,
                 storage_root = ?config.filesystem_root(),
-                tls = certificate.is_some(),
+                tls,
                 "listening on {addr}"
             );
         }
@@ -568,6 +567,40 @@ mod tests {
                 .unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn open_access_is_refused_only_off_loopback() {
+        let open = Config::default();
+        assert!(!open.access_control_enabled());
+        for local in [
+            "127.0.0.1:5000",
+            "127.0.0.2:0",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+        ] {
+            let addr: SocketAddr = local.parse().unwrap();
+            assert!(check_exposure(&open, addr).is_ok(), "{addr}");
+        }
+        for public in ["0.0.0.0:5000", "10.1.2.3:443", "[::]:5000"] {
+            let addr: SocketAddr = public.parse().unwrap();
+            let err = check_exposure(&open, addr).unwrap_err();
+            assert!(
+                matches!(err, ServeError::OpenAccess { addr: a } if a == addr)
+                    && err.to_string().starts_with(&format!(
+                        "refusing to serve on {addr} without access control"
+                    )),
+                "{err}"
+            );
+        }
+        let closed = Config::from_yaml_str(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+             region: test\nstorage: {filesystem: {root: /tmp/x}}\n\
+             namespaces: [{name: acme}]\n",
+        )
+        .unwrap();
+        assert!(closed.access_control_enabled());
+        assert!(check_exposure(&closed, "0.0.0.0:5000".parse().unwrap()).is_ok());
     }
 
     #[tokio::test]
