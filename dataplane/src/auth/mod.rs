@@ -149,6 +149,14 @@ pub enum AuthError {
     Closed,
 }
 
+impl AuthError {
+    /// Whether the failure is temporary (an OIDC issuer could not be reached): the client
+    /// should retry later rather than fix its credentials.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Oidc(e) if e.is_transient())
+    }
+}
+
 /// One requested scope of a token request (`repository:acme/app:pull,push`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScopeRequest {

@@ -234,13 +234,28 @@ impl Challenge {
     }
 }
 
-/// Why a request could not be authenticated: a `401` with the `WWW-Authenticate` challenge.
+/// Why a request could not be authenticated: a `401` with the `WWW-Authenticate` challenge,
+/// or a `503` when an identity provider could not be reached.
 #[derive(Debug)]
-pub struct AuthRejection(ApiError);
+pub enum AuthRejection {
+    /// An OCI error.
+    Error(ApiError),
+    /// A ready response.
+    Response(Response),
+}
+
+impl From<ApiError> for AuthRejection {
+    fn from(e: ApiError) -> Self {
+        Self::Error(e)
+    }
+}
 
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
-        self.0.into_response()
+        match self {
+            Self::Error(e) => e.into_response(),
+            Self::Response(r) => r,
+        }
     }
 }
 
@@ -304,7 +319,7 @@ impl Access {
                 }),
                 Err(e) => {
                     audit::authentication_failed("", "bearer", &e.to_string());
-                    Err(AuthRejection(challenge.reject(
+                    Err(AuthRejection::from(challenge.reject(
                         "invalid or expired access token: request a new one",
                         None,
                         Some("invalid_token"),
@@ -314,7 +329,7 @@ impl Access {
         }
         if scheme.eq_ignore_ascii_case("basic") {
             let Some((user, password)) = basic_credentials(header) else {
-                return Err(AuthRejection(challenge.reject(
+                return Err(AuthRejection::from(challenge.reject(
                     "malformed Basic authorization header",
                     None,
                     None,
@@ -335,11 +350,18 @@ impl Access {
                 }),
                 Err(e) => {
                     audit::authentication_failed(&user, "basic", &e.to_string());
-                    Err(AuthRejection(challenge.reject(&e.to_string(), None, None)))
+                    if e.is_transient() {
+                        return Err(AuthRejection::Response(super::token::unavailable(&e)));
+                    }
+                    Err(AuthRejection::from(challenge.reject(
+                        &e.to_string(),
+                        None,
+                        None,
+                    )))
                 }
             };
         }
-        Err(AuthRejection(
+        Err(AuthRejection::from(
             challenge
                 .reject(
                     "unsupported authorization scheme: use Bearer or Basic",
@@ -365,6 +387,6 @@ impl FromRequestParts<AppState> for Access {
 impl AuthRejection {
     /// A rejection asking the client to authenticate.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self(ApiError::new(ErrorCode::Unauthorized, message))
+        Self::Error(ApiError::new(ErrorCode::Unauthorized, message))
     }
 }

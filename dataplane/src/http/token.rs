@@ -121,6 +121,13 @@ pub async fn post(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(identity) => identity,
         Err(e) => {
             audit::authentication_failed(&username, grant_type, &e.to_string());
+            if e.is_transient() {
+                return oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    &e.to_string(),
+                );
+            }
             return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", &e.to_string());
         }
     };
@@ -189,7 +196,17 @@ fn granted_summary(issued: &IssuedToken) -> String {
 
 fn failed(username: &str, method: &str, e: &AuthError) -> Response {
     audit::authentication_failed(username, method, &e.to_string());
+    if e.is_transient() {
+        return unavailable(e);
+    }
     unauthorized(&e.to_string())
+}
+
+/// `503 UNAVAILABLE` with `Retry-After`, for failures the client should retry.
+pub(super) fn unavailable(e: &AuthError) -> Response {
+    ApiError::new(ErrorCode::Unavailable, e.to_string())
+        .with_header(axum::http::header::RETRY_AFTER, "5")
+        .into_response()
 }
 
 fn unauthorized(message: &str) -> Response {

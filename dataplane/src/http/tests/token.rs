@@ -363,3 +363,42 @@ async fn a_public_listener_without_access_control_allows_nothing() {
     let r = app.call(Method::GET, "/v2/_catalog", "").await;
     r.assert_error(StatusCode::FORBIDDEN, "DENIED");
 }
+
+#[tokio::test]
+async fn an_unreachable_identity_provider_is_a_retryable_503() {
+    let issuer = super::authz::issuer::TestIssuer::start().await;
+    let url = issuer.url().to_owned();
+    let now = crate::auth::token::unix_seconds(std::time::SystemTime::now());
+    let token = issuer.sign(&serde_json::json!({
+        "iss": url, "sub": "job", "aud": "registry", "exp": now + 600, "iat": now,
+    }));
+    drop(issuer);
+    let yaml = format!(
+        r#"
+apiVersion: registry.thalassa.cloud/v1alpha1
+kind: DataPlaneConfig
+namespaces: [{{name: acme}}]
+federations:
+  - {{name: ci, issuer: "{url}", audience: registry, scope: containerRegistry, namespaces: [acme]}}
+"#
+    );
+    let config = crate::config::Config::from_yaml_str(&yaml).unwrap();
+    let app = app_for(ConfigHandle::fixed(config), Transport::default());
+    let r = post_form(
+        &app,
+        &format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={token}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    let r = app
+        .call_with(
+            Method::GET,
+            "/v2/acme/app/tags/list",
+            &[("authorization", &basic("oidc", &token))],
+            "",
+        )
+        .await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), Some("5"));
+}
