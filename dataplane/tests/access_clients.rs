@@ -194,6 +194,14 @@ fn ensure_denial(client: Client, transfer: &Transfer) -> Result<()> {
     let named = ["unauthorized", "denied", "authentication required"]
         .iter()
         .any(|word| stderr.contains(word));
+    let last = transfer
+        .output
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default();
+    eprintln!("       {} says: {last}", client.name());
     ensure!(
         named,
         "{}'s error does not name the denial:\n{}",
@@ -302,4 +310,55 @@ fn access_control_with_real_clients() {
             .any(|l| l.contains("access denied") && l.contains("credential:ci-pull")),
         "no audit event for the refused pushes in the server log:\n{log}"
     );
+}
+
+/// A denial names the repository as clients wrote it (`"harness/x"`), not the server's
+/// internal representation of the name: the message ends up in every client's error output.
+#[test]
+fn denials_name_the_repository_as_written() {
+    let fixture = Fixture::start();
+    let repo = unique_repo("message");
+    let (status, body) = fixture.runtime.block_on(async {
+        let anonymous_token: serde_json::Value = fixture
+            .http
+            .get(format!(
+                "{}/token?service=access-clients&scope=repository:{repo}:pull",
+                fixture.server.url()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let response = fixture
+            .http
+            .get(format!("{}/v2/{repo}/manifests/v1", fixture.server.url()))
+            .bearer_auth(anonymous_token["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    });
+    assert_eq!(status, 401, "{body}");
+    let direct = fixture.runtime.block_on(async {
+        fixture
+            .http
+            .put(format!("{}/v2/{repo}/manifests/v1", fixture.server.url()))
+            .basic_auth(&fixture.puller.username, Some(&fixture.puller.password))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for message in [&body, &direct] {
+        assert!(
+            message.contains(&format!("{repo:?}")) && !message.contains("RepoName("),
+            "the denial should name {repo:?} as written: {message}"
+        );
+    }
 }

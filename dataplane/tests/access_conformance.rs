@@ -1,0 +1,56 @@
+//! The OCI distribution-spec conformance suite, all four categories, against the real binary
+//! with access control on: namespace `conformance` is private and the suite authenticates
+//! with a push credential granted on it (the `401` challenge, the token endpoint, bearer
+//! tokens). The verdict comes from the runner's report, never from its exit code.
+
+mod common;
+
+use common::Dataplane;
+use dataplane::auth::secret::hash_secret;
+use dataplane::config::{Config, CredentialConfig, NamespaceConfig, Scope, Visibility};
+use testkit::clients::Credentials;
+
+#[test]
+fn oci_conformance_suite_passes_with_access_control() {
+    let credentials = Credentials::new("conformance-push", "conformance-secret-91b3");
+    let config = Config {
+        region: "access-conformance".to_owned(),
+        namespaces: vec![NamespaceConfig {
+            name: "conformance".to_owned(),
+            visibility: Visibility::Private,
+        }],
+        credentials: vec![CredentialConfig {
+            id: credentials.username.clone(),
+            secret_hash: hash_secret(&credentials.password).expect("hashing a secret"),
+            scope: Scope::ContainerRegistry,
+            namespaces: vec!["conformance".to_owned()],
+            not_before: None,
+            expires_at: None,
+            previous_secrets: Vec::new(),
+        }],
+        ..Config::default()
+    };
+    let config_dir = tempfile::tempdir().unwrap();
+    let path = config_dir.path().join("config.yaml");
+    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let server = Dataplane::start(root.path(), &["--config", path.to_str().unwrap()]);
+
+    // Access control is on: without the credential the registry asks for a token.
+    let status =
+        testkit::process::http_get_status(&format!("{}/v2/", server.url())).expect("GET /v2/");
+    assert_eq!(status, 401, "anonymous GET /v2/ with access control on");
+
+    let options = testkit::conformance::Options {
+        credentials: Some(credentials),
+        ..Default::default()
+    };
+    let report = testkit::conformance::run(&server.host(), &options);
+    eprintln!("{}", report.summary());
+    report.assert_all_passed();
+    assert!(
+        report.unexercised_categories().is_empty(),
+        "{:?}",
+        report.unexercised_categories()
+    );
+}
