@@ -332,11 +332,8 @@ impl Config {
                     format!("duplicate credential id {:?}", c.id),
                 );
             }
-            if c.secret_hash.is_empty() {
-                problem(
-                    format!("credentials[{i}].secretHash"),
-                    "must not be empty".into(),
-                );
+            if let Err(message) = check_secret_hash(&c.secret_hash) {
+                problem(format!("credentials[{i}].secretHash"), message);
             }
             if let (Some(nb), Some(exp)) = (&c.not_before, &c.expires_at)
                 && exp.0 <= nb.0
@@ -347,10 +344,10 @@ impl Config {
                 );
             }
             for (j, old) in c.previous_secrets.iter().enumerate() {
-                if old.secret_hash.is_empty() {
+                if let Err(message) = check_secret_hash(&old.secret_hash) {
                     problem(
                         format!("credentials[{i}].previousSecrets[{j}].secretHash"),
-                        "must not be empty".into(),
+                        message,
                     );
                 }
             }
@@ -512,6 +509,23 @@ fn syntax_error(err: serde_norway::Error) -> ConfigError {
         message,
         line: location.as_ref().map(|l| l.line()),
         column: location.as_ref().map(|l| l.column()),
+    }
+}
+
+/// A secret hash is an argon2 PHC string; anything else (a plaintext secret pasted by
+/// mistake, another algorithm) is refused.
+fn check_secret_hash(hash: &str) -> Result<(), String> {
+    let algorithm_ok = ["$argon2id$", "$argon2i$", "$argon2d$"]
+        .iter()
+        .any(|prefix| hash.starts_with(prefix));
+    if algorithm_ok && hash.split('$').count() >= 5 {
+        Ok(())
+    } else {
+        Err(
+            "must be an argon2 hash in PHC format ($argon2id$v=19$...), as printed by \
+             `dataplane hash-secret`; secrets are never stored in plain text"
+                .into(),
+        )
     }
 }
 
@@ -1144,7 +1158,7 @@ shards: [{name: region-config-2}]
     fn references_must_name_declared_things() {
         let p = invalid(
             "namespaces: [{name: a}]\n\
-             credentials: [{id: c, secretHash: h, scope: containerRegistry, namespaces: [a, b]}]\n\
+             credentials: [{id: c, secretHash: '$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA', scope: containerRegistry, namespaces: [a, b]}]\n\
              tokens: {active: k2, keys: [{id: k1, algorithm: EdDSA, privateKey: x}]}\n",
         );
         let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
@@ -1155,9 +1169,10 @@ shards: [{name: region-config-2}]
     fn credential_rules() {
         let p = invalid(
             "credentials:\n\
-             - {id: c, secretHash: h, scope: containerRegistry, \
+             - {id: c, secretHash: '$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA', scope: containerRegistry, \
                 notBefore: 2027-01-01T00:00:00Z, expiresAt: 2026-01-01T00:00:00Z}\n\
-             - {id: c, secretHash: \"\", scope: \"containerRegistry:all\"}\n",
+             - {id: c, secretHash: \"\", scope: \"containerRegistry:all\"}\n\
+             - {id: d, secretHash: hunter2, scope: containerRegistry}\n",
         );
         let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
@@ -1165,9 +1180,11 @@ shards: [{name: region-config-2}]
             [
                 "credentials[0].expiresAt",
                 "credentials[1].id",
-                "credentials[1].secretHash"
+                "credentials[1].secretHash",
+                "credentials[2].secretHash"
             ]
         );
+        assert!(p[3].message.contains("dataplane hash-secret"), "{}", p[3]);
         let err = Config::from_yaml_str(
             "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
              credentials: [{id: c, secretHash: h, scope: admin}]\n",
