@@ -5,6 +5,9 @@
 //!                 [--shutdown-timeout 30s] [--drain-delay 0s]
 //!                 [--tls-cert FILE --tls-key FILE]
 //! dataplane check-config FILE
+//! dataplane hash-secret < SECRET          # prints the argon2id hash of a credential secret
+//! dataplane generate-secret               # a new random secret and its hash
+//! dataplane generate-key ID               # a new ES256 token-signing key, as YAML
 //! ```
 //!
 //! Once `serve` accepts requests, it logs `listening on <ADDR>` (the bound address, also when
@@ -25,6 +28,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+use dataplane::auth::token::KeySet;
 use dataplane::config::{Config, ConfigReloader, ConfigSource};
 use dataplane::server::{ServeOptions, Server, check_exposure};
 use dataplane::telemetry::{self, LogFormat};
@@ -46,6 +50,16 @@ enum Command {
     CheckConfig {
         /// The YAML document.
         file: PathBuf,
+    },
+    /// Read a credential secret on standard input (one line) and print its argon2id hash,
+    /// the `secretHash` of the configuration.
+    HashSecret,
+    /// Print a new random credential secret and its hash.
+    GenerateSecret,
+    /// Print a new ES256 token-signing key with this id, as a `tokens.keys` entry (YAML).
+    GenerateKey {
+        /// The key id (the `kid` of the tokens it signs).
+        id: String,
     },
 }
 
@@ -112,6 +126,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::HashSecret => hash_secret(),
+        Command::GenerateSecret => generate_secret(),
+        Command::GenerateKey { id } => generate_key(&id),
         Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -137,6 +154,16 @@ fn main() -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
+            let (_, key_errors) = KeySet::load(
+                &config.tokens,
+                &dataplane::auth::token::generate_key("check"),
+            );
+            if !key_errors.is_empty() {
+                for err in key_errors {
+                    eprintln!("{}: tokens.keys: {err}", file.display());
+                }
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: valid {} document for region {:?}",
                 file.display(),
@@ -147,6 +174,58 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         }
         Err(err) => {
             eprintln!("{}: {err}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_secret() -> ExitCode {
+    let mut line = String::new();
+    if let Err(err) = std::io::stdin().read_line(&mut line) {
+        eprintln!("error: cannot read the secret from standard input: {err}");
+        return ExitCode::FAILURE;
+    }
+    let secret = line.strip_suffix('\n').unwrap_or(&line);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        eprintln!("error: the secret is empty (write it on standard input)");
+        return ExitCode::FAILURE;
+    }
+    match dataplane::auth::secret::hash_secret(secret) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate_secret() -> ExitCode {
+    let secret = dataplane::auth::secret::generate_secret();
+    match dataplane::auth::secret::hash_secret(&secret) {
+        Ok(hash) => {
+            println!("secret: {secret}\nsecretHash: '{hash}'");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate_key(id: &str) -> ExitCode {
+    let key = dataplane::auth::token::generate_key(id);
+    match serde_norway::to_string(&vec![key]) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }
