@@ -172,12 +172,21 @@ fn service_account_tokens_pull_with_real_clients_and_the_token_exchange() {
 
         // The federation grants pull only: a push with the `ci` token is refused, and
         // nothing is stored.
-        let denied_repo = unique_repo("workload-push");
-        let denied_ref = format!("{host}/{denied_repo}:v1");
-        let transfer = push_image(Client::Crane, &denied_ref, Some(&ci))?;
-        ensure_refused("crane push with the ci token", &transfer)?;
-        let status = runtime.block_on(manifest_status(&server, &denied_repo, &pusher))?;
-        ensure!(status == 404, "after a refused push, HEAD answers {status}");
+        for client in [Client::Crane, Client::Skopeo] {
+            let denied_repo = unique_repo(&format!("workload-{}-push", client.name()));
+            let denied_ref = format!("{host}/{denied_repo}:v1");
+            let transfer = push_image(client, &denied_ref, Some(&ci))?;
+            ensure_refused(
+                &format!("{} push with the ci token", client.name()),
+                &transfer,
+            )?;
+            let status = runtime.block_on(manifest_status(&server, &denied_repo, &pusher))?;
+            ensure!(
+                status == 404,
+                "after a refused {} push, HEAD answers {status}",
+                client.name()
+            );
+        }
 
         // Tokens of another ServiceAccount, or for another audience, are not accepted.
         for (what, token) in [
@@ -185,8 +194,19 @@ fn service_account_tokens_pull_with_real_clients_and_the_token_exchange() {
             ("a token for audience elsewhere", &elsewhere),
         ] {
             for client in [Client::Crane, Client::Skopeo] {
+                let what = format!("{} pull with {what}", client.name());
                 let transfer = pull_image(client, &reference, Some(token))?;
-                ensure_refused(&format!("{} pull with {what}", client.name()), &transfer)?;
+                ensure_refused(&what, &transfer)?;
+                // The token endpoint answered 401 UNAUTHORIZED (not a 403 on the manifest).
+                ensure!(
+                    transfer
+                        .output
+                        .stderr
+                        .to_lowercase()
+                        .contains("unauthorized"),
+                    "{what}: not refused with 401 UNAUTHORIZED:\n{}",
+                    transfer.output.stderr
+                );
             }
         }
 
