@@ -419,20 +419,15 @@ impl Registry {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(Digest, ManifestMeta)> {
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => self
+        let resolved = match reference {
+            Reference::Digest(d) => self
                 .storage
-                .tag_get(repo, t)
+                .manifest_meta(repo, d)
                 .await?
-                .ok_or(RegistryError::ManifestUnknown)?,
+                .map(|meta| (d.clone(), meta)),
+            Reference::Tag(t) => self.storage.tag_manifest(repo, t).await?,
         };
-        let meta = self
-            .storage
-            .manifest_meta(repo, &digest)
-            .await?
-            .ok_or(RegistryError::ManifestUnknown)?;
-        Ok((digest, meta))
+        resolved.ok_or(RegistryError::ManifestUnknown)
     }
 
     /// Reads a manifest's bytes (known to be stored), from the cache when it holds them.

@@ -345,6 +345,32 @@ impl Inner {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Records.
+
+impl Inner {
+    /// The digest a tag points at, `None` if the tag does not exist.
+    fn read_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let path = self.tag_path(repo, tag);
+        let Some(record) = Inner::read_optional(&path)? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(&record).map_err(|e| corrupt(&path, e))?;
+        text.trim().parse().map(Some).map_err(|e| corrupt(&path, e))
+    }
+
+    /// A manifest revision record of `repo`, `None` if it does not exist.
+    fn read_manifest_meta(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestMeta>> {
+        let path = self.repo_digest_path(repo, MANIFESTS_DIR, digest);
+        match Inner::read_optional(&path)? {
+            None => Ok(None),
+            Some(record) => serde_json::from_slice(&record)
+                .map(Some)
+                .map_err(|e| corrupt(&path, e)),
+        }
+    }
+}
+
 fn parent_of(path: &Path) -> io::Result<&Path> {
     path.parent()
         .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))
@@ -1128,16 +1154,8 @@ impl Storage for FsStorage {
         digest: &Digest,
     ) -> Result<Option<ManifestMeta>> {
         let (repo, digest) = (repo.clone(), digest.clone());
-        self.run(move |inner| {
-            let path = inner.repo_digest_path(&repo, MANIFESTS_DIR, &digest);
-            match Inner::read_optional(&path)? {
-                None => Ok(None),
-                Some(record) => serde_json::from_slice(&record)
-                    .map(Some)
-                    .map_err(|e| corrupt(&path, e)),
-            }
-        })
-        .await
+        self.run(move |inner| inner.read_manifest_meta(&repo, &digest))
+            .await
     }
 
     async fn manifest_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -1150,15 +1168,7 @@ impl Storage for FsStorage {
 
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
         let (repo, tag) = (repo.clone(), tag.clone());
-        self.run(move |inner| {
-            let path = inner.tag_path(&repo, &tag);
-            let Some(record) = Inner::read_optional(&path)? else {
-                return Ok(None);
-            };
-            let text = std::str::from_utf8(&record).map_err(|e| corrupt(&path, e))?;
-            text.trim().parse().map(Some).map_err(|e| corrupt(&path, e))
-        })
-        .await
+        self.run(move |inner| inner.read_tag(&repo, &tag)).await
     }
 
     async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
@@ -1174,6 +1184,24 @@ impl Storage for FsStorage {
         let (repo, tag) = (repo.clone(), tag.clone());
         self.run(move |inner| Ok(inner.remove_record(&inner.tag_path(&repo, &tag))?))
             .await
+    }
+
+    async fn tag_manifest(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(Digest, ManifestMeta)>> {
+        // Both records in one trip to the blocking pool.
+        let (repo, tag) = (repo.clone(), tag.clone());
+        self.run(move |inner| {
+            let Some(digest) = inner.read_tag(&repo, &tag)? else {
+                return Ok(None);
+            };
+            Ok(inner
+                .read_manifest_meta(&repo, &digest)?
+                .map(|meta| (digest, meta)))
+        })
+        .await
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
@@ -1513,6 +1541,39 @@ mod tests {
             files_under(&dir.path().join(BLOBS_DIR)),
             Vec::<PathBuf>::new()
         );
+    }
+
+    #[tokio::test]
+    async fn tag_manifest_reads_the_tag_and_its_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).await.unwrap();
+        let r = repo("resolve/tag");
+        let t: Tag = "v1".parse().unwrap();
+        let digest = Digest::sha256_of(b"m");
+        let meta = ManifestMeta {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 1,
+        };
+        assert_eq!(s.tag_manifest(&r, &t).await.unwrap(), None, "no tag");
+        s.tag_set(&r, &t, &digest).await.unwrap();
+        assert_eq!(s.tag_manifest(&r, &t).await.unwrap(), None, "no revision");
+        s.manifest_link(&r, &digest, &meta).await.unwrap();
+        assert_eq!(
+            s.tag_manifest(&r, &t).await.unwrap(),
+            Some((digest.clone(), meta))
+        );
+        s.tag_delete(&r, &t).await.unwrap();
+        assert_eq!(s.tag_manifest(&r, &t).await.unwrap(), None, "tag deleted");
+        fs::create_dir_all(dir.path().join("repositories/resolve/tag/_tags")).unwrap();
+        fs::write(
+            dir.path().join("repositories/resolve/tag/_tags/v1"),
+            b"junk",
+        )
+        .unwrap();
+        assert!(matches!(
+            s.tag_manifest(&r, &t).await,
+            Err(StorageError::Backend(_))
+        ));
     }
 
     #[tokio::test]

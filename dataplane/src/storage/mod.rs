@@ -267,6 +267,24 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Removes a tag; returns whether it existed.
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
 
+    /// The manifest a tag points at and its revision record, or `None` when the tag does not
+    /// exist or `repo` has no such revision: [`Storage::tag_get`] then
+    /// [`Storage::manifest_meta`], which a backend may answer in one step (the hot path of
+    /// a pull by tag).
+    async fn tag_manifest(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(Digest, ManifestMeta)>> {
+        let Some(digest) = self.tag_get(repo, tag).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .manifest_meta(repo, &digest)
+            .await?
+            .map(|meta| (digest, meta)))
+    }
+
     /// All tags of `repo`, sorted lexically (empty if the repository does not exist).
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>>;
 
