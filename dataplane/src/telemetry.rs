@@ -3,6 +3,8 @@
 //! Logs: [`init_logging`] installs a `tracing` subscriber writing to stderr, filtered by
 //! `RUST_LOG` (default `info`), as text or as one JSON object per line.
 //!
+//! Access log: [`AccessLog`], one line per request (successful reads at `debug`).
+//!
 //! Metrics: [`Metrics`] holds the process's Prometheus registry and the HTTP metrics;
 //! [`track`] is the middleware that feeds them. Requests are labelled by [`RouteClass`] (never
 //! by raw path, so the label set stays small and no repository name leaks into metrics),
@@ -19,7 +21,7 @@ use std::io::IsTerminal;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -329,6 +331,39 @@ impl Metrics {
     }
 }
 
+/// Marks the response to a read request (`GET`, `HEAD`) for [`AccessLog`]; set by [`track`].
+#[derive(Debug, Clone, Copy)]
+struct ReadRequest;
+
+/// The access log: one `request served` line per request, with its status and latency, once
+/// the response headers are ready (a [`tower_http::trace::OnResponse`] for the `TraceLayer`
+/// placed outside [`track`], which marks read requests).
+///
+/// Successful reads (`GET`/`HEAD` answered below 400: pulls, the bulk of the traffic) are
+/// logged at `debug`; writes, other methods and every error at `info`. The metrics count every
+/// request whatever its log level.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessLog;
+
+impl AccessLog {
+    /// Whether the access-log line of a response is logged at `debug` rather than `info`.
+    pub fn is_quiet<B>(response: &http::Response<B>) -> bool {
+        response.status().as_u16() < 400 && response.extensions().get::<ReadRequest>().is_some()
+    }
+}
+
+impl<B> tower_http::trace::OnResponse<B> for AccessLog {
+    fn on_response(self, response: &http::Response<B>, latency: Duration, _span: &tracing::Span) {
+        let status = response.status().as_u16();
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        if Self::is_quiet(response) {
+            tracing::debug!(status, latency_us, "request served");
+        } else {
+            tracing::info!(status, latency_us, "request served");
+        }
+    }
+}
+
 /// Decrements the uploads-in-flight gauge when the request ends, however it ends.
 struct InFlight(Gauge);
 
@@ -342,6 +377,7 @@ impl Drop for InFlight {
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let route = RouteClass::of(request.uri().path());
     let method = method_label(request.method());
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
     let _in_flight = (route == RouteClass::BlobUpload
         && matches!(
             *request.method(),
@@ -373,7 +409,11 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         })
         .inc();
     let counter = metrics.bytes_out[route.index()].clone();
-    response.map(|body| Body::new(CountingBody::new(body, counter)))
+    let mut response = response.map(|body| Body::new(CountingBody::new(body, counter)));
+    if read {
+        response.extensions_mut().insert(ReadRequest);
+    }
+    response
 }
 
 pin_project_lite::pin_project! {
@@ -459,6 +499,37 @@ mod tests {
         for (i, class) in RouteClass::ALL.iter().enumerate() {
             assert_eq!(class.index(), i);
         }
+    }
+
+    #[tokio::test]
+    async fn successful_reads_are_quiet_in_the_access_log() {
+        use axum::Router;
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        use tower::ServiceExt;
+
+        let metrics = Arc::new(Metrics::new());
+        let app = Router::new()
+            .route(
+                "/v2/a/manifests/{r}",
+                get(|| async { "m" }).put(|| async { StatusCode::CREATED }),
+            )
+            .route("/v2/a/blobs/{d}", get(|| async { StatusCode::NOT_FOUND }))
+            .layer(axum::middleware::from_fn_with_state(metrics, track));
+        let quiet = |method: &str, uri: &str| {
+            let app = app.clone();
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap();
+            async move { AccessLog::is_quiet(&app.oneshot(request).await.unwrap()) }
+        };
+        assert!(quiet("GET", "/v2/a/manifests/latest").await);
+        assert!(quiet("HEAD", "/v2/a/manifests/latest").await);
+        assert!(!quiet("PUT", "/v2/a/manifests/latest").await, "writes");
+        assert!(!quiet("GET", "/v2/a/blobs/sha256:0").await, "errors");
+        assert!(!quiet("DELETE", "/v2/a/manifests/latest").await, "405");
     }
 
     #[test]
