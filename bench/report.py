@@ -57,6 +57,10 @@ def rows(facts: dict[str, str]) -> list[Row]:
         Row("get_p50_ms", "Manifest GET p50 latency (ms)", "manifest_get", 2, False),
         Row("get_p99_ms", "Manifest GET p99 latency (ms)", "manifest_get", 2, False),
         Row("get_cpu_us", "Server CPU time per manifest GET (µs)", "manifest_get", 0, False),
+        Row("auth_get_rps", "Manifest GET, authenticated, 64 connections (req/s)", "auth_get", 0, True),
+        Row("auth_get_p50_ms", "Authenticated manifest GET p50 latency (ms)", "auth_get", 2, False),
+        Row("auth_get_p99_ms", "Authenticated manifest GET p99 latency (ms)", "auth_get", 2, False),
+        Row("auth_get_cpu_us", "Server CPU time per authenticated manifest GET (µs)", "auth_get", 0, False),
         Row("rss_mib", f"Peak RSS during 4 concurrent {size} pushes (MiB)", "rss", 1, False),
         Row("push4_mbps", "4 concurrent pushes, aggregate (MB/s)", "rss", 0, True),
         Row("tags_list_ms", f"Tags list of {tags} tags (ms)", "tags_list", 1, False),
@@ -212,6 +216,14 @@ def main() -> int:
         p99 = results.median(s, dp, "get_p99_ms")
         ok = None if p99 is None else p99 < 5
         w(f"| Manifest GET p99 < 5 ms (64 connections) | {s} | {fmt(p99, 2)} ms | {status(ok)} |")
+        a = results.median(s, dp, "auth_get_rps")
+        b = results.median(s, dist, "auth_get_rps")
+        if a is not None or b is not None:
+            p99 = results.median(s, dp, "auth_get_p99_ms")
+            w(
+                f"| Authenticated manifest GET vs Distribution v3 (reported; no target) | {s} | "
+                f"{fmt(a, 0)} vs {fmt(b, 0)} req/s = {ratio(a, b)}, p99 {fmt(p99, 2)} ms | — |"
+            )
         rss = results.median(s, dp, "rss_mib")
         ok = None if rss is None else rss < 64
         w(f"| Peak RSS < 64 MiB during 4 concurrent {size} pushes | {s} | {fmt(rss, 1)} MiB | {status(ok)} |")
@@ -231,7 +243,7 @@ def main() -> int:
         text = fmt(value, row.digits)
         if value is None and texts:
             text = "FAIL" if any(t.startswith("FAIL") for t in texts) else text
-        if texts and row.metric in ("push_mbps", "pull_mbps", "get_rps", "rss_mib", "tags_list_ms"):
+        if texts and row.metric in ("push_mbps", "pull_mbps", "get_rps", "auth_get_rps", "rss_mib", "tags_list_ms"):
             refs = []
             for t in texts:
                 line = f"{TITLES.get(registry, registry)} on {storage}: {t}"

@@ -13,6 +13,15 @@ OCI_LAYER_TYPE="application/vnd.oci.image.layer.v1.tar+gzip"
 # Upper bound for one blob transfer; a registry slower than ~2 MB/s on 1 GiB is a failure anyway.
 BLOB_TIMEOUT="${BLOB_TIMEOUT:-600}"
 
+# Extra curl arguments for every request to the registry under test, e.g. `--user U:P` when
+# it runs with access control (empty: anonymous).
+REG_CURL_AUTH=()
+
+# reg_curl ARGS...: curl with REG_CURL_AUTH.
+reg_curl() {
+  curl "${REG_CURL_AUTH[@]}" "$@"
+}
+
 # now: the wall clock in seconds with microseconds.
 now() {
   printf '%s\n' "$EPOCHREALTIME"
@@ -26,7 +35,7 @@ elapsed() {
 # upload_location REPO: starts an upload session and prints its absolute Location URL.
 upload_location() {
   local repo=$1 headers status location
-  headers="$(curl -sS -X POST -o /dev/null -D - --max-time 30 "$REG_URL/v2/$repo/blobs/uploads/")" || {
+  headers="$(reg_curl -sS -X POST -o /dev/null -D - --max-time 30 "$REG_URL/v2/$repo/blobs/uploads/")" || {
     echo "POST upload: curl failed" >&2
     return 1
   }
@@ -48,7 +57,7 @@ push_blob() {
   location="$(upload_location "$repo")" || return 1
   sep='?'
   [[ "$location" != *\?* ]] || sep='&'
-  out="$(curl -sS -o /dev/null -w '%{http_code}' -X PUT --max-time "$BLOB_TIMEOUT" \
+  out="$(reg_curl -sS -o /dev/null -w '%{http_code}' -X PUT --max-time "$BLOB_TIMEOUT" \
     -H 'Content-Type: application/octet-stream' -H 'Expect:' \
     -T "$file" "$location${sep}digest=$digest")" || {
     echo "PUT blob: curl failed" >&2
@@ -64,7 +73,7 @@ push_blob() {
 # pull_blob REPO DIGEST SIZE: downloads a blob to /dev/null, checks its size and prints seconds.
 pull_blob() {
   local repo=$1 digest=$2 size=$3 out code got secs
-  out="$(curl -sS -o /dev/null -w '%{http_code} %{size_download} %{time_total}' \
+  out="$(reg_curl -sS -o /dev/null -w '%{http_code} %{size_download} %{time_total}' \
     --max-time "$BLOB_TIMEOUT" "$REG_URL/v2/$repo/blobs/$digest")" || {
     echo "GET blob: curl failed" >&2
     return 1
@@ -109,7 +118,7 @@ put_manifest_blobs() {
 # put_manifest REPO TAG FILE: uploads FILE as a manifest under TAG.
 put_manifest() {
   local repo=$1 tag=$2 file=$3 code
-  code="$(curl -sS -o /dev/null -w '%{http_code}' -X PUT --max-time 30 -H 'Expect:' \
+  code="$(reg_curl -sS -o /dev/null -w '%{http_code}' -X PUT --max-time 30 -H 'Expect:' \
     -H "Content-Type: $OCI_MANIFEST_TYPE" -T "$file" "$REG_URL/v2/$repo/manifests/$tag")" || {
     echo "PUT manifest: curl failed" >&2
     return 1
@@ -123,7 +132,7 @@ put_manifest() {
 # check_manifest_get REPO TAG DIGEST: one GET by tag must return the manifest with its digest.
 check_manifest_get() {
   local repo=$1 tag=$2 digest=$3 headers got
-  headers="$(curl -sS -o /dev/null -D - --max-time 10 -H "Accept: $OCI_MANIFEST_TYPE" \
+  headers="$(reg_curl -sS -o /dev/null -D - --max-time 10 -H "Accept: $OCI_MANIFEST_TYPE" \
     "$REG_URL/v2/$repo/manifests/$tag")" || return 1
   got="$(tr -d '\r' <<<"$headers" | awk 'tolower($1) == "docker-content-digest:" { print $2 }')"
   if [[ "$(awk 'NR == 1 { print $2 }' <<<"$headers")" != 200 || "$got" != "$digest" ]]; then
@@ -132,13 +141,15 @@ check_manifest_get() {
   fi
 }
 
-# wrk_manifest REPO TAG SECONDS: manifest GET by tag at 64 connections (2 threads).
+# wrk_manifest REPO TAG SECONDS [WRK_ARGS...]: manifest GET by tag at 64 connections
+# (2 threads); WRK_ARGS are added to wrk's (e.g. `-H 'Authorization: ...'`).
 # Prints "REQ_PER_SEC P50_MS P99_MS SERVER_CPU_US_PER_REQ".
 wrk_manifest() {
   local repo=$1 tag=$2 secs=$3 out ticks0 ticks1 hz
+  shift 3
   hz="$(getconf CLK_TCK)"
   ticks0="$(registry_cpu_ticks)"
-  out="$(wrk -t2 -c64 -d"${secs}s" --latency -H "Accept: $OCI_MANIFEST_TYPE" \
+  out="$(wrk -t2 -c64 -d"${secs}s" --latency -H "Accept: $OCI_MANIFEST_TYPE" "$@" \
     "$REG_URL/v2/$repo/manifests/$tag" 2>&1)" || {
     echo "wrk failed: $(tail -n 1 <<<"$out")" >&2
     return 1
@@ -185,7 +196,7 @@ create_tags() {
     }
   }' >"$config"
   start="$(now)"
-  codes="$(curl -sS --parallel --parallel-max 32 --max-time 60 -X PUT -H 'Expect:' \
+  codes="$(reg_curl -sS --parallel --parallel-max 32 --max-time 60 -X PUT -H 'Expect:' \
     -H "Content-Type: $OCI_MANIFEST_TYPE" -w '%{http_code}\n' -K "$config" 2>/dev/null)" || true
   ok="$(grep -c '^201$' <<<"$codes" || true)"
   if ((ok != count)); then
@@ -199,17 +210,34 @@ create_tags() {
 # header (pagination) was present, as "COUNT LINK(0/1)".
 tags_count() {
   local url=$1 body="$BENCH_WORK/tags.json" headers count link
-  headers="$(curl -sS -o "$body" -D - --max-time 60 "$url")" || return 1
+  headers="$(reg_curl -sS -o "$body" -D - --max-time 60 "$url")" || return 1
   count="$(jq '.tags | length' "$body" 2>/dev/null)" || count=0
   link=0
   if tr -d '\r' <<<"$headers" | grep -qi '^link:'; then link=1; fi
   printf '%s %s\n' "${count:-0}" "$link"
 }
 
+# bearer_token SERVICE SCOPE: asks the registry's token endpoint (`GET /token`, with the
+# credentials of REG_CURL_AUTH) for an access token and prints it.
+bearer_token() {
+  local service=$1 scope=$2 body token
+  body="$(reg_curl -sS -f --max-time 30 -G --data-urlencode "service=$service" \
+    --data-urlencode "scope=$scope" "$REG_URL/token")" || {
+    echo "GET /token: curl failed or non-2xx" >&2
+    return 1
+  }
+  token="$(jq -r '.token // .access_token // empty' <<<"$body")"
+  if [[ -z "$token" ]]; then
+    echo "GET /token: no token in the answer" >&2
+    return 1
+  fi
+  printf '%s\n' "$token"
+}
+
 # time_get URL: one GET to /dev/null; prints curl's total time in seconds (must be 200).
 time_get() {
   local out code secs
-  out="$(curl -sS -o /dev/null -w '%{http_code} %{time_total}' --max-time 60 "$1")" || return 1
+  out="$(reg_curl -sS -o /dev/null -w '%{http_code} %{time_total}' --max-time 60 "$1")" || return 1
   read -r code secs <<<"$out"
   if [[ "$code" != 200 ]]; then
     echo "GET $1: status $code" >&2

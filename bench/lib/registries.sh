@@ -25,6 +25,17 @@ REG_PID=""
 REG_URL=""
 REG_LOG=""
 
+# Access control of the next registry_start: "none" (open, the default), or "basic" (one
+# credential, BENCH_USER/BENCH_PASSWORD, that may push and pull; anonymous clients get 401):
+#   dataplane: a configuration file with the private namespace `bench`, one credential whose
+#     argon2 hash comes from `dataplane hash-secret`, and access tokens valid for an hour;
+#   Distribution: htpasswd authentication, the bcrypt line made by bench_htpasswd_line.
+REG_ACCESS=none
+BENCH_USER=bench-push
+BENCH_PASSWORD=""
+# The service (audience) of the data plane's access tokens in "basic" mode.
+BENCH_TOKEN_SERVICE=bench
+
 # The process groups started and not yet stopped, so that the exit trap can stop leftovers.
 declare -A LIVE_PGIDS=()
 
@@ -49,22 +60,92 @@ http:
 EOF
 }
 
-# registry_launch NAME ROOT PORT: starts NAME in the background in a new session.
+# distribution_auth_config FILE: appends htpasswd authentication (the bench credential) to a
+# Distribution configuration written by distribution_config.
+distribution_auth_config() {
+  local file=$1 htpasswd="$BENCH_WORK/htpasswd"
+  bench_htpasswd_line "$BENCH_USER" "$BENCH_PASSWORD" >"$htpasswd" || return 1
+  cat >>"$file" <<EOF
+auth:
+  htpasswd:
+    realm: bench
+    path: $htpasswd
+EOF
+}
+
+# bench_htpasswd_line USER PASSWORD: prints a `user:bcrypt-hash` line for Distribution's
+# htpasswd authentication, with `htpasswd -B` (apache2-utils), or else with Python's `crypt`
+# module (the C library's bcrypt, `$2b$`); both at bcrypt's lowest cost, 4.
+bench_htpasswd_line() {
+  local user=$1 password=$2
+  if command -v htpasswd >/dev/null; then
+    htpasswd -nbBC 4 "$user" "$password" | sed '/^$/d'
+  else
+    # shellcheck disable=SC2016
+    BENCH_PW="$password" python3 -W ignore -c '
+import crypt, os, sys
+hashed = crypt.crypt(os.environ["BENCH_PW"], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+if not hashed or not hashed.startswith("$2"):
+    sys.exit("no bcrypt in crypt(3); install apache2-utils for htpasswd")
+print(sys.argv[1] + ":" + hashed)' "$user"
+  fi
+}
+
+# dataplane_auth_config FILE ROOT: writes a data plane configuration with the private namespace
+# `bench`, the bench credential (push and pull on `bench`) and access tokens valid for an hour
+# (so none expires during a run). The secret's hash comes from `dataplane hash-secret`, which
+# reads the secret on stdin and prints its PHC string.
+dataplane_auth_config() {
+  local file=$1 root=$2 hash
+  hash="$(printf '%s' "$BENCH_PASSWORD" | "$DATAPLANE_BIN" hash-secret 2>"$BENCH_WORK/hash-secret.err" | tail -n 1)" || hash=""
+  if [[ "$hash" != \$argon2* ]]; then
+    printf 'dataplane hash-secret did not print an argon2 hash: %s\n' \
+      "$(tail -n 1 "$BENCH_WORK/hash-secret.err" 2>/dev/null)" >&2
+    return 1
+  fi
+  cat >"$file" <<EOF
+apiVersion: registry.thalassa.cloud/v1alpha1
+kind: DataPlaneConfig
+storage:
+  filesystem: {root: "$root"}
+namespaces:
+  - {name: bench, visibility: private}
+credentials:
+  - id: $BENCH_USER
+    secretHash: '$hash'
+    scope: containerRegistry
+    namespaces: [bench]
+tokens:
+  service: $BENCH_TOKEN_SERVICE
+  ttl: 1h
+EOF
+}
+
+# registry_launch NAME ROOT PORT: starts NAME in the background in a new session, with the
+# access control chosen by REG_ACCESS.
 registry_launch() {
   local name=$1 root=$2 port=$3
   local config="$BENCH_WORK/$name.yml"
   case "$name" in
     dataplane)
-      setsid "$DATAPLANE_BIN" serve --listen "127.0.0.1:$port" --root "$root" \
-        </dev/null >>"$REG_LOG" 2>&1 &
+      if [[ "$REG_ACCESS" == basic ]]; then
+        dataplane_auth_config "$config" "$root" || return 1
+        setsid "$DATAPLANE_BIN" serve --config "$config" --listen "127.0.0.1:$port" --root "$root" \
+          </dev/null >>"$REG_LOG" 2>&1 &
+      else
+        setsid "$DATAPLANE_BIN" serve --listen "127.0.0.1:$port" --root "$root" \
+          </dev/null >>"$REG_LOG" 2>&1 &
+      fi
       ;;
     distribution)
       distribution_config "$config" "$root" "$port"
+      if [[ "$REG_ACCESS" == basic ]]; then distribution_auth_config "$config" || return 1; fi
       OTEL_TRACES_EXPORTER=none setsid "$DISTRIBUTION_BIN" serve "$config" \
         </dev/null >>"$REG_LOG" 2>&1 &
       ;;
     docker-registry)
       distribution_config "$config" "$root" "$port"
+      if [[ "$REG_ACCESS" == basic ]]; then distribution_auth_config "$config" || return 1; fi
       setsid "$DOCKER_REGISTRY_BIN" serve "$config" </dev/null >>"$REG_LOG" 2>&1 &
       ;;
     *)
