@@ -512,13 +512,13 @@ impl AuthService {
                         .filter(|a| actions.iter().any(|r| r == "*" || r == a.as_str()))
                         .map(|a| a.as_str().to_owned())
                         .collect();
-                    if !granted.is_empty() {
-                        claims.access.push(ResourceAccess {
-                            kind: "repository".into(),
-                            name: repo.to_string(),
-                            actions: granted,
-                        });
-                    }
+                    // Listed even when nothing is granted: the registry then knows the
+                    // question was asked and answered (see mounts).
+                    claims.access.push(ResourceAccess {
+                        kind: "repository".into(),
+                        name: repo.to_string(),
+                        actions: granted,
+                    });
                 }
                 ScopeRequest::Catalog => {
                     claims.access.push(ResourceAccess {

@@ -90,7 +90,7 @@ impl Access {
             (Rights::Grants { basic: true, .. }, _) => ApiError::new(
                 ErrorCode::Denied,
                 format!(
-                    "{} may not {} repository {repo:?}",
+                    "{} may not {} repository \"{repo}\"",
                     self.principal,
                     action.as_str()
                 ),
@@ -104,7 +104,7 @@ impl Access {
                 .challenge
                 .reject(
                     &format!(
-                        "the access token does not grant {} on repository {repo:?}",
+                        "the access token does not grant {} on repository \"{repo}\"",
                         action.as_str()
                     ),
                     Some(&scope),
@@ -112,6 +112,37 @@ impl Access {
                 )
                 .with_detail(detail),
         })
+    }
+
+    /// Whether a blob may be mounted into `into` from `from` (push on `into` is checked by
+    /// the caller). A token that says nothing about `from` — the client did not ask for it —
+    /// gets a challenge for both repositories, so that the client fetches a token covering
+    /// the source; a token that lists `from` without pull, or any other caller without pull
+    /// on it, gets `Ok(false)`: an ordinary upload session instead of the mount.
+    pub fn mount_source_readable(
+        &self,
+        into: &RepoName,
+        from: &RepoName,
+    ) -> Result<bool, ApiError> {
+        if self.allows(from, Action::Pull) {
+            return Ok(true);
+        }
+        if let Rights::Token(claims) = &self.rights
+            && self.index.mode() == Mode::Enforced
+            && !claims
+                .access
+                .iter()
+                .any(|a| a.kind == "repository" && a.name == from.as_str())
+        {
+            return Err(self.challenge.reject(
+                &format!("mounting from repository \"{from}\" needs a token that covers it"),
+                Some(&format!(
+                    "repository:{into}:pull,push repository:{from}:pull"
+                )),
+                Some("insufficient_scope"),
+            ));
+        }
+        Ok(false)
     }
 
     /// Whether the catalog shows `repo` to the caller.

@@ -189,6 +189,7 @@ fn granted_summary(issued: &IssuedToken) -> String {
         .claims
         .access
         .iter()
+        .filter(|a| !a.actions.is_empty())
         .map(|a| format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))
         .collect::<Vec<_>>()
         .join(" ")

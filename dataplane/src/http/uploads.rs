@@ -93,10 +93,11 @@ pub(super) async fn start(ctx: &Ctx, name: &RepoName, body: Body) -> Result<Resp
     if let Some(mount) = ctx.query("mount") {
         let digest = parse_digest(mount)?;
         let from: Option<RepoName> = ctx.query("from").and_then(|f| f.parse().ok());
-        // Authorization hook: mounting needs pull access to the source repository.
-        let readable = from
-            .as_ref()
-            .is_some_and(|f| ctx.access.allows(f, Action::Pull));
+        // Mounting needs pull access to the source repository.
+        let readable = match &from {
+            Some(f) => ctx.access.mount_source_readable(name, f)?,
+            None => false,
+        };
         return match ctx
             .registry
             .mount(name, &digest, from.as_ref(), readable)

@@ -402,3 +402,70 @@ federations:
     r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     assert_eq!(r.header("retry-after"), Some("5"));
 }
+
+#[tokio::test]
+async fn a_mount_with_a_token_that_does_not_cover_the_source_asks_for_one_that_does() {
+    let app = enforced("{}");
+    let ci = basic("ci", "ci-secret");
+    let data = b"shared layer";
+    let digest = Digest::sha256_of(data);
+    let r = app
+        .call_with(
+            Method::POST,
+            &format!("/v2/acme/src/blobs/uploads/?digest={digest}"),
+            &[("authorization", &ci)],
+            data.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let token = |scope: &'static str| {
+        let app = &app;
+        let ci = ci.clone();
+        async move {
+            let r = app
+                .call_with(
+                    Method::GET,
+                    &format!("/token?{scope}"),
+                    &[("authorization", &ci)],
+                    "",
+                )
+                .await;
+            format!("Bearer {}", r.json()["token"].as_str().unwrap())
+        }
+    };
+    let mount = format!("/v2/acme/app/blobs/uploads/?mount={digest}&from=acme/src");
+
+    let narrow = token("scope=repository%3Aacme%2Fapp%3Apull%2Cpush").await;
+    let r = app
+        .call_with(Method::POST, &mount, &[("authorization", &narrow)], "")
+        .await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains(r#"scope="repository:acme/app:pull,push repository:acme/src:pull""#),
+        "{challenge}"
+    );
+
+    let wide =
+        token("scope=repository%3Aacme%2Fapp%3Apull%2Cpush&scope=repository%3Aacme%2Fsrc%3Apull")
+            .await;
+    let r = app
+        .call_with(Method::POST, &mount, &[("authorization", &wide)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+
+    // A token that asked for a source it may not read gets an ordinary session, no challenge.
+    let denied = token(
+        "scope=repository%3Aacme%2Fapp%3Apull%2Cpush&scope=repository%3Aelsewhere%2Fsrc%3Apull",
+    )
+    .await;
+    let r = app
+        .call_with(
+            Method::POST,
+            &format!("/v2/acme/app/blobs/uploads/?mount={digest}&from=elsewhere/src"),
+            &[("authorization", &denied)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+}
