@@ -35,6 +35,15 @@
 //! anything else found in `_tmp/`, so several processes may share one root and a restart after a
 //! crash starts clean.
 //!
+//! # Pulls by tag
+//!
+//! [`Storage::tag_manifest`] (a tag and its revision record, the hot path of a pull) is
+//! answered from memory for up to [`TAG_CACHE_TTL`] after the records were last read from disk.
+//! Writes through this instance (tag set or delete, revision link or unlink) take effect at
+//! once; a tag moved or deleted by another process sharing the root is seen within that time.
+//! A new tag is never missed: only found tags are kept. The other methods always read the
+//! files.
+//!
 //! # Assumptions
 //!
 //! The root is on a local, case-sensitive POSIX filesystem with atomic `rename` and working
@@ -50,8 +59,8 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -79,6 +88,12 @@ const TAGS_DIR: &str = "_tags";
 const REFERRERS_DIR: &str = "_referrers";
 const LOCK_SUFFIX: &str = ".lock";
 
+/// How long a pull by tag may be answered from memory after the records were read from disk
+/// (the staleness bound for writes by other processes sharing the root).
+pub const TAG_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Above this many remembered tags the memory starts over.
+const TAG_CACHE_ENTRIES: usize = 16_384;
+
 /// A [`Storage`] backend on a local filesystem directory.
 ///
 /// Cheap to share behind an `Arc`; all blocking filesystem work runs on tokio's blocking pool.
@@ -90,6 +105,7 @@ struct Inner {
     root: PathBuf,
     tmp: TempArea,
     locks: Arc<LockTable>,
+    tags: TagCache,
 }
 
 impl fmt::Debug for FsStorage {
@@ -118,6 +134,7 @@ impl FsStorage {
                     root,
                     tmp,
                     locks: Arc::default(),
+                    tags: TagCache::default(),
                 }),
             })
         })
@@ -495,6 +512,97 @@ fn clean_stale_temp(tmp_root: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pulls by tag from memory.
+
+/// Tags found recently, with the revision record of the manifest they point at.
+///
+/// Every invalidation bumps `generation`; a resolution read from disk is remembered only if no
+/// invalidation happened since the read started, so a read racing with a write through this
+/// instance cannot bring the old value back.
+#[derive(Debug, Default)]
+struct TagCache {
+    inner: RwLock<TagCacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct TagCacheInner {
+    repos: HashMap<RepoName, HashMap<Tag, CachedTag>>,
+    entries: usize,
+    generation: u64,
+}
+
+#[derive(Debug, Clone)]
+struct CachedTag {
+    digest: Digest,
+    meta: ManifestMeta,
+    read_at: Instant,
+}
+
+impl TagCache {
+    /// The remembered resolution of `tag`, if read less than [`TAG_CACHE_TTL`] ago.
+    fn get(&self, repo: &RepoName, tag: &Tag) -> Option<(Digest, ManifestMeta)> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let cached = inner.repos.get(repo)?.get(tag)?;
+        (cached.read_at.elapsed() < TAG_CACHE_TTL)
+            .then(|| (cached.digest.clone(), cached.meta.clone()))
+    }
+
+    /// The generation to pass to [`TagCache::insert`] for a read starting now.
+    fn generation(&self) -> u64 {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation
+    }
+
+    /// Remembers a resolution read from disk (started at `generation`, at `read_at`), unless
+    /// something was invalidated since.
+    fn insert(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        resolved: &(Digest, ManifestMeta),
+        generation: u64,
+        read_at: Instant,
+    ) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if inner.generation != generation {
+            return;
+        }
+        if inner.entries >= TAG_CACHE_ENTRIES {
+            inner.repos.clear();
+            inner.entries = 0;
+        }
+        let cached = CachedTag {
+            digest: resolved.0.clone(),
+            meta: resolved.1.clone(),
+            read_at,
+        };
+        if inner
+            .repos
+            .entry(repo.clone())
+            .or_default()
+            .insert(tag.clone(), cached)
+            .is_none()
+        {
+            inner.entries += 1;
+        }
+    }
+
+    /// Forgets one tag of `repo`, or every tag of `repo` (its revision records changed).
+    fn invalidate(&self, repo: &RepoName, tag: Option<&Tag>) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        inner.generation += 1;
+        let removed = match (tag, inner.repos.get_mut(repo)) {
+            (_, None) => 0,
+            (Some(tag), Some(tags)) => usize::from(tags.remove(tag).is_some()),
+            (None, Some(_)) => inner.repos.remove(repo).map_or(0, |tags| tags.len()),
+        };
+        inner.entries -= removed;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1142,8 +1250,9 @@ impl Storage for FsStorage {
             if Inner::read_optional(&path)?.is_some_and(|existing| existing == record) {
                 return Ok(());
             }
-            inner.write_record(&path, &record)?;
-            Ok(())
+            let written = inner.write_record(&path, &record);
+            inner.tags.invalidate(&repo, None);
+            Ok(written?)
         })
         .await
     }
@@ -1161,7 +1270,10 @@ impl Storage for FsStorage {
     async fn manifest_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let (repo, digest) = (repo.clone(), digest.clone());
         self.run(move |inner| {
-            Ok(inner.remove_record(&inner.repo_digest_path(&repo, MANIFESTS_DIR, &digest))?)
+            let removed =
+                inner.remove_record(&inner.repo_digest_path(&repo, MANIFESTS_DIR, &digest));
+            inner.tags.invalidate(&repo, None);
+            Ok(removed?)
         })
         .await
     }
@@ -1174,16 +1286,22 @@ impl Storage for FsStorage {
     async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
         let (repo, tag, digest) = (repo.clone(), tag.clone(), digest.clone());
         self.run(move |inner| {
-            inner.write_record(&inner.tag_path(&repo, &tag), digest.to_string().as_bytes())?;
-            Ok(())
+            let written =
+                inner.write_record(&inner.tag_path(&repo, &tag), digest.to_string().as_bytes());
+            inner.tags.invalidate(&repo, Some(&tag));
+            Ok(written?)
         })
         .await
     }
 
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         let (repo, tag) = (repo.clone(), tag.clone());
-        self.run(move |inner| Ok(inner.remove_record(&inner.tag_path(&repo, &tag))?))
-            .await
+        self.run(move |inner| {
+            let removed = inner.remove_record(&inner.tag_path(&repo, &tag));
+            inner.tags.invalidate(&repo, Some(&tag));
+            Ok(removed?)
+        })
+        .await
     }
 
     async fn tag_manifest(
@@ -1191,15 +1309,26 @@ impl Storage for FsStorage {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<(Digest, ManifestMeta)>> {
+        if let Some(resolved) = self.inner.tags.get(repo, tag) {
+            return Ok(Some(resolved));
+        }
         // Both records in one trip to the blocking pool.
+        let generation = self.inner.tags.generation();
+        let read_at = Instant::now();
         let (repo, tag) = (repo.clone(), tag.clone());
         self.run(move |inner| {
             let Some(digest) = inner.read_tag(&repo, &tag)? else {
                 return Ok(None);
             };
-            Ok(inner
+            let resolved = inner
                 .read_manifest_meta(&repo, &digest)?
-                .map(|meta| (digest, meta)))
+                .map(|meta| (digest, meta));
+            if let Some(resolved) = &resolved {
+                inner
+                    .tags
+                    .insert(&repo, &tag, resolved, generation, read_at);
+            }
+            Ok(resolved)
         })
         .await
     }
@@ -1560,10 +1689,45 @@ mod tests {
         s.manifest_link(&r, &digest, &meta).await.unwrap();
         assert_eq!(
             s.tag_manifest(&r, &t).await.unwrap(),
-            Some((digest.clone(), meta))
+            Some((digest.clone(), meta.clone()))
+        );
+        // Writes through this instance are seen at once, though the tag is remembered.
+        let other = Digest::sha256_of(b"n");
+        s.manifest_link(&r, &other, &meta).await.unwrap();
+        s.tag_set(&r, &t, &other).await.unwrap();
+        assert_eq!(
+            s.tag_manifest(&r, &t).await.unwrap(),
+            Some((other.clone(), meta.clone()))
+        );
+        s.manifest_unlink(&r, &other).await.unwrap();
+        assert_eq!(s.tag_manifest(&r, &t).await.unwrap(), None, "unlinked");
+        s.manifest_link(&r, &other, &meta).await.unwrap();
+        assert!(s.tag_manifest(&r, &t).await.unwrap().is_some());
+        let relabelled = ManifestMeta {
+            media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
+            size: 1,
+        };
+        s.manifest_link(&r, &other, &relabelled).await.unwrap();
+        assert_eq!(
+            s.tag_manifest(&r, &t).await.unwrap(),
+            Some((other.clone(), relabelled))
         );
         s.tag_delete(&r, &t).await.unwrap();
         assert_eq!(s.tag_manifest(&r, &t).await.unwrap(), None, "tag deleted");
+        // Another process sharing the root: its tag moves are seen within the cache lifetime.
+        s.tag_set(&r, &t, &digest).await.unwrap();
+        let second = FsStorage::open(dir.path()).await.unwrap();
+        assert_eq!(
+            second.tag_manifest(&r, &t).await.unwrap().map(|(d, _)| d),
+            Some(digest.clone())
+        );
+        s.tag_set(&r, &t, &other).await.unwrap();
+        tokio::time::sleep(TAG_CACHE_TTL + Duration::from_millis(50)).await;
+        assert_eq!(
+            second.tag_manifest(&r, &t).await.unwrap().map(|(d, _)| d),
+            Some(other.clone())
+        );
+        s.tag_delete(&r, &t).await.unwrap();
         fs::create_dir_all(dir.path().join("repositories/resolve/tag/_tags")).unwrap();
         fs::write(
             dir.path().join("repositories/resolve/tag/_tags/v1"),
