@@ -51,10 +51,12 @@ pub(super) async fn get(
         ));
     }
     let mut r = Response::new(manifest.body.map_or_else(Body::empty, Body::from));
+    let digest = manifest.digest.to_string();
     set_header(&mut r, CONTENT_TYPE, &manifest.media_type);
-    set_header(&mut r, CONTENT_LENGTH, manifest.size.to_string());
-    set_header(&mut r, CONTENT_DIGEST_HEADER, manifest.digest.to_string());
-    set_header(&mut r, ETAG, format!("\"{}\"", manifest.digest));
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(manifest.size));
+    set_header(&mut r, ETAG, format!("\"{digest}\""));
+    set_header(&mut r, CONTENT_DIGEST_HEADER, digest);
     Ok(r)
 }
 
