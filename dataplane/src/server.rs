@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -41,7 +41,6 @@ use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 use crate::auth::{AuthService, Transport};
 use crate::config::{Config, ConfigHandle, ConfigReloader};
@@ -368,15 +367,7 @@ fn router(api: AppState, ops: OpsState) -> Router {
                     )
                 })
                 .on_request(())
-                .on_response(
-                    |response: &Response<Body>, latency: Duration, _span: &Span| {
-                        tracing::info!(
-                            status = response.status().as_u16(),
-                            latency_us = latency.as_micros() as u64,
-                            "request served"
-                        );
-                    },
-                ),
+                .on_response(telemetry::AccessLog),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn_with_state(

@@ -95,7 +95,10 @@ async fn json_logs_are_json() {
     let root = tempfile::tempdir().unwrap();
     let server = Dataplane::start(root.path(), &["--log-format", "json"]);
     let client = client();
+    // Successful reads are logged at debug (not shown by default); errors and writes at info.
     assert_eq!(get(&client, &format!("{}/v2/", server.url())).await.0, 200);
+    let missing = format!("{}/v2/ops/json/manifests/missing", server.url());
+    assert_eq!(get(&client, &missing).await.0, 404);
     // The access log line is written after the response; give it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !server.log().contains("request served") && Instant::now() < deadline {
@@ -113,8 +116,9 @@ async fn json_logs_are_json() {
         listening |= message == format!("listening on {}", server.addr);
         if message == "request served" {
             served = true;
-            assert_eq!(value["fields"]["status"], 200, "{line}");
-            assert_eq!(value["span"]["route"], "base", "{line}");
+            assert_eq!(value["fields"]["status"], 404, "{line}");
+            assert_eq!(value["level"], "INFO", "{line}");
+            assert_eq!(value["span"]["route"], "manifest", "{line}");
             assert!(value["span"]["request_id"].as_str().is_some(), "{line}");
         }
         assert!(
