@@ -35,10 +35,10 @@
 //!
 //! 1. reads the record and its ETag, and checks the offset against the size;
 //! 2. streams the body into a **new** segment with a fresh name: bytes are buffered into parts
-//!    of [`PART_SIZE`] and sent as parts of a multipart upload, at most [`PARTS_IN_FLIGHT`]
-//!    parts uploading in parallel while the next one fills, so an append holds at most
-//!    `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes (18 MiB) whatever its length; a body shorter than one
-//!    part becomes a single `PutObject`;
+//!    of [`PART_SIZE`] (S3's 5 MiB minimum) and sent as parts of a multipart upload, at most
+//!    [`PARTS_IN_FLIGHT`] part uploading while the next one fills, so an append holds at most
+//!    `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes (10 MiB) of its own whatever its length; a
+//!    body shorter than one part becomes a single `PutObject`;
 //! 3. if the session's last segment is shorter than S3's 5 MiB minimum part size (a *short
 //!    tail*, left by a small chunk), it is read first and becomes the start of the new segment,
 //!    which replaces it; so every segment but the last is at least 5 MiB, as a multipart
@@ -65,7 +65,7 @@
 //!
 //! A cancelled session (`upload_delete`) is removed the same way: record, then segments, then
 //! any multipart upload still pending under its prefix. Limits: one append may carry at most
-//! 10 000 parts (about 58 GiB) and a blob at most 10 000 composed parts. A replica crash
+//! 10 000 parts (about 48 GiB) and a blob at most 10 000 composed parts. A replica crash
 //! between deleting a record and its segments leaves unreferenced objects under `uploads/`;
 //! a bucket lifecycle rule (expire `uploads/` after some days, abort incomplete multipart
 //! uploads after a day) is the recommended backstop.

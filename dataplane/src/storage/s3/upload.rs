@@ -16,9 +16,9 @@ use crate::oci::{Digest, RepoName};
 use crate::storage::{ByteStream, Result, StorageError, UploadId, UploadInfo};
 
 /// Size of the parts an append streams to S3 (and the most it buffers before sending one).
-pub const PART_SIZE: usize = 6 * 1024 * 1024;
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts of one append uploading at once, besides the one being filled.
-pub const PARTS_IN_FLIGHT: usize = 2;
+pub const PARTS_IN_FLIGHT: usize = 1;
 /// S3's minimum size of every part of a multipart upload but the last.
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// S3's maximum part number, and so the most parts of one multipart upload.
