@@ -6,13 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{Dataplane, absolute, client, get, pseudo_random, sha256, with_query};
+use common::{Dataplane, SlowUpload, client, get, sha256};
 use nix::sys::signal::Signal;
 
-const CHUNK: usize = 64 * 1024;
-const CHUNKS: usize = 40;
-const CHUNK_PAUSE: Duration = Duration::from_millis(100);
 const DRAIN_DELAY: &str = "1500ms";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,51 +20,12 @@ async fn sigterm_drains_an_upload_in_flight_then_exits_zero() {
     );
     let base = server.url();
     let client = client();
-    let data = Bytes::from(pseudo_random(7, CHUNK * CHUNKS));
-    let digest = sha256(&data);
-
-    let response = client
-        .post(format!("{base}/v2/drain/blob/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let location = absolute(&base, response.headers()["location"].to_str().unwrap());
-
     // The final PUT streams its body slowly: about four seconds in all.
-    let (first_sent_tx, first_sent_rx) = tokio::sync::oneshot::channel();
-    let body_data = data.clone();
-    let body =
-        futures_util::stream::unfold((0usize, Some(first_sent_tx)), move |(i, mut first)| {
-            let data = body_data.clone();
-            async move {
-                if i == CHUNKS {
-                    return None;
-                }
-                if i > 0 {
-                    if let Some(tx) = first.take() {
-                        let _ = tx.send(());
-                    }
-                    tokio::time::sleep(CHUNK_PAUSE).await;
-                }
-                let piece = data.slice(i * CHUNK..(i + 1) * CHUNK);
-                Some((Ok::<_, std::io::Error>(piece), (i + 1, first)))
-            }
-        });
-    let upload_client = client.clone();
-    let put_url = with_query(&location, "digest", &digest);
-    let upload = tokio::spawn(async move {
-        upload_client
-            .put(put_url)
-            .header("content-type", "application/octet-stream")
-            .header("content-length", (CHUNK * CHUNKS).to_string())
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    });
-
-    first_sent_rx.await.unwrap();
+    let SlowUpload {
+        digest,
+        put: upload,
+        ..
+    } = SlowUpload::start(&client, &base, "drain/blob").await;
     let signalled = Instant::now();
     server.signal(Signal::SIGTERM);
 

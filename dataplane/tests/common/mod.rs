@@ -394,3 +394,73 @@ impl S3Dataplane {
         }
     }
 }
+
+/// Chunk size of [`SlowUpload`] bodies.
+pub const SLOW_CHUNK: usize = 64 * 1024;
+/// Chunks of a [`SlowUpload`] body.
+pub const SLOW_CHUNKS: usize = 40;
+/// Pause between two chunks of a [`SlowUpload`] body (about four seconds in all).
+pub const SLOW_CHUNK_PAUSE: Duration = Duration::from_millis(100);
+
+/// A blob upload whose final `PUT` streams its body slowly, for shutdown tests: started with
+/// [`SlowUpload::start`], which returns once the first chunk is on the wire.
+#[allow(dead_code)]
+pub struct SlowUpload {
+    /// The blob's bytes.
+    pub data: bytes::Bytes,
+    /// The blob's digest.
+    pub digest: String,
+    /// The `PUT`, resolving to its status.
+    pub put: tokio::task::JoinHandle<reqwest::Result<u16>>,
+}
+
+#[allow(dead_code)]
+impl SlowUpload {
+    /// Opens a session in `repo` on `base` and starts the slow final `PUT` of
+    /// `SLOW_CHUNK * SLOW_CHUNKS` pseudo-random bytes.
+    pub async fn start(client: &reqwest::Client, base: &str, repo: &str) -> Self {
+        let data = bytes::Bytes::from(pseudo_random(7, SLOW_CHUNK * SLOW_CHUNKS));
+        let digest = sha256(&data);
+        let response = client
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let location = absolute(base, response.headers()["location"].to_str().unwrap());
+
+        let (first_sent_tx, first_sent_rx) = tokio::sync::oneshot::channel();
+        let body_data = data.clone();
+        let body =
+            futures_util::stream::unfold((0usize, Some(first_sent_tx)), move |(i, mut first)| {
+                let data = body_data.clone();
+                async move {
+                    if i == SLOW_CHUNKS {
+                        return None;
+                    }
+                    if i > 0 {
+                        if let Some(tx) = first.take() {
+                            let _ = tx.send(());
+                        }
+                        tokio::time::sleep(SLOW_CHUNK_PAUSE).await;
+                    }
+                    let piece = data.slice(i * SLOW_CHUNK..(i + 1) * SLOW_CHUNK);
+                    Some((Ok::<_, std::io::Error>(piece), (i + 1, first)))
+                }
+            });
+        let upload_client = client.clone();
+        let put_url = with_query(&location, "digest", &digest);
+        let put = tokio::spawn(async move {
+            upload_client
+                .put(put_url)
+                .header("content-type", "application/octet-stream")
+                .header("content-length", (SLOW_CHUNK * SLOW_CHUNKS).to_string())
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        first_sent_rx.await.unwrap();
+        Self { data, digest, put }
+    }
+}
