@@ -23,32 +23,7 @@ use testkit::cluster::Cluster;
 const AUDIENCE: &str = "registry";
 /// The user name under which clients present an OIDC token as their password.
 const OIDC_USER: &str = dataplane::auth::OIDC_USERNAME;
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// A ServiceAccount token from the TokenRequest API.
-fn service_account_token(
-    cluster: &Cluster,
-    namespace: &str,
-    account: &str,
-    audience: &str,
-) -> String {
-    cluster
-        .kubectl_ok([
-            "create",
-            "token",
-            account,
-            "--namespace",
-            namespace,
-            "--audience",
-            audience,
-            "--duration",
-            "10m",
-        ])
-        .expect("kubectl create token")
-        .trim()
-        .to_owned()
-}
 
 /// The configuration: private `harness`, a push credential on it, and the federation.
 fn config(cluster: &Cluster, ca_bundle: String, subject: String, pusher: &Credentials) -> Config {
@@ -140,15 +115,21 @@ fn service_account_tokens_pull_with_real_clients_and_the_token_exchange() {
 
     let ci = Credentials::new(
         OIDC_USER,
-        service_account_token(&cluster, &ns, "ci", AUDIENCE),
+        cluster
+            .service_account_token(&ns, "ci", AUDIENCE)
+            .expect("kubectl create token"),
     );
     let other = Credentials::new(
         OIDC_USER,
-        service_account_token(&cluster, &ns, "other", AUDIENCE),
+        cluster
+            .service_account_token(&ns, "other", AUDIENCE)
+            .expect("kubectl create token"),
     );
     let elsewhere = Credentials::new(
         OIDC_USER,
-        service_account_token(&cluster, &ns, "ci", "elsewhere"),
+        cluster
+            .service_account_token(&ns, "ci", "elsewhere")
+            .expect("kubectl create token"),
     );
 
     let check = || -> Result<()> {
@@ -238,7 +219,7 @@ async fn exchange(
     scope: &str,
 ) -> Result<(u16, serde_json::Value)> {
     let form = [
-        ("grant_type", TOKEN_EXCHANGE),
+        ("grant_type", dataplane::http::token::TOKEN_EXCHANGE_GRANT),
         ("subject_token", subject_token),
         ("scope", scope),
     ];

@@ -28,25 +28,6 @@ fn federation(cluster: &Cluster, ca_bundle: &str, subject: &str) -> FederationCo
     }
 }
 
-/// A ServiceAccount token from the TokenRequest API.
-fn token(cluster: &Cluster, namespace: &str, account: &str, audience: &str) -> String {
-    cluster
-        .kubectl_ok([
-            "create",
-            "token",
-            account,
-            "--namespace",
-            namespace,
-            "--audience",
-            audience,
-            "--duration",
-            "10m",
-        ])
-        .expect("kubectl create token")
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn service_account_tokens_verify_through_the_apiserver_discovery_document() {
     let cluster = Cluster::start("oidc").expect("start cluster");
@@ -65,9 +46,15 @@ fn service_account_tokens_verify_through_the_apiserver_discovery_document() {
     let federations = [federation(&cluster, &ca_bundle, &subject)];
     let verifier = OidcVerifier::new();
 
-    let ci = token(&cluster, &ns, "ci", AUDIENCE);
-    let other = token(&cluster, &ns, "other", AUDIENCE);
-    let elsewhere = token(&cluster, &ns, "ci", "someone-else");
+    let ci = cluster
+        .service_account_token(&ns, "ci", AUDIENCE)
+        .expect("kubectl create token");
+    let other = cluster
+        .service_account_token(&ns, "other", AUDIENCE)
+        .expect("kubectl create token");
+    let elsewhere = cluster
+        .service_account_token(&ns, "ci", "someone-else")
+        .expect("kubectl create token");
 
     runtime.block_on(async {
         let identities = verifier

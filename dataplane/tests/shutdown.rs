@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Dataplane, SlowUpload, client, get, sha256};
+use common::{Dataplane, SlowUpload, client, get, sha256, turns_not_ready, wait_listener_closed};
 use nix::sys::signal::Signal;
 
 const DRAIN_DELAY: &str = "1500ms";
@@ -30,28 +30,14 @@ async fn sigterm_drains_an_upload_in_flight_then_exits_zero() {
     server.signal(Signal::SIGTERM);
 
     // Readiness turns 503 at once, while the listener still accepts during the drain delay.
-    let mut saw_not_ready = false;
-    while signalled.elapsed() < Duration::from_millis(1000) {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
-            && response.status() == 503
-        {
-            saw_not_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(saw_not_ready, "readiness never turned 503 during the drain");
+    assert!(
+        turns_not_ready(&client, &base, signalled).await,
+        "readiness never turned 503 during the drain"
+    );
     assert_eq!(get(&client, &format!("{base}/healthz")).await.0, 200);
 
     // Then the listener closes: new connections are refused while the upload still runs.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if tokio::net::TcpStream::connect(server.addr).await.is_err() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the listener never closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listener_closed(server.addr).await;
     assert!(
         !upload.is_finished(),
         "the upload finished before the listener closed; the test proves nothing"

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Dataplane, SlowUpload, get, pseudo_random, push_blob_chunked, push_blob_monolithic, sha256,
+    turns_not_ready, wait_listener_closed,
 };
 use nix::sys::signal::Signal;
 use rcgen::{
@@ -510,24 +511,13 @@ async fn sigterm_drains_an_upload_in_flight_over_tls() {
     server.signal(Signal::SIGTERM);
 
     // Readiness turns 503 at once, over TLS, while the listener still accepts.
-    let mut saw_not_ready = false;
-    while signalled.elapsed() < Duration::from_millis(1000) {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
-            && response.status() == 503
-        {
-            saw_not_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(saw_not_ready, "readiness never turned 503 during the drain");
+    assert!(
+        turns_not_ready(&client, &base, signalled).await,
+        "readiness never turned 503 during the drain"
+    );
 
     // Then the listener closes while the upload still runs.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "the listener never closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listener_closed(server.addr).await;
     assert!(
         !upload.is_finished(),
         "the upload finished before the listener closed; the test proves nothing"

@@ -11,15 +11,16 @@ use crate::oci::RepoName;
 
 /// A request on a repository was allowed or denied.
 pub fn repository_access(principal: &Principal, repo: &RepoName, action: Action, allowed: bool) {
-    let who = principal.to_string();
+    // Fields are formatted only when the event is enabled: allowed pulls cost nothing at the
+    // default level.
     let namespace = repo.namespace();
     let action = action.as_str();
     if !allowed {
-        tracing::warn!(target: "audit", principal = %who, namespace, repository = %repo, action, outcome = "denied", "access denied");
+        tracing::warn!(target: "audit", principal = %principal, namespace, repository = %repo, action, outcome = "denied", "access denied");
     } else if action == "pull" {
-        tracing::debug!(target: "audit", principal = %who, namespace, repository = %repo, action, outcome = "allowed", "access allowed");
+        tracing::debug!(target: "audit", principal = %principal, namespace, repository = %repo, action, outcome = "allowed", "access allowed");
     } else {
-        tracing::info!(target: "audit", principal = %who, namespace, repository = %repo, action, outcome = "allowed", "access allowed");
+        tracing::info!(target: "audit", principal = %principal, namespace, repository = %repo, action, outcome = "allowed", "access allowed");
     }
 }
 

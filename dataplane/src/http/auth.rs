@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, HOST, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::json;
@@ -97,11 +97,9 @@ impl Access {
             )
             .with_detail(detail),
             (Rights::Grants { .. }, _) => self
-                .challenge
                 .reject("authentication required", Some(&scope), None)
                 .with_detail(detail),
             (Rights::Token(_), _) => self
-                .challenge
                 .reject(
                     &format!(
                         "the access token does not grant {} on repository \"{repo}\"",
@@ -134,7 +132,7 @@ impl Access {
                 .iter()
                 .any(|a| a.kind == "repository" && a.name == from.as_str())
         {
-            return Err(self.challenge.reject(
+            return Err(self.reject(
                 &format!("mounting from repository \"{from}\" needs a token that covers it"),
                 Some(&format!(
                     "repository:{into}:pull,push repository:{from}:pull"
@@ -143,6 +141,11 @@ impl Access {
             ));
         }
         Ok(false)
+    }
+
+    /// A `401` with this request's challenge.
+    fn reject(&self, message: &str, scope: Option<&str>, error: Option<&str>) -> ApiError {
+        self.challenge.reject(&self.index, message, scope, error)
     }
 
     /// Whether the catalog shows `repo` to the caller.
@@ -168,7 +171,7 @@ impl Access {
             && self.index.mode() == Mode::Enforced
             && !claims.grants("registry", "catalog", "*")
         {
-            return Err(self.challenge.reject(
+            return Err(self.reject(
                 "the access token does not grant the catalog",
                 Some("registry:catalog:*"),
                 Some("insufficient_scope"),
@@ -186,7 +189,7 @@ impl Access {
             Mode::Closed => Err(closed()),
             Mode::Enforced => match (&self.principal, &self.rights) {
                 (Principal::Anonymous, Rights::Grants { .. }) => {
-                    Err(self.challenge.reject("authentication required", None, None))
+                    Err(self.reject("authentication required", None, None))
                 }
                 _ => Ok(()),
             },
@@ -202,52 +205,54 @@ fn closed() -> ApiError {
     )
 }
 
-/// Where clients get tokens: the parameters of the `WWW-Authenticate` challenge.
+/// Where clients get tokens: what a `WWW-Authenticate` challenge needs from the request. Kept
+/// raw (a header value clone, a flag) so that requests that are allowed pay nothing for it;
+/// the realm is only formatted when a challenge is sent.
 #[derive(Debug, Clone)]
 pub struct Challenge {
-    realm: String,
-    service: String,
+    host: Option<HeaderValue>,
+    https: bool,
 }
 
 impl Challenge {
-    /// The challenge for a request: the configured realm, or the token endpoint on the host
-    /// the client addressed.
-    pub fn for_request(index: &AccessIndex, transport: Transport, headers: &HeaderMap) -> Self {
-        let realm = match index.realm() {
-            Some(realm) => realm.to_owned(),
-            None => {
-                let forwarded_https = headers
-                    .get("x-forwarded-proto")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.eq_ignore_ascii_case("https"));
-                let scheme = if transport.tls || forwarded_https {
-                    "https"
-                } else {
-                    "http"
-                };
-                let host = headers
-                    .get(HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|h| {
-                        !h.is_empty()
-                            && h.bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
-                    })
-                    .unwrap_or("localhost");
-                format!("{scheme}://{host}/token")
-            }
-        };
+    /// The challenge source of a request: the host the client addressed and its scheme.
+    pub fn for_request(transport: Transport, headers: &HeaderMap) -> Self {
+        let forwarded_https = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
         Self {
-            realm,
-            service: index.service().to_owned(),
+            host: headers.get(HOST).cloned(),
+            https: transport.tls || forwarded_https,
         }
     }
 
+    /// The realm: the configured one, or the token endpoint on the host the client addressed
+    /// (a host that could break out of the quoted value is replaced by `localhost`).
+    fn realm(&self, index: &AccessIndex) -> String {
+        if let Some(realm) = index.realm() {
+            return realm.to_owned();
+        }
+        let scheme = if self.https { "https" } else { "http" };
+        let host = self
+            .host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+            })
+            .unwrap_or("localhost");
+        format!("{scheme}://{host}/token")
+    }
+
     /// The `WWW-Authenticate` value.
-    pub fn header(&self, scope: Option<&str>, error: Option<&str>) -> String {
+    pub fn header(&self, index: &AccessIndex, scope: Option<&str>, error: Option<&str>) -> String {
         let mut value = format!(
             "Bearer realm=\"{}\",service=\"{}\"",
-            self.realm, self.service
+            self.realm(index),
+            index.service()
         );
         if let Some(scope) = scope {
             value.push_str(&format!(",scope=\"{scope}\""));
@@ -259,9 +264,15 @@ impl Challenge {
     }
 
     /// A `401 UNAUTHORIZED` carrying this challenge.
-    pub fn reject(&self, message: &str, scope: Option<&str>, error: Option<&str>) -> ApiError {
+    pub fn reject(
+        &self,
+        index: &AccessIndex,
+        message: &str,
+        scope: Option<&str>,
+        error: Option<&str>,
+    ) -> ApiError {
         ApiError::new(ErrorCode::Unauthorized, message)
-            .with_header(WWW_AUTHENTICATE, self.header(scope, error))
+            .with_header(WWW_AUTHENTICATE, self.header(index, scope, error))
     }
 }
 
@@ -325,7 +336,7 @@ impl Access {
         headers: &HeaderMap,
     ) -> Result<Self, AuthRejection> {
         let index = auth.index();
-        let challenge = Challenge::for_request(&index, auth.transport(), headers);
+        let challenge = Challenge::for_request(auth.transport(), headers);
         let anonymous = |index: Arc<AccessIndex>, challenge: Challenge| Access {
             principal: Principal::Anonymous,
             rights: Rights::Grants {
@@ -351,6 +362,7 @@ impl Access {
                 Err(e) => {
                     audit::authentication_failed("", "bearer", &e.to_string());
                     Err(AuthRejection::from(challenge.reject(
+                        &index,
                         "invalid or expired access token: request a new one",
                         None,
                         Some("invalid_token"),
@@ -361,6 +373,7 @@ impl Access {
         if scheme.eq_ignore_ascii_case("basic") {
             let Some((user, password)) = basic_credentials(header) else {
                 return Err(AuthRejection::from(challenge.reject(
+                    &index,
                     "malformed Basic authorization header",
                     None,
                     None,
@@ -385,6 +398,7 @@ impl Access {
                         return Err(AuthRejection::Response(super::token::unavailable(&e)));
                     }
                     Err(AuthRejection::from(challenge.reject(
+                        &index,
                         &e.to_string(),
                         None,
                         None,
@@ -392,15 +406,12 @@ impl Access {
                 }
             };
         }
-        Err(AuthRejection::from(
-            challenge
-                .reject(
-                    "unsupported authorization scheme: use Bearer or Basic",
-                    None,
-                    None,
-                )
-                .with_status(StatusCode::UNAUTHORIZED),
-        ))
+        Err(AuthRejection::from(challenge.reject(
+            &index,
+            "unsupported authorization scheme: use Bearer or Basic",
+            None,
+            None,
+        )))
     }
 }
 

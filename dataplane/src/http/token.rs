@@ -28,7 +28,7 @@ use serde_json::json;
 use super::AppState;
 use super::auth::basic_credentials;
 use super::error::{ApiError, ErrorCode};
-use crate::auth::{AuthError, Identity, IssuedToken, ScopeRequest, audit};
+use crate::auth::{AccessIndex, AuthError, Identity, IssuedToken, ScopeRequest, audit};
 
 /// The OAuth grant type of a token exchange.
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -79,7 +79,15 @@ pub async fn get(
         Err(e) => return failed(&username, "password", &e),
     };
     let offline = param(&params, "offline_token") == Some("true");
-    respond(&state, &identity, &scopes(&params), offline, now, &params)
+    respond(
+        &state,
+        &index,
+        &identity,
+        &scopes(&params),
+        offline,
+        now,
+        &params,
+    )
 }
 
 /// `POST /token` (OAuth 2.0 form).
@@ -132,11 +140,20 @@ pub async fn post(State(state): State<AppState>, body: Bytes) -> Response {
         }
     };
     let offline = param(&params, "access_type") == Some("offline") && grant_type == "password";
-    respond(&state, &identity, &scopes(&params), offline, now, &params)
+    respond(
+        &state,
+        &index,
+        &identity,
+        &scopes(&params),
+        offline,
+        now,
+        &params,
+    )
 }
 
 fn respond(
     state: &AppState,
+    index: &AccessIndex,
     identity: &Identity,
     requested: &[ScopeRequest],
     offline: bool,
@@ -144,22 +161,22 @@ fn respond(
     params: &[(String, String)],
 ) -> Response {
     let auth = state.auth();
-    let index = auth.index();
-    let issued = match auth.issue_access_token(&index, identity, requested, now) {
+    let issued = match auth.issue_access_token(index, identity, requested, now) {
         Ok(issued) => issued,
         Err(e) => return ApiError::internal(&e).into_response(),
     };
     let refresh = if offline {
-        match auth.issue_refresh_token(&index, identity, now) {
+        match auth.issue_refresh_token(index, identity, now) {
             Ok(token) => token,
             Err(e) => return ApiError::internal(&e).into_response(),
         }
     } else {
         None
     };
+    let granted = granted_summary(&issued);
     audit::token_issued(
         &identity.principal,
-        &granted_summary(&issued),
+        &granted,
         &params
             .iter()
             .filter(|(k, _)| k == "scope")
@@ -172,7 +189,7 @@ fn respond(
         "access_token": issued.token,
         "expires_in": issued.expires_in.as_secs(),
         "issued_at": humantime::format_rfc3339_seconds(issued.issued_at).to_string(),
-        "scope": granted_summary(&issued),
+        "scope": granted,
     });
     if let Some(refresh) = refresh {
         body["refresh_token"] = refresh.into();

@@ -464,3 +464,27 @@ impl SlowUpload {
         Self { data, digest, put }
     }
 }
+
+/// Polls `base/readyz` for up to a second after `since`; true once it answered 503.
+#[allow(dead_code)]
+pub async fn turns_not_ready(client: &reqwest::Client, base: &str, since: Instant) -> bool {
+    while since.elapsed() < Duration::from_millis(1000) {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == 503
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Waits (up to 10 s, else panics) until `addr` refuses new connections.
+#[allow(dead_code)]
+pub async fn wait_listener_closed(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the listener never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

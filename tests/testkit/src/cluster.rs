@@ -299,6 +299,28 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// A ten-minute token of ServiceAccount `account` in `namespace` for `audience`, from the
+    /// TokenRequest API (`kubectl create token`).
+    pub fn service_account_token(
+        &self,
+        namespace: &str,
+        account: &str,
+        audience: &str,
+    ) -> Result<String> {
+        let out = self.kubectl_ok([
+            "create",
+            "token",
+            account,
+            "--namespace",
+            namespace,
+            "--audience",
+            audience,
+            "--duration",
+            "10m",
+        ])?;
+        Ok(out.trim().to_owned())
+    }
+
     /// `kubectl apply -f -` with `manifest` (YAML or JSON) on stdin; returns stdout.
     pub fn apply(&self, manifest: &str) -> Result<String> {
         let mut command = self.kubectl_command(["apply", "-f", "-"])?;
