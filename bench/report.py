@@ -27,7 +27,10 @@ TITLES = {
 STORAGE_TITLES = {
     "tmpfs": "tmpfs (server-bound)",
     "disk": "disk (durability-bound)",
+    "s3": "S3 (MinIO on tmpfs, same server for every registry)",
 }
+# Rows not measured on S3 (access control costs the same whatever the storage).
+S3_SKIPPED_TOPICS = ("auth_get",)
 PEERS = ("distribution", "docker-registry")
 
 
@@ -121,6 +124,29 @@ def status(ok: bool | None) -> str:
     return {True: "**met**", False: "**not met**", None: "no data"}[ok]
 
 
+def s3_targets(w, results: Results, size: str) -> None:
+    """The Targets rows of the S3 run: peak RSS is the only target there; the ratios to
+    Distribution v3 are reported without a verdict (their targets are for the filesystem)."""
+    dp, dist = "dataplane", "distribution"
+    for metric, label, unit in (
+        ("push_mbps", "Push vs Distribution v3", "MB/s"),
+        ("pull_mbps", "Pull vs Distribution v3", "MB/s"),
+        ("get_rps", "Manifest GET vs Distribution v3", "req/s"),
+    ):
+        a = results.median("s3", dp, metric)
+        b = results.median("s3", dist, metric)
+        extra = ""
+        if metric == "get_rps":
+            extra = f", p99 {fmt(results.median('s3', dp, 'get_p99_ms'), 2)} ms"
+        w(
+            f"| {label} (reported; no target on S3) | s3 | "
+            f"{fmt(a, 0)} vs {fmt(b, 0)} {unit} = {ratio(a, b)}{extra} | — |"
+        )
+    rss = results.median("s3", dp, "rss_mib")
+    ok = None if rss is None else rss < 96
+    w(f"| Peak RSS < 96 MiB during 4 concurrent {size} pushes | s3 | {fmt(rss, 1)} MiB | {status(ok)} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--facts", type=Path, required=True)
@@ -163,6 +189,11 @@ def main() -> int:
     w(f"| Memory | {facts.get('memory', '?')} |")
     w(f"| Kernel | {facts.get('kernel', '?')} |")
     w(f"| Disk kind (`/var/tmp`) | {facts.get('disk', '?')}; tmpfs kind: `/dev/shm` |")
+    if "s3" in storages:
+        w(
+            f"| S3 kind | MinIO {facts.get('minio', '?')} (single drive, data on `/dev/shm`), "
+            "on loopback, started once and shared by every registry; plain HTTP, path-style |"
+        )
     loads = [f"start {facts.get('load_start', '?')}"]
     for s in storages:
         loads.append(f"before {s} {facts.get('load_before_' + s, '?')}")
@@ -183,7 +214,8 @@ def main() -> int:
     w(
         f"| Versions | dataplane at commit {facts.get('commit', '?')}; Distribution "
         f"{facts.get('distribution', '?')}; docker-registry {facts.get('docker_registry', '?')}; "
-        f"curl {facts.get('curl', '?')}; wrk {facts.get('wrk', '?')} |"
+        + (f"MinIO {facts.get('minio', '?')}; " if "s3" in storages else "")
+        + f"curl {facts.get('curl', '?')}; wrk {facts.get('wrk', '?')} |"
     )
     w("")
 
@@ -195,6 +227,9 @@ def main() -> int:
     dp = "dataplane"
     dist = "distribution"
     for s in storages:
+        if s == "s3":
+            s3_targets(w, results, size)
+            continue
         push = results.median(s, dp, "push_mbps")
         if s == "tmpfs":
             pct = results.median(s, dp, "push_sha_pct")
@@ -256,13 +291,23 @@ def main() -> int:
     for s in storages:
         w(f"## {STORAGE_TITLES.get(s, s)}")
         w("")
+        if s == "s3":
+            w(
+                "Every registry stores blobs, manifests and tags in the same bucket of one MinIO "
+                "server (a new key prefix for every server start); blobs pass through the registry "
+                "(the Distribution peers run with `redirect: disable`). MinIO runs on the same two "
+                "cores as client and registry. The authenticated manifest GET is not measured on S3."
+            )
+            w("")
         header = ["Metric"] + [TITLES.get(r, r) for r in registries]
         peers = [p for p in PEERS if p in registries and dp in registries]
         header += [f"dataplane / {TITLES[p]}" for p in peers]
         w("| " + " | ".join(header) + " |")
         w("|---" + "|---:" * (len(header) - 1) + "|")
         for row in table_rows:
-            if row.metric == "push_sha_pct" and sha_mbps is None:
+            if row.metric == "push_sha_pct" and (sha_mbps is None or s == "s3"):
+                continue
+            if s == "s3" and row.topic in S3_SKIPPED_TOPICS:
                 continue
             cells = [row.label + ("" if row.higher_is_better else " ↓")]
             cells += [cell(s, r, row) for r in registries]

@@ -3,13 +3,16 @@
 #
 # Every registry is started fresh, in its own process group (so stopping it also stops
 # anything it spawned), on a free loopback port, with its data under a directory chosen by
-# the caller. After registry_start succeeds these globals describe the running server:
+# the caller, or under a key prefix of the benchmark's S3 bucket (a ROOT of the form
+# `s3:PREFIX`). After registry_start succeeds these globals describe the running server:
 #   REG_PID  the server process id (also its process group id)
 #   REG_URL  http://127.0.0.1:PORT
 #   REG_LOG  the file that receives its stdout and stderr
 #
 # Requires: BENCH_WORK (scratch directory), DATAPLANE_BIN, DISTRIBUTION_BIN, DOCKER_REGISTRY_BIN,
-# and free_port from tests/harness/lib/common.sh.
+# and free_port from tests/harness/lib/common.sh; for S3 roots also the variables printed by
+# `tests/harness/s3 up` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+# AWS_ENDPOINT_URL, S3_BUCKET), exported so that the data plane finds its credentials.
 
 # The registries in the order they are measured, with their display names (used by bench/run).
 # shellcheck disable=SC2034
@@ -40,7 +43,9 @@ BENCH_TOKEN_SERVICE=bench
 declare -A LIVE_PGIDS=()
 
 # distribution_config FILE ROOT PORT: writes a Distribution (v2.8 or v3) configuration with
-# filesystem storage under ROOT, deletes enabled and the in-memory blob descriptor cache
+# storage at ROOT (a directory, or `s3:PREFIX`: the S3 driver with PREFIX as its root
+# directory, path-style requests and redirects to S3 disabled, so that blobs pass through the
+# registry as with the other storage), deletes enabled and the in-memory blob descriptor cache
 # (both as in the configuration shipped with these registries), listening on loopback only.
 distribution_config() {
   local file=$1 root=$2 port=$3
@@ -51,8 +56,29 @@ log:
 storage:
   cache:
     blobdescriptor: inmemory
+EOF
+  if [[ "$root" == s3:* ]]; then
+    cat >>"$file" <<EOF
+  s3:
+    accesskey: "$AWS_ACCESS_KEY_ID"
+    secretkey: "$AWS_SECRET_ACCESS_KEY"
+    region: "$AWS_REGION"
+    regionendpoint: "$AWS_ENDPOINT_URL"
+    bucket: "$S3_BUCKET"
+    rootdirectory: "/${root#s3:}"
+    forcepathstyle: true
+    secure: false
+    v4auth: true
+  redirect:
+    disable: true
+EOF
+  else
+    cat >>"$file" <<EOF
   filesystem:
     rootdirectory: $root
+EOF
+  fi
+  cat >>"$file" <<EOF
   delete:
     enabled: true
 http:
@@ -91,6 +117,28 @@ print(sys.argv[1] + ":" + hashed)' "$user"
   fi
 }
 
+# dataplane_storage ROOT: prints the `storage:` section of a data plane configuration for ROOT
+# (a directory, or `s3:PREFIX`: the benchmark's bucket under that key prefix, path-style).
+dataplane_storage() {
+  local root=$1
+  if [[ "$root" == s3:* ]]; then
+    printf 'storage:\n  s3: {bucket: "%s", region: "%s", endpoint: "%s", prefix: "%s/", forcePathStyle: true}\n' \
+      "$S3_BUCKET" "$AWS_REGION" "$AWS_ENDPOINT_URL" "${root#s3:}"
+  else
+    printf 'storage:\n  filesystem: {root: "%s"}\n' "$root"
+  fi
+}
+
+# dataplane_config FILE ROOT: writes a data plane configuration with storage at ROOT and
+# everything else at its defaults (used for S3 roots; a directory is given with --root).
+dataplane_config() {
+  local file=$1 root=$2
+  {
+    printf 'apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n'
+    dataplane_storage "$root"
+  } >"$file"
+}
+
 # dataplane_auth_config FILE ROOT: writes a data plane configuration with the private namespace
 # `bench`, the bench credential (push and pull on `bench`) and access tokens valid for an hour
 # (so none expires during a run). The secret's hash comes from `dataplane hash-secret`, which
@@ -106,8 +154,7 @@ dataplane_auth_config() {
   cat >"$file" <<EOF
 apiVersion: registry.thalassa.cloud/v1alpha1
 kind: DataPlaneConfig
-storage:
-  filesystem: {root: "$root"}
+$(dataplane_storage "$root")
 namespaces:
   - {name: bench, visibility: private}
 credentials:
@@ -128,7 +175,15 @@ registry_launch() {
   local config="$BENCH_WORK/$name.yml"
   case "$name" in
     dataplane)
-      if [[ "$REG_ACCESS" == basic ]]; then
+      if [[ "$root" == s3:* ]]; then
+        if [[ "$REG_ACCESS" == basic ]]; then
+          dataplane_auth_config "$config" "$root" || return 1
+        else
+          dataplane_config "$config" "$root"
+        fi
+        setsid "$DATAPLANE_BIN" serve --config "$config" --listen "127.0.0.1:$port" \
+          </dev/null >>"$REG_LOG" 2>&1 &
+      elif [[ "$REG_ACCESS" == basic ]]; then
         dataplane_auth_config "$config" "$root" || return 1
         setsid "$DATAPLANE_BIN" serve --config "$config" --listen "127.0.0.1:$port" --root "$root" \
           </dev/null >>"$REG_LOG" 2>&1 &
@@ -146,7 +201,9 @@ registry_launch() {
     docker-registry)
       distribution_config "$config" "$root" "$port"
       if [[ "$REG_ACCESS" == basic ]]; then distribution_auth_config "$config" || return 1; fi
-      setsid "$DOCKER_REGISTRY_BIN" serve "$config" </dev/null >>"$REG_LOG" 2>&1 &
+      # Its AWS SDK refuses to start when AWS_CA_BUNDLE is set (it cannot apply a CA bundle to
+      # the driver's own HTTP transport); the bench's S3 server is plain HTTP anyway.
+      env -u AWS_CA_BUNDLE setsid "$DOCKER_REGISTRY_BIN" serve "$config" </dev/null >>"$REG_LOG" 2>&1 &
       ;;
     *)
       printf 'unknown registry: %s\n' "$name" >&2
@@ -157,12 +214,14 @@ registry_launch() {
   LIVE_PGIDS[$REG_PID]=1
 }
 
-# registry_start NAME ROOT: starts NAME with an empty data directory ROOT and waits until
-# `GET /v2/` answers. Retries on another port if the server dies (e.g. the port was taken).
+# registry_start NAME ROOT: starts NAME with an empty data directory ROOT (or an unused S3 key
+# prefix, `s3:PREFIX`) and waits until `GET /v2/` answers. Retries on another port if the
+# server dies (e.g. the port was taken).
 registry_start() {
   local name=$1 root=$2 attempt port deadline code
   REG_LOG="$BENCH_WORK/logs/$name.log"
-  mkdir -p "$root" "$BENCH_WORK/logs"
+  mkdir -p "$BENCH_WORK/logs"
+  [[ "$root" == s3:* ]] || mkdir -p "$root"
   for attempt in 1 2 3; do
     port="$(free_port)"
     printf '=== start %s on port %s (attempt %s) root %s\n' "$name" "$port" "$attempt" "$root" >>"$REG_LOG"
