@@ -38,7 +38,8 @@
 //!    of [`PART_SIZE`] (S3's 5 MiB minimum) and sent as parts of a multipart upload, at most
 //!    [`PARTS_IN_FLIGHT`] part uploading while the next one fills, so an append holds at most
 //!    `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes (10 MiB) of its own whatever its length; a
-//!    body shorter than one part becomes a single `PutObject`;
+//!    body shorter than one part becomes a single `PutObject`; part buffers are reused memory
+//!    maps (see `parts`), so many appends do not fragment the allocator;
 //! 3. if the session's last segment is shorter than S3's 5 MiB minimum part size (a *short
 //!    tail*, left by a small chunk), it is read first and becomes the start of the new segment,
 //!    which replaces it; so every segment but the last is at least 5 MiB, as a multipart
@@ -83,9 +84,11 @@
 
 mod bucket;
 mod keys;
+mod parts;
 mod upload;
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -96,6 +99,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use self::bucket::{Bucket, Condition, FAN_OUT, Failure};
 use self::keys::Keys;
+use self::parts::PartPool;
 use super::{ByteStream, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo};
 use crate::oci::{Digest, RepoName, Tag};
 
@@ -115,6 +119,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_REGION: &str = "us-east-1";
 /// Attempts of a compare-and-swap on a record before giving up.
 const CAS_ATTEMPTS: u32 = 8;
+/// Part buffers kept for reuse when no append needs them (one append's worth: the part being
+/// filled and the one in flight).
+const IDLE_PART_BUFFERS: usize = 1 + upload::PARTS_IN_FLIGHT;
 
 /// Where the S3 backend keeps its data. Credentials are not part of it: they come from the
 /// usual AWS sources (environment, shared profile, web identity, container or instance role).
@@ -156,6 +163,8 @@ impl std::fmt::Debug for S3Credentials {
 pub struct S3Storage {
     bucket: Bucket,
     keys: Keys,
+    /// Buffers for the parts appends stream to the bucket.
+    parts: Arc<PartPool>,
 }
 
 impl S3Storage {
@@ -226,6 +235,7 @@ impl S3Storage {
                 name: settings.bucket,
             },
             keys: Keys::new(&settings.prefix),
+            parts: PartPool::new(upload::PART_SIZE, IDLE_PART_BUFFERS),
         })
     }
 

@@ -1,16 +1,18 @@
 //! Upload sessions in the bucket: the session record, segment writing and composition.
 //! The representation is described in the parent module's documentation.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::bucket::{Bucket, Condition, FAN_OUT, Failure};
+use super::parts::{PartBuffer, PartPool};
 use super::{S3Storage, corrupt};
 use crate::oci::{Digest, RepoName};
 use crate::storage::{ByteStream, Result, StorageError, UploadId, UploadInfo};
@@ -98,8 +100,11 @@ impl S3Storage {
             });
         }
         let name = uuid::Uuid::new_v4().to_string();
-        let mut writer =
-            SegmentWriter::new(self.bucket.clone(), self.keys.upload_segment(id, &name));
+        let mut writer = SegmentWriter::new(
+            self.bucket.clone(),
+            self.parts.clone(),
+            self.keys.upload_segment(id, &name),
+        );
 
         // A short tail becomes the start of the new segment, which replaces it.
         let absorbed = record
@@ -307,8 +312,10 @@ impl S3Storage {
 #[derive(Debug)]
 struct SegmentWriter {
     bucket: Bucket,
+    parts: Arc<PartPool>,
     key: String,
-    buffer: BytesMut,
+    /// The part being filled, if any.
+    buffer: Option<PartBuffer>,
     upload_id: Option<String>,
     next_part: i32,
     in_flight: JoinSet<Result<CompletedPart>>,
@@ -319,11 +326,12 @@ struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    fn new(bucket: Bucket, key: String) -> Self {
+    fn new(bucket: Bucket, parts: Arc<PartPool>, key: String) -> Self {
         Self {
             bucket,
+            parts,
             key,
-            buffer: BytesMut::new(),
+            buffer: None,
             upload_id: None,
             next_part: 1,
             in_flight: JoinSet::new(),
@@ -337,21 +345,22 @@ impl SegmentWriter {
     async fn write(&mut self, mut data: Bytes) -> Result<()> {
         self.size += data.len() as u64;
         while !data.is_empty() {
-            if self.buffer.is_empty() && data.len() >= PART_SIZE {
+            if self.buffer.is_none() && data.len() >= PART_SIZE {
                 // A whole part straight from the body, without copying.
                 let part = data.split_to(PART_SIZE);
                 self.send_part(part).await?;
                 continue;
             }
-            if self.buffer.capacity() == 0 {
-                self.buffer.reserve(PART_SIZE);
-            }
-            let take = (PART_SIZE - self.buffer.len()).min(data.len());
-            self.buffer.extend_from_slice(&data.split_to(take));
-            if self.buffer.len() == PART_SIZE {
-                let part = self.buffer.split().freeze();
-                self.buffer = BytesMut::new();
-                self.send_part(part).await?;
+            let buffer = match &mut self.buffer {
+                Some(buffer) => buffer,
+                None => self
+                    .buffer
+                    .insert(self.parts.take().map_err(StorageError::Io)?),
+            };
+            let took = buffer.fill(&data);
+            data.advance(took);
+            if let Some(full) = self.buffer.take_if(|b| b.is_full()) {
+                self.send_part(full.freeze()).await?;
             }
         }
         Ok(())
@@ -425,7 +434,11 @@ impl SegmentWriter {
 
     /// Sends what is buffered and makes the segment object exist. Returns its size.
     async fn finish(&mut self) -> Result<u64> {
-        let rest = self.buffer.split().freeze();
+        let rest = self
+            .buffer
+            .take()
+            .filter(|b| !b.is_empty())
+            .map_or_else(Bytes::new, PartBuffer::freeze);
         if self.upload_id.is_none() {
             self.armed = true;
             self.bucket
