@@ -129,6 +129,7 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServeErro
                 endpoint: s3.endpoint.clone(),
                 prefix: s3.prefix.clone(),
                 force_path_style: s3.force_path_style,
+                redirect_ttl: s3.redirect.as_ref().map(|r| r.ttl.0),
             })
             .await?,
         )),

@@ -211,3 +211,132 @@ async fn readiness_fails_while_the_bucket_is_unreachable() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// A replica that answers blob downloads with redirects to presigned URLs valid for 5 minutes.
+fn redirecting_replica(s3: &S3Server, prefix: &str) -> S3Dataplane {
+    S3Dataplane::start_with(s3, prefix, s3.endpoint(), &["redirect: {ttl: 5m}"])
+}
+
+#[tokio::test]
+async fn blob_downloads_redirect_to_presigned_urls_when_configured() {
+    let s3 = S3Server::start();
+    let server = redirecting_replica(&s3, "redirect");
+    let base = server.url();
+    let http = client();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let data = pseudo_random(7, 3 * 1024 * 1024 + 17);
+    let digest = push_blob(&http, &base, "team/app", &data).await;
+    let blob_url = format!("{base}/v2/team/app/blobs/{digest}");
+
+    let response = no_redirects.get(&blob_url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        response.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap(),
+        digest
+    );
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(s3.endpoint())
+            && location.contains("X-Amz-Signature=")
+            && location.contains("X-Amz-Expires=300"),
+        "{location}"
+    );
+
+    // The bucket serves the bytes, and ranges, to anyone holding the URL.
+    let whole = no_redirects.get(&location).send().await.unwrap();
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(whole.bytes().await.unwrap(), data);
+    let part = no_redirects
+        .get(&location)
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap(), data[1000..2000]);
+    // A client following redirects sees an ordinary download.
+    let followed = http
+        .get(&blob_url)
+        .header("Range", "bytes=5-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(followed.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(followed.bytes().await.unwrap(), data[5..10]);
+    // A tampered URL is refused by the bucket.
+    let tampered = location.replace("X-Amz-Expires=300", "X-Amz-Expires=600");
+    let refused = no_redirects.get(&tampered).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    // HEAD is answered by the replica; nothing is redirected before the blob is known to be
+    // in the repository.
+    let head = no_redirects.head(&blob_url).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        data.len().to_string()
+    );
+    for url in [
+        format!("{base}/v2/other/repo/blobs/{digest}"),
+        format!("{base}/v2/team/app/blobs/{}", sha256(b"never pushed")),
+    ] {
+        let response = no_redirects.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{url}");
+        assert!(response.headers().get("location").is_none());
+        let body = response.text().await.unwrap();
+        assert!(body.contains("BLOB_UNKNOWN"), "{body}");
+    }
+}
+
+#[test]
+fn real_clients_pull_through_redirects() {
+    let s3 = S3Server::start();
+    let server = redirecting_replica(&s3, "redirect-clients");
+    let host = server.host();
+    let mut failures = Vec::new();
+    type RoundTrip = fn(&str, Option<&testkit::clients::Credentials>) -> anyhow::Result<()>;
+    let clients: [(&str, RoundTrip); 4] = [
+        ("skopeo", testkit::clients::skopeo_roundtrip),
+        ("crane", testkit::clients::crane_roundtrip),
+        ("oras", testkit::clients::oras_roundtrip),
+        ("ctr", testkit::clients::ctr_roundtrip),
+    ];
+    for (name, roundtrip) in clients {
+        if let Err(err) = roundtrip(&host, None) {
+            failures.push(format!("{name}: {err:#}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "client round trips failed through redirects:\n{}\nserver log:\n{}",
+        failures.join("\n"),
+        server.log()
+    );
+    // The layers did come from the bucket.
+    let metrics = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let response = client()
+            .get(format!("{}/metrics", server.url()))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    });
+    let redirects: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                r#"dataplane_http_requests_total{route="blob",method="GET",status="307"}"#,
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        redirects >= 4,
+        "{redirects} redirected blob downloads\n{metrics}"
+    );
+}

@@ -279,6 +279,15 @@ impl Config {
                         "must be a relative key prefix without empty components".into(),
                     );
                 }
+                if let Some(redirect) = &s3.redirect
+                    && (redirect.ttl.0 < Duration::from_secs(60)
+                        || redirect.ttl.0 > Duration::from_secs(7 * 24 * 3600))
+                {
+                    problem(
+                        "storage.s3.redirect.ttl".into(),
+                        "must be between 1m and 7d (the longest a presigned URL may live)".into(),
+                    );
+                }
             }
         }
 
@@ -614,6 +623,28 @@ pub struct S3Storage {
     /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS services.
     #[serde(default)]
     pub force_path_style: bool,
+    /// When set, blob downloads are answered with a `307` redirect to a presigned URL of the
+    /// object, so the bytes flow from the bucket straight to the client (who must be able to
+    /// reach the endpoint). Unset: every replica streams blobs itself.
+    #[serde(default)]
+    pub redirect: Option<S3Redirect>,
+}
+
+/// Redirecting blob downloads to presigned URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Redirect {
+    /// How long a presigned URL stays valid (between 1m and 7 days; default 15m). A client
+    /// must start its download within this time.
+    #[serde(default = "default_redirect_ttl")]
+    pub ttl: HumanDuration,
+}
+
+/// Default lifetime of a presigned download URL.
+pub const DEFAULT_REDIRECT_TTL: Duration = Duration::from_secs(15 * 60);
+
+fn default_redirect_ttl() -> HumanDuration {
+    HumanDuration(DEFAULT_REDIRECT_TTL)
 }
 
 /// Upload session settings.
@@ -1136,7 +1167,34 @@ shards: [{name: region-config-2}]
         let s3 = c.storage.s3.unwrap();
         assert!(s3.force_path_style);
         assert_eq!(s3.prefix, "nl-01");
+        assert_eq!(
+            s3.redirect, None,
+            "downloads stream through the server by default"
+        );
         assert!(c.storage.filesystem.is_none());
+    }
+
+    #[test]
+    fn s3_download_redirects_have_a_bounded_lifetime() {
+        let c = Config::from_yaml_str(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+             storage: {s3: {bucket: reg, redirect: {}}}\n",
+        )
+        .unwrap();
+        let redirect = c.storage.s3.unwrap().redirect.unwrap();
+        assert_eq!(redirect.ttl.0, DEFAULT_REDIRECT_TTL);
+        for ttl in ["30s", "8d"] {
+            let p = invalid(&format!(
+                "storage: {{s3: {{bucket: b, redirect: {{ttl: {ttl}}}}}}}\n"
+            ));
+            assert_eq!(p[0].path, "storage.s3.redirect.ttl", "{ttl}");
+        }
+        let err = Config::from_yaml_str(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+             storage: {s3: {bucket: b, redirect: {expires: 5m}}}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `expires`"), "{err}");
     }
 
     #[test]

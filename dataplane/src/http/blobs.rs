@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::StatusCode;
-use axum::http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use axum::http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use axum::response::Response;
 
 use super::auth::Action;
@@ -24,6 +24,13 @@ pub(super) async fn get(
 ) -> Result<Response, ApiError> {
     ctx.access.require(name, Action::Pull)?;
     let digest = parse_digest(digest)?;
+    if with_body && let Some(url) = ctx.registry.blob_download_url(name, &digest).await? {
+        // The client fetches the bytes (and any range) from the bucket itself.
+        let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
+        set_header(&mut r, LOCATION, url);
+        set_header(&mut r, CONTENT_DIGEST_HEADER, digest.to_string());
+        return Ok(r);
+    }
     let mut r = if with_body {
         let range = headers::blob_range(&ctx.headers);
         let read = ctx.registry.blob_open(name, &digest, range).await?;

@@ -63,6 +63,17 @@ impl Registry {
             .ok_or(RegistryError::BlobUnknown)
     }
 
+    /// Where a client may download a blob linked into `repo` directly, when storage hands
+    /// downloads off (see [`crate::storage::Storage::blob_download_url`]); `None` to stream it.
+    pub async fn blob_download_url(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<String>> {
+        self.blob_stat(repo, digest).await?;
+        Ok(self.storage.blob_download_url(digest).await?)
+    }
+
     /// Opens a blob linked into `repo` for streaming, whole or a byte range.
     pub async fn blob_open(
         &self,

@@ -66,11 +66,14 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
+use super::buffers::BufferPool;
 use super::{ByteStream, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo};
 use crate::oci::{Digest, RepoName, Tag};
 
 /// Size of the reads that stream a blob out (and of the largest blob read in one go).
 const READ_CHUNK: usize = 1024 * 1024;
+/// Read buffers kept for reuse while no read needs them (a streaming read holds about two).
+const IDLE_READ_BUFFERS: usize = 4;
 /// An append hands the received chunks to a blocking write once this many bytes are queued.
 const WRITE_BATCH_BYTES: usize = 1024 * 1024;
 /// ... or once this many chunks are queued.
@@ -106,6 +109,8 @@ struct Inner {
     tmp: TempArea,
     locks: Arc<LockTable>,
     tags: TagCache,
+    /// Buffers of [`READ_CHUNK`] bytes for streaming reads.
+    reads: Arc<BufferPool>,
 }
 
 impl fmt::Debug for FsStorage {
@@ -135,6 +140,7 @@ impl FsStorage {
                     tmp,
                     locks: Arc::default(),
                     tags: TagCache::default(),
+                    reads: BufferPool::new(READ_CHUNK, IDLE_READ_BUFFERS),
                 }),
             })
         })
@@ -838,34 +844,41 @@ impl Drop for Append {
 // Streaming reads.
 
 /// Streams `len` bytes of `file` from `start`, reading the next chunk while the current one is
-/// being consumed.
-fn file_stream(file: File, start: u64, len: u64) -> ByteStream {
+/// being consumed, into buffers from `pool`.
+fn file_stream(file: File, start: u64, len: u64, pool: Arc<BufferPool>) -> ByteStream {
     struct State {
         file: Arc<File>,
+        pool: Arc<BufferPool>,
         pos: u64,
         end: u64,
         next: Option<JoinHandle<io::Result<Bytes>>>,
     }
 
-    fn spawn_read(file: &Arc<File>, pos: u64, end: u64) -> JoinHandle<io::Result<Bytes>> {
-        let file = Arc::clone(file);
-        let n = usize::try_from(end - pos).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
-        tokio::task::spawn_blocking(move || {
-            let mut buf = BytesMut::zeroed(n);
-            file.read_exact_at(&mut buf, pos)?;
-            Ok(buf.freeze())
-        })
+    impl State {
+        fn spawn_read(&self) -> JoinHandle<io::Result<Bytes>> {
+            let (file, pool, pos) = (Arc::clone(&self.file), Arc::clone(&self.pool), self.pos);
+            let n = usize::try_from(self.end - pos).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
+            tokio::task::spawn_blocking(move || {
+                let mut buffer = pool.take()?;
+                buffer.fill_with(n, |free| {
+                    file.read_exact_at(free, pos)?;
+                    Ok(free.len())
+                })?;
+                Ok(buffer.freeze())
+            })
+        }
     }
 
-    let file = Arc::new(file);
-    let end = start + len;
-    let next = (len > 0).then(|| spawn_read(&file, start, end));
-    let state = State {
-        file,
+    let mut state = State {
+        file: Arc::new(file),
+        pool,
         pos: start,
-        end,
-        next,
+        end: start + len,
+        next: None,
     };
+    if len > 0 {
+        state.next = Some(state.spawn_read());
+    }
     Box::pin(futures_util::stream::try_unfold(
         state,
         |mut state| async move {
@@ -875,7 +888,7 @@ fn file_stream(file: File, start: u64, len: u64) -> ByteStream {
             let chunk = handle.await.map_err(io::Error::other)??;
             state.pos += chunk.len() as u64;
             if state.pos < state.end {
-                state.next = Some(spawn_read(&state.file, state.pos, state.end));
+                state.next = Some(state.spawn_read());
             }
             Ok(Some((chunk, state)))
         },
@@ -983,7 +996,9 @@ impl Storage for FsStorage {
         Ok(match opened {
             Opened::Small(data) if data.is_empty() => Box::pin(futures_util::stream::empty()),
             Opened::Small(data) => Box::pin(futures_util::stream::once(async move { Ok(data) })),
-            Opened::Large(file, start, len) => file_stream(file, start, len),
+            Opened::Large(file, start, len) => {
+                file_stream(file, start, len, Arc::clone(&self.inner.reads))
+            }
         })
     }
 
@@ -1163,7 +1178,7 @@ impl Storage for FsStorage {
                 Ok((file, len))
             })
             .await?;
-        Ok(file_stream(file, 0, len))
+        Ok(file_stream(file, 0, len, Arc::clone(&self.inner.reads)))
     }
 
     async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {

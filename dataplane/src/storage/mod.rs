@@ -31,6 +31,7 @@
 //! Repository name components never start with `_` (OCI grammar), so the `_`-prefixed
 //! directories cannot collide with a nested repository name.
 
+pub mod buffers;
 #[doc(hidden)]
 pub mod conformance;
 pub mod fs;
@@ -187,6 +188,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Streams a blob, whole or a byte range (`start..end`, end exclusive, within the size).
     /// `NotFound` if absent, `RangeNotSatisfiable` if the range does not fit.
     async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream>;
+
+    /// A URL from which a client may download a stored blob directly, for a limited time, when
+    /// the backend is configured to hand downloads off; `None` (the default) to stream it with
+    /// [`Storage::blob_read`]. Callers check existence and access first.
+    async fn blob_download_url(&self, digest: &Digest) -> Result<Option<String>> {
+        let _ = digest;
+        Ok(None)
+    }
 
     /// Stores a small, already verified blob held in memory (manifests), atomically.
     async fn blob_put(&self, digest: &Digest, data: Bytes) -> Result<()>;

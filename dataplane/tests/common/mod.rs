@@ -356,6 +356,17 @@ impl S3Dataplane {
     /// Starts a replica on `s3`'s bucket under `prefix`, reaching S3 at `endpoint` (normally
     /// `s3.endpoint()`), with the server's credentials in the process environment.
     pub fn start(s3: &testkit::s3::S3Server, prefix: &str, endpoint: &str) -> Self {
+        Self::start_with(s3, prefix, endpoint, &[])
+    }
+
+    /// [`S3Dataplane::start`] with more settings of the `storage.s3` section, one YAML line
+    /// each (e.g. `"redirect: {ttl: 5m}"`).
+    pub fn start_with(
+        s3: &testkit::s3::S3Server,
+        prefix: &str,
+        endpoint: &str,
+        settings: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         let yaml = format!(
@@ -372,6 +383,9 @@ impl S3Dataplane {
             bucket = s3.bucket(),
             region = s3.region(),
         );
+        let yaml = settings
+            .iter()
+            .fold(yaml, |yaml, line| format!("{yaml}    {line}\n"));
         std::fs::write(&path, yaml).unwrap();
         let args = [
             "serve".to_owned(),

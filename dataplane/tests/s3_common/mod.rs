@@ -58,6 +58,7 @@ pub fn settings(server: &S3Server, prefix: &str) -> S3Settings {
         endpoint: Some(server.endpoint().to_owned()),
         prefix: prefix.to_owned(),
         force_path_style: true,
+        redirect_ttl: None,
     }
 }
 

@@ -98,9 +98,13 @@ go_install_cached() {
 # Prints a loopback TCP port that nothing listens on right now (for servers that cannot
 # report an ephemeral port themselves). Small race window: callers retry on bind failure.
 free_port() {
-  local port i
+  local port i low=10000 high=32767 ephemeral
+  # Below the kernel's ephemeral range, so that no client connection (or one lingering in
+  # TIME-WAIT, which some servers such as MinIO refuse to share a port with) can hold it.
+  ephemeral="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+  if ((ephemeral > low + 1000)); then high=$((ephemeral - 1)); fi
   for ((i = 0; i < 200; i++)); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((low + RANDOM % (high - low + 1)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       printf '%s\n' "$port"
       return 0

@@ -39,7 +39,7 @@
 //!    [`PARTS_IN_FLIGHT`] part uploading while the next one fills, so an append holds at most
 //!    `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes (10 MiB) of its own whatever its length; a
 //!    body shorter than one part becomes a single `PutObject`; part buffers are reused memory
-//!    maps (see `parts`), so many appends do not fragment the allocator;
+//!    maps (see `storage::buffers`), so many appends do not fragment the allocator;
 //! 3. if the session's last segment is shorter than S3's 5 MiB minimum part size (a *short
 //!    tail*, left by a small chunk), it is read first and becomes the start of the new segment,
 //!    which replaces it; so every segment but the last is at least 5 MiB, as a multipart
@@ -84,7 +84,6 @@
 
 mod bucket;
 mod keys;
-mod parts;
 mod upload;
 
 use std::ops::Range;
@@ -94,12 +93,13 @@ use std::time::Duration;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::presigning::PresigningConfig;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 use self::bucket::{Bucket, Condition, FAN_OUT, Failure};
 use self::keys::Keys;
-use self::parts::PartPool;
+use super::buffers::BufferPool;
 use super::{ByteStream, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo};
 use crate::oci::{Digest, RepoName, Tag};
 
@@ -138,6 +138,9 @@ pub struct S3Settings {
     pub prefix: String,
     /// Address the bucket in the path (`endpoint/bucket/key`) rather than the host name.
     pub force_path_style: bool,
+    /// Lifetime of presigned download URLs; `Some` makes [`Storage::blob_download_url`]
+    /// hand them out, `None` keeps downloads streaming through the server.
+    pub redirect_ttl: Option<Duration>,
 }
 
 /// Static credentials, for callers that do not use the AWS default chain (tests, tools).
@@ -164,7 +167,9 @@ pub struct S3Storage {
     bucket: Bucket,
     keys: Keys,
     /// Buffers for the parts appends stream to the bucket.
-    parts: Arc<PartPool>,
+    parts: Arc<BufferPool>,
+    /// Lifetime of presigned download URLs, when downloads are redirected.
+    redirect_ttl: Option<Duration>,
 }
 
 impl S3Storage {
@@ -235,7 +240,8 @@ impl S3Storage {
                 name: settings.bucket,
             },
             keys: Keys::new(&settings.prefix),
-            parts: PartPool::new(upload::PART_SIZE, IDLE_PART_BUFFERS),
+            parts: BufferPool::new(upload::PART_SIZE, IDLE_PART_BUFFERS),
+            redirect_ttl: settings.redirect_ttl,
         })
     }
 
@@ -297,6 +303,25 @@ async fn backoff(attempt: u32) {
 impl Storage for S3Storage {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         self.bucket.head(&self.keys.blob(digest)).await
+    }
+
+    async fn blob_download_url(&self, digest: &Digest) -> Result<Option<String>> {
+        let Some(ttl) = self.redirect_ttl else {
+            return Ok(None);
+        };
+        let key = self.keys.blob(digest);
+        let presigning = PresigningConfig::expires_in(ttl)
+            .map_err(|e| StorageError::Backend(format!("presigning a download of {key}: {e}")))?;
+        let request = self
+            .bucket
+            .client
+            .get_object()
+            .bucket(&self.bucket.name)
+            .key(&key)
+            .presigned(presigning)
+            .await
+            .map_err(|e| StorageError::from(self.bucket.failure("GetObject (presign)", &key, e)))?;
+        Ok(Some(request.uri().to_owned()))
     }
 
     async fn blob_read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream> {

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::bucket::{Bucket, Condition, FAN_OUT, Failure};
-use super::parts::{PartBuffer, PartPool};
 use super::{S3Storage, corrupt};
 use crate::oci::{Digest, RepoName};
+use crate::storage::buffers::{BufferPool, PooledBuffer};
 use crate::storage::{ByteStream, Result, StorageError, UploadId, UploadInfo};
 
 /// Size of the parts an append streams to S3 (and the most it buffers before sending one).
@@ -312,10 +312,10 @@ impl S3Storage {
 #[derive(Debug)]
 struct SegmentWriter {
     bucket: Bucket,
-    parts: Arc<PartPool>,
+    parts: Arc<BufferPool>,
     key: String,
     /// The part being filled, if any.
-    buffer: Option<PartBuffer>,
+    buffer: Option<PooledBuffer>,
     upload_id: Option<String>,
     next_part: i32,
     in_flight: JoinSet<Result<CompletedPart>>,
@@ -326,7 +326,7 @@ struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    fn new(bucket: Bucket, parts: Arc<PartPool>, key: String) -> Self {
+    fn new(bucket: Bucket, parts: Arc<BufferPool>, key: String) -> Self {
         Self {
             bucket,
             parts,
@@ -438,7 +438,7 @@ impl SegmentWriter {
             .buffer
             .take()
             .filter(|b| !b.is_empty())
-            .map_or_else(Bytes::new, PartBuffer::freeze);
+            .map_or_else(Bytes::new, PooledBuffer::freeze);
         if self.upload_id.is_none() {
             self.armed = true;
             self.bucket
