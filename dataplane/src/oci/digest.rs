@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use sha2::Digest as _;
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 
 /// A digest algorithm this registry can compute and verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -194,6 +195,28 @@ impl Hasher {
         self.clone().finish()
     }
 
+    /// The hasher's internal state, from which [`Hasher::resume`] continues (in this or
+    /// another process, with the same algorithm).
+    pub fn state(&self) -> Vec<u8> {
+        match self {
+            Self::Sha256(h) => h.serialize().to_vec(),
+            Self::Sha512(h) => h.serialize().to_vec(),
+        }
+    }
+
+    /// A hasher for `algorithm` continuing from [`Hasher::state`]'s bytes; `None` when they
+    /// are not a state of that algorithm.
+    pub fn resume(algorithm: DigestAlgorithm, state: &[u8]) -> Option<Self> {
+        fn restore<H: SerializableState>(state: &[u8]) -> Option<H> {
+            let state = SerializedState::<H>::try_from(state).ok()?;
+            H::deserialize(&state).ok()
+        }
+        match algorithm {
+            DigestAlgorithm::Sha256 => restore(state).map(Self::Sha256),
+            DigestAlgorithm::Sha512 => restore(state).map(Self::Sha512),
+        }
+    }
+
     /// Consumes the hasher and returns the digest.
     pub fn finish(self) -> Digest {
         let (algorithm, hex) = match self {
@@ -210,6 +233,26 @@ mod tests {
 
     const EMPTY_SHA256: &str =
         "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn a_resumed_hasher_continues_where_the_state_was_taken() {
+        for algorithm in [DigestAlgorithm::Sha256, DigestAlgorithm::Sha512] {
+            let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+            let mut first = Hasher::new(algorithm);
+            first.update(&data[..333]);
+            let state = first.state();
+            let mut resumed = Hasher::resume(algorithm, &state).unwrap();
+            resumed.update(&data[333..]);
+            assert_eq!(
+                resumed.finish(),
+                Digest::of(algorithm, &data),
+                "{algorithm:?}"
+            );
+        }
+        let sha256_state = Hasher::new(DigestAlgorithm::Sha256).state();
+        assert!(Hasher::resume(DigestAlgorithm::Sha512, &sha256_state).is_none());
+        assert!(Hasher::resume(DigestAlgorithm::Sha256, b"not a state").is_none());
+    }
 
     #[test]
     fn parses_and_prints_sha256() {

@@ -2,9 +2,11 @@
 //! once its digest has been verified.
 //!
 //! The hash of a session's bytes is kept in memory between requests (`(offset, Hasher)` keyed
-//! by session id). When that state is missing or stale (after a restart, when another replica
-//! served the previous chunk, after a failed append) it is rebuilt by streaming the session's
-//! bytes back from storage, so sessions stay resumable without any extra durable state.
+//! by session id), and every chunk of a multi-request upload also records it with its append
+//! as the session's checkpoint (`<algorithm>:<offset>:<hex state>`, written atomically with the
+//! new size by backends shared between replicas). When the memory is missing or stale (another
+//! replica served the previous chunk, a restart, a failed append) the checkpoint is used, and
+//! only when neither fits is the state rebuilt by streaming the session's bytes back.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,7 +19,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::{Registry, RegistryError, Result};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName};
-use crate::storage::{ByteStream, StorageError, UploadId, UploadInfo};
+use crate::storage::{ByteStream, Checkpoint, StorageError, UploadId, UploadInfo};
 
 /// Above this many cached hash states the cache is cleared (abandoned sessions would otherwise
 /// accumulate); dropped states are simply rebuilt from storage when needed.
@@ -28,6 +30,32 @@ const MAX_CACHED_STATES: usize = 65_536;
 struct HashState {
     offset: u64,
     hasher: Hasher,
+}
+
+impl HashState {
+    /// The checkpoint text: `<algorithm>:<offset>:<hex of the hasher's state>`.
+    fn checkpoint(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.hasher.algorithm(),
+            self.offset,
+            hex::encode(self.hasher.state())
+        )
+    }
+
+    /// The state a checkpoint holds, when it is one of `algorithm` after exactly `size` bytes.
+    fn from_checkpoint(text: &str, algorithm: DigestAlgorithm, size: u64) -> Option<Self> {
+        let mut fields = text.splitn(3, ':');
+        let (name, offset, state) = (fields.next()?, fields.next()?, fields.next()?);
+        if name != algorithm.as_str() || offset.parse::<u64>().ok()? != size {
+            return None;
+        }
+        let hasher = Hasher::resume(algorithm, &hex::decode(state).ok()?)?;
+        Some(Self {
+            offset: size,
+            hasher,
+        })
+    }
 }
 
 /// In-memory hash states of upload sessions (a cache: storage is the source of truth).
@@ -117,6 +145,19 @@ impl Registry {
         spec: ChunkSpec,
         body: ByteStream,
     ) -> Result<u64> {
+        self.append(repo, id, spec, body, true).await
+    }
+
+    /// [`Registry::upload_append`]; `checkpoint` records the hash state with the append (for a
+    /// session that later requests, maybe on other replicas, continue).
+    async fn append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        spec: ChunkSpec,
+        body: ByteStream,
+        checkpoint: bool,
+    ) -> Result<u64> {
         let info = self.upload_status(repo, id).await?;
         if let Some(offset) = spec.offset
             && offset != info.size
@@ -124,32 +165,32 @@ impl Registry {
             return Err(RegistryError::UploadOutOfOrder { current: info.size });
         }
         let state = self
-            .hash_state(repo, id, info.size, DigestAlgorithm::Sha256)
+            .hash_state(repo, id, &info, DigestAlgorithm::Sha256)
             .await?;
-        let hasher = Arc::new(Mutex::new(state.hasher));
+        let hashed = Arc::new(Mutex::new(state));
         let stream = HashingStream {
             inner: body,
-            hasher: Arc::clone(&hasher),
+            hashed: Arc::clone(&hashed),
             seen: 0,
             expected: spec.length,
             finished: false,
         };
-        let size = self
-            .storage
-            .upload_append(repo, id, info.size, Box::pin(stream))
-            .await
-            .map_err(map_session_error)?;
-        let hasher = hasher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        self.hashes.put(
-            id.clone(),
-            HashState {
-                offset: size,
-                hasher,
-            },
-        );
+        let appended = if checkpoint {
+            let hashed = Arc::clone(&hashed);
+            let checkpoint: Checkpoint = Box::new(move || lock(&hashed).checkpoint());
+            self.storage
+                .upload_append_checkpointed(repo, id, info.size, Box::pin(stream), checkpoint)
+                .await
+        } else {
+            self.storage
+                .upload_append(repo, id, info.size, Box::pin(stream))
+                .await
+        };
+        let size = appended.map_err(map_session_error)?;
+        let state = lock(&hashed).clone();
+        if state.offset == size {
+            self.hashes.put(id.clone(), state);
+        }
         Ok(size)
     }
 
@@ -163,9 +204,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<u64> {
         let info = self.upload_status(repo, id).await?;
-        let state = self
-            .hash_state(repo, id, info.size, digest.algorithm())
-            .await?;
+        let state = self.hash_state(repo, id, &info, digest.algorithm()).await?;
         let computed = state.hasher.finish();
         if computed != *digest {
             if let Err(e) = self.storage.upload_delete(repo, id).await {
@@ -199,7 +238,8 @@ impl Registry {
             offset: Some(0),
             length,
         };
-        let result = match self.upload_append(repo, &info.id, spec, body).await {
+        // The session never outlives this request: no checkpoint to record.
+        let result = match self.append(repo, &info.id, spec, body, false).await {
             Ok(_) => self.upload_finish(repo, &info.id, digest).await,
             Err(e) => Err(e),
         };
@@ -235,21 +275,36 @@ impl Registry {
         Ok(MountOutcome::Session(self.upload_start(repo).await?))
     }
 
-    /// The hash of a session's first `size` bytes with `algorithm`, from the cache when it is
-    /// in sync, else rebuilt by reading the session back from storage.
+    /// The hash of a session's first `info.size` bytes with `algorithm`: from memory when it is
+    /// in sync, else from the session's checkpoint, else rebuilt by reading the session back.
     async fn hash_state(
         &self,
         repo: &RepoName,
         id: &UploadId,
-        size: u64,
+        info: &UploadInfo,
         algorithm: DigestAlgorithm,
     ) -> Result<HashState> {
+        let size = info.size;
         if let Some(state) = self.hashes.take(id)
             && state.offset == size
             && state.hasher.algorithm() == algorithm
         {
             return Ok(state);
         }
+        if size == 0 {
+            return Ok(HashState {
+                offset: 0,
+                hasher: Hasher::new(algorithm),
+            });
+        }
+        if let Some(state) = info
+            .checkpoint
+            .as_deref()
+            .and_then(|text| HashState::from_checkpoint(text, algorithm, size))
+        {
+            return Ok(state);
+        }
+        tracing::debug!(upload = %id, bytes = size, "rebuilding an upload's hash by reading it back");
         let mut hasher = Hasher::new(algorithm);
         let mut offset = 0u64;
         let mut stream = self
@@ -270,12 +325,18 @@ impl Registry {
     }
 }
 
+/// Locks a hash state shared with a [`HashingStream`], ignoring poisoning.
+fn lock(state: &Mutex<HashState>) -> std::sync::MutexGuard<'_, HashState> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Passes a client's body through to storage, hashing every chunk and enforcing the declared
 /// length: a body that ends short or runs long turns into an error, so storage keeps nothing
 /// of it.
 struct HashingStream {
     inner: ByteStream,
-    hasher: Arc<Mutex<Hasher>>,
+    /// The session's hash, and how many bytes it covers.
+    hashed: Arc<Mutex<HashState>>,
     seen: u64,
     expected: Option<u64>,
     finished: bool,
@@ -301,10 +362,10 @@ impl Stream for HashingStream {
                         format!("body is longer than the declared {expected} bytes"),
                     ))));
                 }
-                self.hasher
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .update(&chunk);
+                let mut hashed = lock(&self.hashed);
+                hashed.hasher.update(&chunk);
+                hashed.offset += chunk.len() as u64;
+                drop(hashed);
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -327,5 +388,130 @@ impl Stream for HashingStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+
+    fn body(data: &[u8]) -> ByteStream {
+        let chunk = Bytes::copy_from_slice(data);
+        Box::pin(futures_util::stream::once(async move { Ok(chunk) }))
+    }
+
+    fn chunk_at(offset: u64, len: usize) -> ChunkSpec {
+        ChunkSpec {
+            offset: Some(offset),
+            length: Some(len as u64),
+        }
+    }
+
+    #[tokio::test]
+    async fn replicas_continue_each_others_sessions_from_the_checkpoint() {
+        let storage = Arc::new(MemoryStorage::new());
+        // Three replicas of one region: separate memories, one storage.
+        let replicas: Vec<Registry> = (0..3)
+            .map(|_| Registry::new(storage.clone() as Arc<dyn crate::storage::Storage>))
+            .collect();
+        let repo: RepoName = "team/app".parse().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+
+        let session = replicas[0].upload_start(&repo).await.unwrap();
+        let mut offset = 0;
+        for (i, piece) in data.chunks(30_000).enumerate() {
+            let replica = &replicas[i % 2];
+            let size = replica
+                .upload_append(
+                    &repo,
+                    &session.id,
+                    chunk_at(offset, piece.len()),
+                    body(piece),
+                )
+                .await
+                .unwrap();
+            offset += piece.len() as u64;
+            assert_eq!(size, offset);
+            let info = replica.upload_status(&repo, &session.id).await.unwrap();
+            assert!(
+                info.checkpoint
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with(&format!("sha256:{offset}:"))),
+                "{:?}",
+                info.checkpoint
+            );
+        }
+        let digest = Digest::of(DigestAlgorithm::Sha256, &data);
+        let size = replicas[2]
+            .upload_finish(&repo, &session.id, &digest)
+            .await
+            .unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(
+            storage.session_reads(),
+            0,
+            "no replica had to read the session back"
+        );
+
+        // A wrong digest is still caught from a checkpoint.
+        let session = replicas[0].upload_start(&repo).await.unwrap();
+        replicas[0]
+            .upload_append(&repo, &session.id, chunk_at(0, 5), body(b"hello"))
+            .await
+            .unwrap();
+        let wrong = replicas[1]
+            .upload_finish(
+                &repo,
+                &session.id,
+                &Digest::of(DigestAlgorithm::Sha256, b"hellO"),
+            )
+            .await;
+        assert!(
+            matches!(wrong, Err(RegistryError::DigestMismatch { .. })),
+            "{wrong:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_does_not_fit_is_ignored() {
+        let storage = Arc::new(MemoryStorage::new());
+        let first = Registry::new(storage.clone() as Arc<dyn crate::storage::Storage>);
+        let second = Registry::new(storage.clone() as Arc<dyn crate::storage::Storage>);
+        let repo: RepoName = "team/app".parse().unwrap();
+        let session = first.upload_start(&repo).await.unwrap();
+        first
+            .upload_append(&repo, &session.id, chunk_at(0, 3), body(b"abc"))
+            .await
+            .unwrap();
+        // A session finished with sha512 cannot use the sha256 checkpoint: it is re-read.
+        let sha512 = Digest::of(DigestAlgorithm::Sha512, b"abc");
+        assert_eq!(
+            second
+                .upload_finish(&repo, &session.id, &sha512)
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(storage.session_reads(), 1);
+
+        let state = HashState {
+            offset: 3,
+            hasher: {
+                let mut h = Hasher::new(DigestAlgorithm::Sha256);
+                h.update(b"abc");
+                h
+            },
+        };
+        let text = state.checkpoint();
+        assert!(HashState::from_checkpoint(&text, DigestAlgorithm::Sha256, 3).is_some());
+        assert!(HashState::from_checkpoint(&text, DigestAlgorithm::Sha256, 4).is_none());
+        assert!(HashState::from_checkpoint(&text, DigestAlgorithm::Sha512, 3).is_none());
+        assert!(HashState::from_checkpoint("sha256:3:zz", DigestAlgorithm::Sha256, 3).is_none());
+        assert!(HashState::from_checkpoint("garbage", DigestAlgorithm::Sha256, 3).is_none());
     }
 }

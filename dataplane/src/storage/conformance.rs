@@ -396,6 +396,70 @@ pub async fn upload_body_failure_keeps_session(s: Backend) {
     assert_eq!(s.blob_size(&digest).await.unwrap(), None);
 }
 
+/// For backends shared by several processes (not part of the common suite: a backend may keep
+/// no checkpoints): a checkpoint recorded with an append is the session's until the next
+/// append, which replaces or clears it; a failed append leaves it and never asks for its own.
+pub async fn upload_checkpoints(s: Backend) {
+    let r = repo("upload/checkpoint");
+    let id = s.upload_create(&r).await.unwrap().id;
+    assert_eq!(s.upload_info(&r, &id).await.unwrap().checkpoint, None);
+    let size = s
+        .upload_append_checkpointed(
+            &r,
+            &id,
+            0,
+            stream_of(vec![content(9, 3000)]),
+            Box::new(|| "after-3000".to_owned()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(size, 3000);
+    let info = s.upload_info(&r, &id).await.unwrap();
+    assert_eq!(
+        (info.size, info.checkpoint.as_deref()),
+        (3000, Some("after-3000"))
+    );
+
+    let failed = s
+        .upload_append_checkpointed(
+            &r,
+            &id,
+            3000,
+            failing_stream(vec![content(10, 1000)]),
+            Box::new(|| panic!("a failed append must not ask for a checkpoint")),
+        )
+        .await;
+    assert!(matches!(failed, Err(StorageError::Body(_))), "{failed:?}");
+    let out_of_order = s
+        .upload_append_checkpointed(
+            &r,
+            &id,
+            10,
+            stream_of(vec![content(10, 1000)]),
+            Box::new(|| panic!("a refused append must not ask for a checkpoint")),
+        )
+        .await;
+    assert!(matches!(
+        out_of_order,
+        Err(StorageError::OffsetMismatch { .. })
+    ));
+    let info = s.upload_info(&r, &id).await.unwrap();
+    assert_eq!(
+        (info.size, info.checkpoint.as_deref()),
+        (3000, Some("after-3000"))
+    );
+
+    s.upload_append(&r, &id, 3000, stream_of(vec![content(11, 10)]))
+        .await
+        .unwrap();
+    let info = s.upload_info(&r, &id).await.unwrap();
+    assert_eq!(
+        (info.size, info.checkpoint),
+        (3010, None),
+        "a plain append clears it"
+    );
+}
+
 /// An append abandoned midway (its future dropped, as when a client disconnects) leaves the
 /// session as it was.
 pub async fn upload_abandoned_append_keeps_session(s: Backend) {

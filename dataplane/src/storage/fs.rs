@@ -1064,6 +1064,7 @@ impl Storage for FsStorage {
             repository: repo.to_string(),
             size: 0,
             started_at: SystemTime::now(),
+            checkpoint: None,
         };
         let record = serde_json::to_vec(&info)
             .map_err(|e| StorageError::Backend(format!("cannot encode an upload record: {e}")))?;

@@ -12,7 +12,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{ByteStream, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo};
+use super::{
+    ByteStream, Checkpoint, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo,
+};
 use crate::oci::{Digest, RepoName, Tag};
 
 /// Largest chunk a blob is streamed out in.
@@ -22,6 +24,13 @@ const READ_CHUNK: usize = 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     state: Mutex<State>,
+    /// How many times a session's bytes were read back ([`Storage::upload_read`]).
+    session_reads: AtomicU64,
+}
+
+/// Locks a plain mutex, ignoring poisoning (the data stays consistent under every lock).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Debug, Default)]
@@ -46,12 +55,53 @@ struct Upload {
     data: tokio::sync::Mutex<Vec<u8>>,
     /// Size after the last completed append, readable without waiting for the lock.
     size: AtomicU64,
+    /// The checkpoint recorded with the last append (changed under the `data` lock).
+    checkpoint: Mutex<Option<String>>,
 }
 
 impl MemoryStorage {
     /// An empty storage.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many times a session's bytes have been read back (hash states rebuilt from the
+    /// bytes rather than from a checkpoint).
+    pub fn session_reads(&self) -> u64 {
+        self.session_reads.load(Ordering::Relaxed)
+    }
+
+    /// Appends a body all or nothing, recording `checkpoint` (or clearing the last one).
+    async fn append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        mut body: ByteStream,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<u64> {
+        let upload = self.upload(repo, id)?;
+        let mut data = upload.data.lock().await;
+        self.still_live(id, &upload)?;
+        let current = data.len() as u64;
+        if offset != current {
+            return Err(StorageError::OffsetMismatch {
+                requested: offset,
+                current,
+            });
+        }
+        // Receive the whole body before touching the session: all or nothing.
+        let mut chunks = Vec::new();
+        while let Some(chunk) = body.next().await {
+            chunks.push(chunk.map_err(StorageError::Body)?);
+        }
+        for chunk in chunks {
+            data.extend_from_slice(&chunk);
+        }
+        *lock(&upload.checkpoint) = checkpoint.map(|checkpoint| checkpoint());
+        let size = data.len() as u64;
+        upload.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -151,11 +201,13 @@ impl Storage for MemoryStorage {
             repository: repo.to_string(),
             size: 0,
             started_at: SystemTime::now(),
+            checkpoint: None,
         };
         let upload = Arc::new(Upload {
             info: info.clone(),
             data: tokio::sync::Mutex::new(Vec::new()),
             size: AtomicU64::new(0),
+            checkpoint: Mutex::new(None),
         });
         self.state().uploads.insert(info.id.clone(), upload);
         Ok(info)
@@ -167,6 +219,7 @@ impl Storage for MemoryStorage {
         self.still_live(id, &upload)?;
         Ok(UploadInfo {
             size: data.len() as u64,
+            checkpoint: lock(&upload.checkpoint).clone(),
             ..upload.info.clone()
         })
     }
@@ -176,32 +229,24 @@ impl Storage for MemoryStorage {
         repo: &RepoName,
         id: &UploadId,
         offset: u64,
-        mut body: ByteStream,
+        body: ByteStream,
     ) -> Result<u64> {
-        let upload = self.upload(repo, id)?;
-        let mut data = upload.data.lock().await;
-        self.still_live(id, &upload)?;
-        let current = data.len() as u64;
-        if offset != current {
-            return Err(StorageError::OffsetMismatch {
-                requested: offset,
-                current,
-            });
-        }
-        // Receive the whole body before touching the session: all or nothing.
-        let mut chunks = Vec::new();
-        while let Some(chunk) = body.next().await {
-            chunks.push(chunk.map_err(StorageError::Body)?);
-        }
-        for chunk in chunks {
-            data.extend_from_slice(&chunk);
-        }
-        let size = data.len() as u64;
-        upload.size.store(size, Ordering::Relaxed);
-        Ok(size)
+        self.append(repo, id, offset, body, None).await
+    }
+
+    async fn upload_append_checkpointed(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        body: ByteStream,
+        checkpoint: Checkpoint,
+    ) -> Result<u64> {
+        self.append(repo, id, offset, body, Some(checkpoint)).await
     }
 
     async fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<ByteStream> {
+        self.session_reads.fetch_add(1, Ordering::Relaxed);
         let upload = self.upload(repo, id)?;
         let data = upload.data.lock().await;
         self.still_live(id, &upload)?;
@@ -387,4 +432,10 @@ mod tests {
     use super::MemoryStorage;
 
     crate::storage_conformance_tests!(conformance, async { (MemoryStorage::new(), ()) });
+
+    #[tokio::test]
+    async fn keeps_upload_checkpoints() {
+        crate::storage::conformance::upload_checkpoints(std::sync::Arc::new(MemoryStorage::new()))
+            .await;
+    }
 }

@@ -54,6 +54,10 @@ use crate::oci::{Digest, RepoName, Tag};
 /// A stream of bytes, as read from storage or received from a client.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
 
+/// Produces an upload session's checkpoint (see [`UploadInfo::checkpoint`]) once an append has
+/// received its whole body.
+pub type Checkpoint = Box<dyn FnOnce() -> String + Send + 'static>;
+
 /// Result type of storage operations.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -162,6 +166,12 @@ pub struct UploadInfo {
     pub size: u64,
     /// When the session was opened.
     pub started_at: SystemTime,
+    /// Opaque text the caller recorded with the append that brought the session to `size`
+    /// ([`Storage::upload_append_checkpointed`]): the registry's hash state, so that any
+    /// replica can continue a session without reading its bytes back. `None` when the last
+    /// append recorded nothing, or the backend keeps no checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// What a repository records about one of its manifest revisions.
@@ -233,6 +243,22 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         offset: u64,
         body: ByteStream,
     ) -> Result<u64>;
+
+    /// [`Storage::upload_append`], recording `checkpoint()` as the session's
+    /// [`UploadInfo::checkpoint`] atomically with the new size. `checkpoint` is called once the
+    /// whole body has been received, and only then. Backends shared by several processes keep
+    /// checkpoints (a plain append clears it); the default appends and records nothing.
+    async fn upload_append_checkpointed(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        body: ByteStream,
+        checkpoint: Checkpoint,
+    ) -> Result<u64> {
+        drop(checkpoint);
+        self.upload_append(repo, id, offset, body).await
+    }
 
     /// Streams the bytes a session holds (to resume hashing after a restart).
     async fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<ByteStream>;

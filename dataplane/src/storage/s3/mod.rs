@@ -44,7 +44,9 @@
 //!    tail*, left by a small chunk), it is read first and becomes the start of the new segment,
 //!    which replaces it; so every segment but the last is at least 5 MiB, as a multipart
 //!    composition needs, and sequences of small chunks work;
-//! 4. publishes the new segment list with a conditional `PutObject` of the record
+//! 4. publishes the new segment list, and the caller's checkpoint (the registry's hash state
+//!    after these bytes, so the next chunk may land on any replica without re-reading the
+//!    session), with a conditional `PutObject` of the record
 //!    (`If-Match: <etag read in step 1>`). Of two appends racing at one offset, on one replica
 //!    or several, exactly one write succeeds; the other deletes its segment and reports
 //!    `OffsetMismatch` with the winner's size. A replaced short tail is deleted afterwards.
@@ -100,7 +102,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use self::bucket::{Bucket, Condition, FAN_OUT, Failure};
 use self::keys::Keys;
 use super::buffers::BufferPool;
-use super::{ByteStream, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo};
+use super::{
+    ByteStream, Checkpoint, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo,
+};
 use crate::oci::{Digest, RepoName, Tag};
 
 pub use self::upload::{PART_SIZE, PARTS_IN_FLIGHT};
@@ -424,7 +428,19 @@ impl Storage for S3Storage {
         offset: u64,
         body: ByteStream,
     ) -> Result<u64> {
-        self.session_append(repo, id, offset, body).await
+        self.session_append(repo, id, offset, body, None).await
+    }
+
+    async fn upload_append_checkpointed(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        body: ByteStream,
+        checkpoint: Checkpoint,
+    ) -> Result<u64> {
+        self.session_append(repo, id, offset, body, Some(checkpoint))
+            .await
     }
 
     async fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<ByteStream> {

@@ -15,7 +15,7 @@ use super::bucket::{Bucket, Condition, FAN_OUT, Failure};
 use super::{S3Storage, corrupt};
 use crate::oci::{Digest, RepoName};
 use crate::storage::buffers::{BufferPool, PooledBuffer};
-use crate::storage::{ByteStream, Result, StorageError, UploadId, UploadInfo};
+use crate::storage::{ByteStream, Checkpoint, Result, StorageError, UploadId, UploadInfo};
 
 /// Size of the parts an append streams to S3 (and the most it buffers before sending one).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
@@ -73,6 +73,7 @@ impl S3Storage {
                 repository: repo.as_str().to_owned(),
                 size: 0,
                 started_at: SystemTime::now(),
+                checkpoint: None,
             },
             segments: Vec::new(),
         };
@@ -91,6 +92,7 @@ impl S3Storage {
         id: &UploadId,
         offset: u64,
         mut body: ByteStream,
+        checkpoint: Option<Checkpoint>,
     ) -> Result<u64> {
         let (mut record, etag) = self.session_load(repo, id).await?;
         if offset != record.info.size {
@@ -162,6 +164,7 @@ impl S3Storage {
             size,
         });
         record.info.size += received;
+        record.info.checkpoint = checkpoint.map(|checkpoint| checkpoint());
         let key = self.keys.upload_info(id);
         let data = serde_json::to_vec(&record).map_err(|e| corrupt(&key, e))?;
         let published = self
@@ -666,6 +669,7 @@ mod tests {
                 repository: "a/b".to_owned(),
                 size: 7,
                 started_at: SystemTime::now(),
+                checkpoint: Some("sha256:7:00".to_owned()),
             },
             segments: vec![Segment {
                 name: "s".to_owned(),
