@@ -27,7 +27,7 @@ TITLES = {
 STORAGE_TITLES = {
     "tmpfs": "tmpfs (server-bound)",
     "disk": "disk (durability-bound)",
-    "s3": "S3 (MinIO on tmpfs, same server for every registry)",
+    "s3": "S3 (MinIO on tmpfs, the same build and settings for every registry)",
 }
 # Rows not measured on S3 (access control costs the same whatever the storage).
 S3_SKIPPED_TOPICS = ("auth_get",)
@@ -293,8 +293,8 @@ def main() -> int:
         w("")
         if s == "s3":
             w(
-                "Every registry stores blobs, manifests and tags in the same bucket of one MinIO "
-                "server (a new key prefix for every server start); blobs pass through the registry "
+                "Every registry stores blobs, manifests and tags in one bucket of a MinIO server, "
+                "started afresh (empty) for every registry start; blobs pass through the registry "
                 "(the Distribution peers run with `redirect: disable`). MinIO runs on the same two "
                 "cores as client and registry. The authenticated manifest GET is not measured on S3."
             )
