@@ -192,7 +192,7 @@ def main() -> int:
     if "s3" in storages:
         w(
             f"| S3 kind | MinIO {facts.get('minio', '?')} (single drive, data on `/dev/shm`), "
-            "on loopback, started once and shared by every registry; plain HTTP, path-style |"
+            "on loopback, started afresh for every registry start; plain HTTP, path-style |"
         )
     loads = [f"start {facts.get('load_start', '?')}"]
     for s in storages:
