@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, ensure};
-use common::Dataplane;
+use common::ConfiguredDataplane;
 use dataplane::auth::secret::hash_secret;
 use dataplane::config::{Config, CredentialConfig, NamespaceConfig, Scope, Visibility};
 use testkit::clients::{
@@ -42,15 +42,13 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
 
 /// The data plane under test and the identities it knows.
 struct Fixture {
-    server: Dataplane,
+    server: ConfiguredDataplane,
     /// `containerRegistry` (push and pull) on both namespaces.
     pusher: Credentials,
     /// `containerRegistry:pull` on both namespaces.
     puller: Credentials,
     http: reqwest::Client,
     runtime: tokio::runtime::Runtime,
-    _root: tempfile::TempDir,
-    _config_dir: tempfile::TempDir,
 }
 
 impl Fixture {
@@ -84,19 +82,12 @@ impl Fixture {
             ],
             ..Config::default()
         };
-        let config_dir = tempfile::tempdir().unwrap();
-        let path = config_dir.path().join("config.yaml");
-        std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
-        let root = tempfile::tempdir().unwrap();
-        let server = Dataplane::start(root.path(), &["--config", path.to_str().unwrap()]);
         Self {
-            server,
+            server: ConfiguredDataplane::start(&config),
             pusher,
             puller,
             http: common::client(),
             runtime: tokio::runtime::Runtime::new().unwrap(),
-            _root: root,
-            _config_dir: config_dir,
         }
     }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Dataplane;
+use common::ConfiguredDataplane;
 use dataplane::auth::secret::hash_secret;
 use dataplane::config::{Config, CredentialConfig, NamespaceConfig, Scope, Visibility};
 use testkit::clients::Credentials;
@@ -31,11 +31,7 @@ fn oci_conformance_suite_passes_with_access_control() {
         }],
         ..Config::default()
     };
-    let config_dir = tempfile::tempdir().unwrap();
-    let path = config_dir.path().join("config.yaml");
-    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let server = Dataplane::start(root.path(), &["--config", path.to_str().unwrap()]);
+    let server = ConfiguredDataplane::start(&config);
 
     // Access control is on: without the credential the registry asks for a token.
     let status =

@@ -11,7 +11,7 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use common::Dataplane;
+use common::{ConfiguredDataplane, Dataplane};
 use dataplane::auth::secret::hash_secret;
 use dataplane::config::{
     ClaimRule, Config, CredentialConfig, FederationConfig, NamespaceConfig, Scope, Visibility,
@@ -106,11 +106,7 @@ fn service_account_tokens_pull_with_real_clients_and_the_token_exchange() {
         format!("system:serviceaccount:{ns}:ci"),
         &pusher,
     );
-    let config_dir = tempfile::tempdir().unwrap();
-    let config_path = config_dir.path().join("config.yaml");
-    std::fs::write(&config_path, serde_norway::to_string(&config).unwrap()).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let server = Dataplane::start(root.path(), &["--config", config_path.to_str().unwrap()]);
+    let server = ConfiguredDataplane::start(&config);
     let host = server.host();
 
     let ci = Credentials::new(

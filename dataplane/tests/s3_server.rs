@@ -34,28 +34,38 @@ fn oci_conformance_suite_passes_on_s3() {
 fn real_clients_round_trip_on_s3() {
     let s3 = S3Server::start();
     let server = replica(&s3, "clients");
-    let host = server.host();
-    let mut failures = Vec::new();
-    type RoundTrip = fn(&str, Option<&testkit::clients::Credentials>) -> anyhow::Result<()>;
-    let clients: [(&str, RoundTrip); 6] = [
-        ("skopeo", testkit::clients::skopeo_roundtrip),
-        ("crane", testkit::clients::crane_roundtrip),
-        ("oras", testkit::clients::oras_roundtrip),
-        ("podman", testkit::clients::podman_roundtrip),
-        ("ctr", testkit::clients::ctr_roundtrip),
-        ("helm", testkit::clients::helm_roundtrip),
-    ];
-    for (name, roundtrip) in clients {
-        if let Err(err) = roundtrip(&host, None) {
-            failures.push(format!("{name}: {err:#}"));
-        }
-    }
+    let failures = round_trips(
+        &server.host(),
+        &[
+            ("skopeo", testkit::clients::skopeo_roundtrip),
+            ("crane", testkit::clients::crane_roundtrip),
+            ("oras", testkit::clients::oras_roundtrip),
+            ("podman", testkit::clients::podman_roundtrip),
+            ("ctr", testkit::clients::ctr_roundtrip),
+            ("helm", testkit::clients::helm_roundtrip),
+        ],
+    );
     assert!(
         failures.is_empty(),
         "client round trips failed on S3:\n{}\nserver log:\n{}",
         failures.join("\n"),
         server.log()
     );
+}
+
+/// A client round trip (`testkit::clients::*_roundtrip`), anonymous here.
+type RoundTrip = fn(&str, Option<&testkit::clients::Credentials>) -> anyhow::Result<()>;
+
+/// Runs each named round trip against `host`; returns the failures, one line each.
+fn round_trips(host: &str, clients: &[(&str, RoundTrip)]) -> Vec<String> {
+    clients
+        .iter()
+        .filter_map(|(name, roundtrip)| {
+            roundtrip(host, None)
+                .err()
+                .map(|err| format!("{name}: {err:#}"))
+        })
+        .collect()
 }
 
 /// Pushes `data` as a monolithic blob through `base` and returns its digest.
@@ -297,20 +307,15 @@ async fn blob_downloads_redirect_to_presigned_urls_when_configured() {
 fn real_clients_pull_through_redirects() {
     let s3 = S3Server::start();
     let server = redirecting_replica(&s3, "redirect-clients");
-    let host = server.host();
-    let mut failures = Vec::new();
-    type RoundTrip = fn(&str, Option<&testkit::clients::Credentials>) -> anyhow::Result<()>;
-    let clients: [(&str, RoundTrip); 4] = [
-        ("skopeo", testkit::clients::skopeo_roundtrip),
-        ("crane", testkit::clients::crane_roundtrip),
-        ("oras", testkit::clients::oras_roundtrip),
-        ("ctr", testkit::clients::ctr_roundtrip),
-    ];
-    for (name, roundtrip) in clients {
-        if let Err(err) = roundtrip(&host, None) {
-            failures.push(format!("{name}: {err:#}"));
-        }
-    }
+    let failures = round_trips(
+        &server.host(),
+        &[
+            ("skopeo", testkit::clients::skopeo_roundtrip),
+            ("crane", testkit::clients::crane_roundtrip),
+            ("oras", testkit::clients::oras_roundtrip),
+            ("ctr", testkit::clients::ctr_roundtrip),
+        ],
+    );
     assert!(
         failures.is_empty(),
         "client round trips failed through redirects:\n{}\nserver log:\n{}",

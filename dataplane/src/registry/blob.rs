@@ -70,8 +70,13 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<String>> {
+        // Asked first: it costs no I/O, and a backend that streams blobs itself answers `None`
+        // here, so a download does not look the blob up twice.
+        let Some(url) = self.storage.blob_download_url(digest).await? else {
+            return Ok(None);
+        };
         self.blob_stat(repo, digest).await?;
-        Ok(self.storage.blob_download_url(digest).await?)
+        Ok(Some(url))
     }
 
     /// Opens a blob linked into `repo` for streaming, whole or a byte range.

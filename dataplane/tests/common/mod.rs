@@ -332,6 +332,38 @@ pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Option<String>, V
     (status, digest, body)
 }
 
+/// A `dataplane serve` started with a configuration document, written to a temporary file,
+/// and storage under a temporary root; both live as long as the server.
+pub struct ConfiguredDataplane {
+    /// The running server.
+    pub server: Dataplane,
+    _config_dir: TempDir,
+    _root: TempDir,
+}
+
+impl std::ops::Deref for ConfiguredDataplane {
+    type Target = Dataplane;
+    fn deref(&self) -> &Dataplane {
+        &self.server
+    }
+}
+
+impl ConfiguredDataplane {
+    /// Starts the binary with `config` (`--config FILE --root DIR`).
+    pub fn start(config: &dataplane::config::Config) -> Self {
+        let config_dir = tempfile::tempdir().unwrap();
+        let path = config_dir.path().join("config.yaml");
+        std::fs::write(&path, serde_norway::to_string(config).unwrap()).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let server = Dataplane::start(root.path(), &["--config", path.to_str().unwrap()]);
+        Self {
+            server,
+            _config_dir: config_dir,
+            _root: root,
+        }
+    }
+}
+
 /// A `dataplane serve` on S3 storage: the server plus the directory holding its configuration.
 pub struct S3Dataplane {
     /// The running server.
