@@ -1,0 +1,125 @@
+//! Process settings: what a data-plane process is started with and keeps until it restarts
+//! (storage, uploads). A reload never changes them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::HumanDuration;
+
+/// Filesystem root used when no storage is configured.
+pub const DEFAULT_ROOT: &str = "./registry-data";
+/// How long an upload session may stay idle before it is removed, by default.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The settings of one data-plane process, as opposed to the operator-owned
+/// [`RegionSpec`](super::RegionSpec): a reload keeps the running ones.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessSettings {
+    /// Where blobs, manifests, tags and upload sessions live.
+    pub storage: StorageConfig,
+    /// Upload session settings.
+    pub uploads: UploadsConfig,
+}
+
+/// Storage backend settings: exactly one of the fields is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Local filesystem (the standalone default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FilesystemStorage>,
+    /// An S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            filesystem: Some(FilesystemStorage::default()),
+            s3: None,
+        }
+    }
+}
+
+/// Filesystem storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilesystemStorage {
+    /// Directory holding all of the region's data (created if missing).
+    pub root: PathBuf,
+}
+
+impl Default for FilesystemStorage {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from(DEFAULT_ROOT),
+        }
+    }
+}
+
+/// S3 storage. Credentials come from the environment (the usual AWS variables), never from
+/// this document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Storage {
+    /// Bucket name; the bucket must exist.
+    pub bucket: String,
+    /// Region the requests are signed for.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint URL of an S3-compatible service (default: AWS).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Key prefix under which all objects live.
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS services.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// When set, blob downloads are answered with a `307` redirect to a presigned URL of the
+    /// object, so the bytes flow from the bucket straight to the client (who must be able to
+    /// reach the endpoint). Unset: every replica streams blobs itself.
+    #[serde(default)]
+    pub redirect: Option<S3Redirect>,
+}
+
+/// Redirecting blob downloads to presigned URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Redirect {
+    /// How long a presigned URL stays valid (between 1m and 7 days; default 15m). A client
+    /// must start its download within this time.
+    #[serde(default = "default_redirect_ttl")]
+    pub ttl: HumanDuration,
+}
+
+/// Default lifetime of a presigned download URL.
+pub const DEFAULT_REDIRECT_TTL: Duration = Duration::from_secs(15 * 60);
+
+fn default_redirect_ttl() -> HumanDuration {
+    HumanDuration(DEFAULT_REDIRECT_TTL)
+}
+
+/// Upload session settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// How long a session may live before it is removed as abandoned (e.g. `24h`, `30m`).
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout: HumanDuration,
+}
+
+fn default_session_timeout() -> HumanDuration {
+    HumanDuration(DEFAULT_SESSION_TIMEOUT)
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        Self {
+            session_timeout: default_session_timeout(),
+        }
+    }
+}

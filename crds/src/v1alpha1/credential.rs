@@ -1,0 +1,192 @@
+//! `RegistryCredential`: access to registry namespaces, by a generated secret or by workload
+//! identity.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::conditions::{Condition, conditions_schema};
+use crate::config::Scope;
+
+/// The scope a credential grants (`containerRegistry`, `containerRegistry:all`: push and
+/// pull; `containerRegistry:pull`: pull only).
+pub type CredentialScope = Scope;
+
+/// An access credential for registry namespaces of one region.
+///
+/// With `secretName` (or by default) the operator generates a random secret, stores only its
+/// argon2id hash in the region's configuration and delivers the user name and secret into a
+/// Secret of this Kubernetes namespace. With `workloadIdentity` no secret exists: OIDC tokens
+/// of the issuer whose claims match the rules are exchanged for registry access.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "registry.thalassa.cloud",
+    version = "v1alpha1",
+    kind = "RegistryCredential",
+    namespaced,
+    status = "RegistryCredentialStatus",
+    shortname = "rcred",
+    shortname = "regcred",
+    category = "registry",
+    doc = "Access to registry namespaces of one region: a generated secret delivered into a Secret, or a workload-identity federation (OIDC tokens, no secret).",
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
+    printcolumn(name = "Scope", type_ = "string", json_path = ".spec.scope"),
+    printcolumn(name = "Username", type_ = "string", json_path = ".status.username"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.expiresAt",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.workloadIdentity) && has(self.secretName))")
+        .message("a workloadIdentity credential has no secret: remove spec.secretName"),
+    validation = Rule::new("!(has(self.workloadIdentity) && has(self.rotationPeriod))")
+        .message("a workloadIdentity credential has no secret to rotate: remove spec.rotationPeriod"),
+)]
+pub struct RegistryCredentialSpec {
+    /// The region whose registry the credential is for (for example `nl-01`). Cannot change.
+    #[x_kube(
+        validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63")
+            .message("must be a region name: 1-63 lowercase letters, digits and '-' (for example nl-01)"),
+        validation = Rule::new("self == oldSelf").message("spec.region cannot change: create a credential in the other region instead"),
+    )]
+    #[schemars(length(max = 63))]
+    pub region: String,
+    /// What the credential grants on its namespaces: `containerRegistry` or
+    /// `containerRegistry:all` (push and pull) or `containerRegistry:pull` (pull only).
+    pub scope: Scope,
+    /// Registry namespace names the scope applies to (as in image references). Each must be a
+    /// `RegistryNamespace` of the region in this Kubernetes namespace, or an
+    /// organisation-scoped one of this project's organisation.
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]+((\\\\.|_|__|-+)[a-z0-9]+)*$') && size(n) <= 63)")
+        .message("each entry must be a registry namespace name: 1-63 lowercase letters and digits separated by '.', '_', '__' or dashes"))]
+    #[schemars(length(min = 1, max = 256), inner(length(max = 63)))]
+    pub namespaces: Vec<String>,
+    /// When the credential stops working (RFC 3339). Unset: it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// Issue a new secret this often (a duration such as `720h`, at least `1h`); the previous
+    /// secret keeps working for a short overlap. Unset: the secret is not rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(h|m|s))+$') && duration(self) >= duration('1h')")
+        .message("must be a duration of at least 1h, written like 720h or 90m"))]
+    #[schemars(length(max = 32))]
+    pub rotation_period: Option<String>,
+    /// The Secret (in this Kubernetes namespace) that receives `username` and `password`.
+    /// Defaults to `metadata.name`. The operator never takes over a Secret it did not create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && size(self) <= 253")
+        .message("must be a Kubernetes object name: lowercase letters, digits, '-' and '.'"))]
+    #[schemars(length(max = 253))]
+    pub secret_name: Option<String>,
+    /// Instead of a secret: accept OIDC tokens of an issuer (a CI system, a Kubernetes
+    /// cluster's service accounts) whose claims match the rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentity>,
+}
+
+/// A workload-identity federation: OIDC tokens from `issuer` for `audience` whose claims match
+/// every rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadIdentity {
+    /// The issuer URL (`https://`; plain `http://` only on loopback addresses). Its discovery
+    /// document and JWKS are fetched from there.
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.matches('^http://(127\\\\.[0-9.]+|localhost|\\\\[::1\\\\])(:[0-9]+)?(/.*)?$')")
+        .message("must be an https:// URL (plain http:// only for loopback issuers)"))]
+    #[schemars(length(max = 1024))]
+    pub issuer: String,
+    /// The audience the tokens must be issued for (`aud`).
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: String,
+    /// Claim rules; every rule must match. A value ending in `*` is a prefix.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub claim_rules: Vec<ClaimRule>,
+    /// PEM certificates trusted for the issuer's HTTPS endpoints, besides the system roots
+    /// (for example a cluster's CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.contains('-----BEGIN CERTIFICATE-----')")
+        .message("must hold PEM certificates (-----BEGIN CERTIFICATE-----)"))]
+    #[schemars(length(max = 65536))]
+    pub ca_bundle: Option<String>,
+}
+
+/// A claim must hold one of the listed values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRule {
+    /// The claim, for example `sub` or `project_path`.
+    #[schemars(length(min = 1, max = 256))]
+    pub claim: String,
+    /// Accepted values (a value ending in `*` is a prefix).
+    #[schemars(length(min = 1, max = 64), inner(length(max = 256)))]
+    pub values: Vec<String>,
+}
+
+/// What the operator observed of a `RegistryCredential`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredentialStatus {
+    /// `Ready`, and `Reconciling` or `Stalled` while it is not.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The user name to log in with (`<kubernetes namespace>.<name>`); `oidc` for
+    /// workload identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The Secret holding `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub secret_name: Option<String>,
+    /// When the credential stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When the current secret was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotated: Option<Time>,
+}
+
+impl RegistryCredential {
+    /// The credential id in the region's configuration and the user name clients log in
+    /// with: `<kubernetes namespace>.<name>` (unique in a cluster; a Kubernetes namespace name
+    /// has no dot, so the first dot separates the two).
+    pub fn username(&self) -> String {
+        format!(
+            "{}.{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// The Secret that receives the secret: `spec.secretName`, else `metadata.name`.
+    pub fn secret_name(&self) -> &str {
+        self.spec
+            .secret_name
+            .as_deref()
+            .or(self.metadata.name.as_deref())
+            .unwrap_or_default()
+    }
+}

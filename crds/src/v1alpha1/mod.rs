@@ -1,0 +1,23 @@
+//! Version `v1alpha1` of the `registry.thalassa.cloud` API.
+//!
+//! - [`RegistryNamespace`]: a registry namespace of one region (`<host>/<namespace>/...`).
+//! - [`RegistryCredential`]: an access credential (a generated secret delivered into a
+//!   Secret) or a workload-identity federation (OIDC tokens, no secret), granting a scope on
+//!   registry namespaces.
+//!
+//! Field docs are the `kubectl explain` descriptions. Rules the schema can state (formats,
+//! enums, CEL) are enforced at admission with messages that say what to fix; rules that need
+//! other objects (conflicts, tenancy, feature gates) are reported in `status.conditions`.
+
+mod conditions;
+mod credential;
+mod namespace;
+
+pub use conditions::{Condition, ConditionStatus, reasons};
+pub use credential::{
+    ClaimRule, CredentialScope, RegistryCredential, RegistryCredentialSpec,
+    RegistryCredentialStatus, WorkloadIdentity,
+};
+pub use namespace::{
+    NamespaceScope, RegistryNamespace, RegistryNamespaceSpec, RegistryNamespaceStatus,
+};
