@@ -155,7 +155,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             let (_, key_errors) = KeySet::load(
-                &config.tokens,
+                &config.spec.tokens,
                 &dataplane::auth::token::generate_key("check"),
             );
             if !key_errors.is_empty() {
@@ -167,8 +167,8 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             println!(
                 "{}: valid {} document for region {:?}",
                 file.display(),
-                config.kind,
-                config.region
+                dataplane::config::KIND,
+                config.spec.region
             );
             ExitCode::SUCCESS
         }

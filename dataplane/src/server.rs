@@ -90,7 +90,7 @@ pub fn is_loopback(addr: SocketAddr) -> bool {
 /// Refuses ([`ServeError::OpenAccess`]) to serve on an address reachable from other hosts when
 /// `config` declares no access control: everyone could then push and delete.
 pub fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
-    if is_loopback(addr) || config.access_control_enabled() {
+    if is_loopback(addr) || config.spec.access_control_enabled() {
         Ok(())
     } else {
         Err(ServeError::OpenAccess { addr })
@@ -120,7 +120,10 @@ impl Default for ServeOptions {
 
 /// Opens the storage backend the configuration selects.
 pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServeError> {
-    match (&config.storage.filesystem, &config.storage.s3) {
+    match (
+        &config.settings.storage.filesystem,
+        &config.settings.storage.s3,
+    ) {
         (Some(fs), _) => Ok(Arc::new(FsStorage::open(fs.root.clone()).await?)),
         (None, Some(s3)) => Ok(Arc::new(
             S3Storage::connect(S3Settings {
@@ -288,7 +291,7 @@ impl Server {
             let config = self.config.current();
             tracing::info!(
                 target: telemetry::LISTENING_TARGET,
-                region = %config.region,
+                region = %config.spec.region,
                 storage_root = ?config.filesystem_root(),
                 tls,
                 "listening on {addr}"
@@ -447,7 +450,7 @@ async fn expire_uploads(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let max_age = config.current().uploads.session_timeout.0;
+        let max_age = config.current().settings.uploads.session_timeout.0;
         let interval = (max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return,
@@ -564,7 +567,7 @@ mod tests {
     #[test]
     fn open_access_is_refused_only_off_loopback() {
         let open = Config::default();
-        assert!(!open.access_control_enabled());
+        assert!(!open.spec.access_control_enabled());
         for local in [
             "127.0.0.1:5000",
             "127.0.0.2:0",
@@ -591,7 +594,7 @@ mod tests {
              namespaces: [{name: acme}]\n",
         )
         .unwrap();
-        assert!(closed.access_control_enabled());
+        assert!(closed.spec.access_control_enabled());
         assert!(check_exposure(&closed, "0.0.0.0:5000".parse().unwrap()).is_ok());
     }
 

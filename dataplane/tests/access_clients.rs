@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, ensure};
 use common::ConfiguredDataplane;
 use dataplane::auth::secret::hash_secret;
-use dataplane::config::{Config, CredentialConfig, NamespaceConfig, Scope, Visibility};
+use dataplane::config::{Config, CredentialConfig, NamespaceConfig, RegionSpec, Scope, Visibility};
 use testkit::clients::{
     Client, Credentials, Transfer, pull_image, push_image, unique_repo, unique_repo_in,
 };
@@ -65,21 +65,26 @@ impl Fixture {
             previous_secrets: Vec::new(),
         };
         let config = Config {
-            region: "access-clients".to_owned(),
-            namespaces: vec![
-                NamespaceConfig {
-                    name: PRIVATE.to_owned(),
-                    visibility: Visibility::Private,
-                },
-                NamespaceConfig {
-                    name: PUBLIC.to_owned(),
-                    visibility: Visibility::Public,
-                },
-            ],
-            credentials: vec![
-                credential(&pusher, Scope::ContainerRegistry),
-                credential(&puller, Scope::ContainerRegistryPull),
-            ],
+            spec: RegionSpec {
+                region: "access-clients".to_owned(),
+                namespaces: vec![
+                    NamespaceConfig {
+                        name: PRIVATE.to_owned(),
+                        visibility: Visibility::Private,
+                        immutable_tags: Vec::new(),
+                    },
+                    NamespaceConfig {
+                        name: PUBLIC.to_owned(),
+                        visibility: Visibility::Public,
+                        immutable_tags: Vec::new(),
+                    },
+                ],
+                credentials: vec![
+                    credential(&pusher, Scope::ContainerRegistry),
+                    credential(&puller, Scope::ContainerRegistryPull),
+                ],
+                ..RegionSpec::default()
+            },
             ..Config::default()
         };
         Self {

@@ -7,7 +7,7 @@ mod common;
 
 use common::ConfiguredDataplane;
 use dataplane::auth::secret::hash_secret;
-use dataplane::config::{Config, CredentialConfig, NamespaceConfig, Scope, Visibility};
+use dataplane::config::{Config, CredentialConfig, NamespaceConfig, RegionSpec, Scope, Visibility};
 use testkit::clients::Credentials;
 use testkit::conformance::Outcome;
 
@@ -15,20 +15,24 @@ use testkit::conformance::Outcome;
 fn oci_conformance_suite_passes_with_access_control() {
     let credentials = Credentials::new("conformance-push", "conformance-secret-91b3");
     let config = Config {
-        region: "access-conformance".to_owned(),
-        namespaces: vec![NamespaceConfig {
-            name: "conformance".to_owned(),
-            visibility: Visibility::Private,
-        }],
-        credentials: vec![CredentialConfig {
-            id: credentials.username.clone(),
-            secret_hash: hash_secret(&credentials.password).expect("hashing a secret"),
-            scope: Scope::ContainerRegistry,
-            namespaces: vec!["conformance".to_owned()],
-            not_before: None,
-            expires_at: None,
-            previous_secrets: Vec::new(),
-        }],
+        spec: RegionSpec {
+            region: "access-conformance".to_owned(),
+            namespaces: vec![NamespaceConfig {
+                name: "conformance".to_owned(),
+                visibility: Visibility::Private,
+                immutable_tags: Vec::new(),
+            }],
+            credentials: vec![CredentialConfig {
+                id: credentials.username.clone(),
+                secret_hash: hash_secret(&credentials.password).expect("hashing a secret"),
+                scope: Scope::ContainerRegistry,
+                namespaces: vec!["conformance".to_owned()],
+                not_before: None,
+                expires_at: None,
+                previous_secrets: Vec::new(),
+            }],
+            ..RegionSpec::default()
+        },
         ..Config::default()
     };
     let server = ConfiguredDataplane::start(&config);

@@ -14,7 +14,8 @@ use anyhow::{Result, ensure};
 use common::{ConfiguredDataplane, Dataplane};
 use dataplane::auth::secret::hash_secret;
 use dataplane::config::{
-    ClaimRule, Config, CredentialConfig, FederationConfig, NamespaceConfig, Scope, Visibility,
+    ClaimRule, Config, CredentialConfig, FederationConfig, NamespaceConfig, RegionSpec, Scope,
+    Visibility,
 };
 use testkit::clients::{Client, Credentials, Transfer, pull_image, push_image, unique_repo};
 use testkit::cluster::Cluster;
@@ -28,32 +29,36 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The configuration: private `harness`, a push credential on it, and the federation.
 fn config(cluster: &Cluster, ca_bundle: String, subject: String, pusher: &Credentials) -> Config {
     Config {
-        region: "access-workload-identity".to_owned(),
-        namespaces: vec![NamespaceConfig {
-            name: "harness".to_owned(),
-            visibility: Visibility::Private,
-        }],
-        credentials: vec![CredentialConfig {
-            id: pusher.username.clone(),
-            secret_hash: hash_secret(&pusher.password).expect("hashing a secret"),
-            scope: Scope::ContainerRegistry,
-            namespaces: vec!["harness".to_owned()],
-            not_before: None,
-            expires_at: None,
-            previous_secrets: Vec::new(),
-        }],
-        federations: vec![FederationConfig {
-            name: "cluster-ci".to_owned(),
-            issuer: cluster.server().to_owned(),
-            audience: AUDIENCE.to_owned(),
-            claim_rules: vec![ClaimRule {
-                claim: "sub".to_owned(),
-                values: vec![subject],
+        spec: RegionSpec {
+            region: "access-workload-identity".to_owned(),
+            namespaces: vec![NamespaceConfig {
+                name: "harness".to_owned(),
+                visibility: Visibility::Private,
+                immutable_tags: Vec::new(),
             }],
-            scope: Scope::ContainerRegistryPull,
-            namespaces: vec!["harness".to_owned()],
-            ca_bundle: Some(ca_bundle),
-        }],
+            credentials: vec![CredentialConfig {
+                id: pusher.username.clone(),
+                secret_hash: hash_secret(&pusher.password).expect("hashing a secret"),
+                scope: Scope::ContainerRegistry,
+                namespaces: vec!["harness".to_owned()],
+                not_before: None,
+                expires_at: None,
+                previous_secrets: Vec::new(),
+            }],
+            federations: vec![FederationConfig {
+                name: "cluster-ci".to_owned(),
+                issuer: cluster.server().to_owned(),
+                audience: AUDIENCE.to_owned(),
+                claim_rules: vec![ClaimRule {
+                    claim: "sub".to_owned(),
+                    values: vec![subject],
+                }],
+                scope: Scope::ContainerRegistryPull,
+                namespaces: vec!["harness".to_owned()],
+                ca_bundle: Some(ca_bundle),
+            }],
+            ..RegionSpec::default()
+        },
         ..Config::default()
     }
 }

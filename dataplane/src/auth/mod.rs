@@ -221,18 +221,18 @@ pub struct AccessIndex {
 
 impl AccessIndex {
     fn build(config: Arc<Config>, transport: Transport, fallback_key: &SigningKey) -> Self {
-        let mode = if config.access_control_enabled() {
+        let mode = if config.spec.access_control_enabled() {
             Mode::Enforced
         } else if transport.public {
             Mode::Closed
         } else {
             Mode::Open
         };
-        let (keys, errors) = KeySet::load(&config.tokens, fallback_key);
+        let (keys, errors) = KeySet::load(&config.spec.tokens, fallback_key);
         for error in errors {
             tracing::error!(%error, "token signing key not loaded");
         }
-        if mode == Mode::Enforced && config.tokens.keys.is_empty() {
+        if mode == Mode::Enforced && config.spec.tokens.keys.is_empty() {
             tracing::warn!(
                 "no token signing keys configured: tokens are signed with a key of this \
                  process only, so they do not work across replicas"
@@ -241,6 +241,7 @@ impl AccessIndex {
         Self {
             namespaces: Namespaces::from_config(&config),
             credentials: config
+                .spec
                 .credentials
                 .iter()
                 .enumerate()
@@ -265,12 +266,12 @@ impl AccessIndex {
 
     /// The token service name (`service` in challenges, audience of tokens).
     pub fn service(&self) -> &str {
-        self.config.token_service()
+        self.config.spec.token_service()
     }
 
     /// The configured realm, when the configuration overrides the derived one.
     pub fn realm(&self) -> Option<&str> {
-        self.config.tokens.realm.as_deref()
+        self.config.spec.tokens.realm.as_deref()
     }
 
     /// The declared namespaces.
@@ -345,7 +346,7 @@ impl AccessIndex {
     fn credential(&self, id: &str) -> Option<&CredentialConfig> {
         self.credentials
             .get(id)
-            .map(|i| &self.config.credentials[*i])
+            .map(|i| &self.config.spec.credentials[*i])
     }
 
     /// The identity of a credential that is currently valid (for refresh tokens).
@@ -462,7 +463,7 @@ impl AuthService {
         if index.mode == Mode::Closed {
             return Err(AuthError::Closed);
         }
-        let federations = &index.config.federations;
+        let federations = &index.config.spec.federations;
         let matches = self.oidc.verify(token, federations, now).await?;
         let first = matches.first().ok_or(AuthError::InvalidCredentials)?;
         let mut grants = Grants::none();
@@ -501,7 +502,7 @@ impl AuthService {
         requested: &[ScopeRequest],
         now: SystemTime,
     ) -> Result<IssuedToken, AuthError> {
-        let ttl = index.config.tokens.ttl.0;
+        let ttl = index.config.spec.tokens.ttl.0;
         let mut claims = Claims::new(index.service(), &identity.principal.subject(), now, ttl);
         for request in requested {
             match request {
@@ -528,6 +529,7 @@ impl AuthService {
                     });
                     let mut visible: Vec<String> = index
                         .config
+                        .spec
                         .namespaces
                         .iter()
                         .filter(|ns| index.lists_namespace(&identity.grants, &ns.name))

@@ -129,6 +129,7 @@ impl Namespaces {
     pub fn from_config(config: &Config) -> Self {
         Self(
             config
+                .spec
                 .namespaces
                 .iter()
                 .map(|ns| (ns.name.clone(), ns.visibility))
@@ -185,9 +186,10 @@ mod tests {
     fn namespaces() -> Namespaces {
         let mut config = Config::default();
         for (name, visibility) in [("pub", Visibility::Public), ("priv", Visibility::Private)] {
-            config.namespaces.push(NamespaceConfig {
+            config.spec.namespaces.push(NamespaceConfig {
                 name: name.into(),
                 visibility,
+                immutable_tags: Vec::new(),
             });
         }
         Namespaces::from_config(&config)

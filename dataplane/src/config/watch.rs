@@ -155,9 +155,9 @@ impl ConfigReloader {
             Err(err) => return ReloadOutcome::Rejected(err),
         };
         let running = self.tx.borrow().clone();
-        let storage_change_pending = config.storage != running.storage;
+        let storage_change_pending = config.settings.storage != running.settings.storage;
         if storage_change_pending {
-            config.storage = running.storage.clone();
+            config.settings.storage = running.settings.storage.clone();
         }
         self.tx.send_replace(Arc::new(config));
         ReloadOutcome::Applied {
@@ -220,7 +220,7 @@ mod tests {
         let (handle, reloader) = ConfigReloader::start(source).unwrap();
         let mut reloader = reloader.unwrap();
         let mut changes = handle.subscribe();
-        assert_eq!(handle.current().region, "one");
+        assert_eq!(handle.current().spec.region, "one");
         assert!(matches!(reloader.poll().await, ReloadOutcome::Unchanged));
 
         write(&path, "region: two\n");
@@ -231,14 +231,14 @@ mod tests {
             }
         ));
         assert!(changes.has_changed().unwrap());
-        assert_eq!(changes.borrow_and_update().region, "two");
+        assert_eq!(changes.borrow_and_update().spec.region, "two");
 
         write(&path, "region: three\nbogus: 1\n");
         match reloader.poll().await {
             ReloadOutcome::Rejected(err) => assert!(err.to_string().contains("bogus")),
             other => panic!("expected a refusal, got {other:?}"),
         }
-        assert_eq!(handle.current().region, "two");
+        assert_eq!(handle.current().spec.region, "two");
         assert!(!changes.has_changed().unwrap());
         // The same invalid content is not re-examined.
         assert!(matches!(reloader.poll().await, ReloadOutcome::Unchanged));
@@ -260,7 +260,7 @@ mod tests {
             }
         ));
         let current = handle.current();
-        assert_eq!(current.region, "moved");
+        assert_eq!(current.spec.region, "moved");
         assert_eq!(current.filesystem_root(), Some(Path::new("/a")));
     }
 
@@ -306,7 +306,7 @@ mod tests {
             .await
             .expect("reload within 5s")
             .unwrap();
-        assert_eq!(handle.current().region, "two");
+        assert_eq!(handle.current().spec.region, "two");
         stop_tx.send(()).unwrap();
         task.await.unwrap();
     }
@@ -317,7 +317,7 @@ mod tests {
             ConfigReloader::start(ConfigSource::new(None, Some("/data".into()))).unwrap();
         assert!(reloader.is_none());
         assert_eq!(handle.current().filesystem_root(), Some(Path::new("/data")));
-        assert_eq!(handle.current().region, "local");
+        assert_eq!(handle.current().spec.region, "local");
     }
 
     #[test]
