@@ -171,10 +171,10 @@ struct Document {
     region: String,
     #[serde(default, skip_serializing_if = "is_zero")]
     revision: u64,
-    #[serde(default)]
-    storage: StorageConfig,
-    #[serde(default)]
-    uploads: UploadsConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    storage: Option<StorageConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uploads: Option<UploadsConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     namespaces: Vec<NamespaceConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -201,8 +201,8 @@ impl From<Document> for Config {
     fn from(d: Document) -> Self {
         Self {
             settings: ProcessSettings {
-                storage: d.storage,
-                uploads: d.uploads,
+                storage: d.storage.unwrap_or_default(),
+                uploads: d.uploads.unwrap_or_default(),
             },
             spec: RegionSpec {
                 region: d.region,
@@ -220,19 +220,28 @@ impl From<Document> for Config {
 
 impl From<Config> for Document {
     fn from(c: Config) -> Self {
+        let mut document = Self::from(c.spec);
+        document.storage = Some(c.settings.storage);
+        document.uploads = Some(c.settings.uploads);
+        document
+    }
+}
+
+impl From<RegionSpec> for Document {
+    fn from(c: RegionSpec) -> Self {
         Self {
             api_version: API_VERSION.to_owned(),
             kind: KIND.to_owned(),
-            region: c.spec.region,
-            revision: c.spec.revision,
-            storage: c.settings.storage,
-            uploads: c.settings.uploads,
-            namespaces: c.spec.namespaces,
-            credentials: c.spec.credentials,
-            federations: c.spec.federations,
-            tokens: c.spec.tokens,
-            retention: c.spec.retention,
-            shards: c.spec.shards,
+            region: c.region,
+            revision: c.revision,
+            storage: None,
+            uploads: None,
+            namespaces: c.namespaces,
+            credentials: c.credentials,
+            federations: c.federations,
+            tokens: c.tokens,
+            retention: c.retention,
+            shards: c.shards,
         }
     }
 }
@@ -347,6 +356,13 @@ impl Config {
     /// The document as YAML.
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).expect("the configuration serializes")
+    }
+
+    /// Only the operator-owned part as a document (no `storage` or `uploads`): what the
+    /// operator writes, since process settings are not its to set.
+    pub fn spec_to_yaml(&self) -> String {
+        serde_norway::to_string(&Document::from(self.spec.clone()))
+            .expect("the configuration serializes")
     }
 
     /// Merges the shards this document names, each required at the revision the index

@@ -1,6 +1,10 @@
 //! `RegistryCredential`: access to registry namespaces, by a generated secret or by workload
 //! identity.
 
+// Repeated `printcolumn(type_ = ...)` and `validation` entries are distinct items of the
+// kube derive, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

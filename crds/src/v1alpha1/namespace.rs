@@ -1,5 +1,9 @@
 //! `RegistryNamespace`: a registry namespace of one region.
 
+// Repeated `printcolumn(type_ = ...)` and `validation` entries are distinct items of the
+// kube derive, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

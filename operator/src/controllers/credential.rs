@@ -1,0 +1,367 @@
+//! The `RegistryCredential` controller: issues and rotates secrets, delivers them into the
+//! credential's Secret, reports state, and revokes everything on deletion (finalizer).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Resource as _, ResourceExt as _};
+use tokio_stream::wrappers::WatchStream;
+
+use crds::v1alpha1::{RegistryCredential, RegistryCredentialStatus, reasons};
+
+use super::status::{Phase, apply_status, event_on_change, now, ready_reason, same_conditions};
+use super::{Context, backoff};
+use crate::resolve::{self, Key, Verdict};
+use crate::secrets::{CredentialState, docker_config_json};
+use crate::{
+    CREDENTIAL_FINALIZER, CREDENTIAL_UID_LABEL, Error, FIELD_MANAGER, MANAGED_BY, REGION_LABEL,
+    ROTATE_ANNOTATION, Result,
+};
+
+const CONTROLLER: &str = "credential";
+
+/// Name of the state Secret of the credential with this uid.
+pub fn state_secret_name(uid: &str) -> String {
+    format!("regcred-{uid}")
+}
+
+/// Labels of every Secret made for a credential.
+fn labels(region: &str, uid: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGED_BY.to_owned(),
+        ),
+        (REGION_LABEL.to_owned(), region.to_owned()),
+        (CREDENTIAL_UID_LABEL.to_owned(), uid.to_owned()),
+    ])
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn controller(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api = Api::<RegistryCredential>::all(ctx.client.clone());
+    let owned = Api::<Secret>::all(ctx.client.clone());
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .owns(
+            owned,
+            watcher::Config::default()
+                .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
+        )
+        .reconcile_all_on(WatchStream::new(ctx.published.clone()).map(|_| ()))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+async fn reconcile(credential: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let key = Key::of(credential.as_ref());
+    let span = tracing::info_span!("reconcile", kind = "RegistryCredential", object = %key);
+    let _enter = span.enter();
+    if credential.spec.region != ctx.settings.region {
+        // Another region's object: never touched, not even its finalizers or status.
+        return Ok(Action::await_change());
+    }
+    let api = Api::<RegistryCredential>::namespaced(ctx.client.clone(), &key.namespace);
+    let result = finalizer(&api, CREDENTIAL_FINALIZER, credential, |event| async {
+        match event {
+            Finalizer::Apply(c) => apply(&c, &ctx).await,
+            Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    result
+}
+
+fn error_policy(credential: Arc<RegistryCredential>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(CONTROLLER, error);
+    tracing::warn!(object = %Key::of(credential.as_ref()), %error, "reconcile failed");
+    if error.is_transient() {
+        Action::requeue(backoff(2))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    }
+}
+
+fn uid_str(c: &RegistryCredential) -> &str {
+    c.metadata.uid.as_deref().unwrap_or_default()
+}
+
+fn owner_reference(c: &RegistryCredential) -> OwnerReference {
+    c.controller_owner_ref(&())
+        .expect("a stored object has a name and uid")
+}
+
+/// Issues what the credential may have, delivers it and reports its state.
+async fn apply(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
+    let namespaces = ctx.stores.namespace_index(&ctx.settings);
+    let orgs = ctx.stores.organisations();
+    let verdict = match resolve::credential(&ctx.settings, &orgs, &namespaces, c, Timestamp::now())
+    {
+        Ok(_) if c.spec.workload_identity.is_some() => Verdict::Served,
+        Ok(_) => provision(c, ctx).await?,
+        Err(verdict) => verdict,
+    };
+    let username = c.username();
+    let state = ctx
+        .stores
+        .own_secret(&ctx.settings.namespace, &state_secret_name(uid_str(c)))
+        .and_then(|s| CredentialState::from_data("", s.data.as_ref()?).ok());
+    let in_document = {
+        let published = ctx.published.borrow();
+        match (&c.spec.workload_identity, &state) {
+            (Some(_), _) => published.credentials.contains_key(&username),
+            (None, Some(state)) => published.credentials.get(&username) == Some(&state.secret_hash),
+            (None, None) => false,
+        }
+    };
+    let phase = Phase::of(
+        verdict,
+        in_document,
+        format!("served by region {:?}", ctx.settings.region),
+    );
+    let previous = c.status.clone().unwrap_or_default();
+    let generation = c.metadata.generation.unwrap_or_default();
+    let secret_based = c.spec.workload_identity.is_none();
+    let status = RegistryCredentialStatus {
+        conditions: phase.conditions(generation, &previous.conditions, &now()),
+        observed_generation: Some(generation),
+        username: Some(if secret_based {
+            username
+        } else {
+            "oidc".to_owned()
+        }),
+        secret_name: (secret_based && state.is_some()).then(|| c.secret_name().to_owned()),
+        expires_at: c.spec.expires_at.clone(),
+        last_rotated: state.as_ref().map(|s| Time(s.issued_at)),
+    };
+    let unchanged = same_conditions(&status.conditions, &previous.conditions)
+        && status.observed_generation == previous.observed_generation
+        && status.username == previous.username
+        && status.secret_name == previous.secret_name
+        && status.expires_at == previous.expires_at
+        && status.last_rotated == previous.last_rotated;
+    if !unchanged {
+        let api = Api::<RegistryCredential>::namespaced(
+            ctx.client.clone(),
+            c.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        apply_status(&api, c, &status).await?;
+        event_on_change(ctx, c, ready_reason(&previous.conditions), &phase).await;
+    }
+    ctx.render.notify_one();
+    Ok(match phase {
+        Phase::Converging(_) => Action::requeue(Duration::from_millis(300)),
+        _ => Action::requeue(next_check(c, state.as_ref())),
+    })
+}
+
+/// When to look again: the next rotation, or in five minutes.
+fn next_check(c: &RegistryCredential, state: Option<&CredentialState>) -> Duration {
+    let default = Duration::from_secs(300);
+    let (Some(state), Some(period)) = (
+        state,
+        c.spec
+            .rotation_period
+            .as_deref()
+            .and_then(|p| humantime::parse_duration(p).ok()),
+    ) else {
+        return default;
+    };
+    let age = Timestamp::now().duration_since(state.issued_at);
+    let left = Duration::try_from(
+        k8s_openapi::jiff::SignedDuration::try_from(period).unwrap_or_default() - age,
+    )
+    .unwrap_or_default();
+    left.clamp(Duration::from_secs(1), default)
+}
+
+/// Makes sure the state Secret holds a current secret and the credential's Secret
+/// delivers it. A Secret of that name that the operator did not make is never touched.
+async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<Verdict> {
+    let ns = c.metadata.namespace.as_deref().unwrap_or_default();
+    let own = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let state_name = state_secret_name(uid_str(c));
+    let rotation_request = c.annotations().get(ROTATE_ANNOTATION).cloned();
+    let period = c
+        .spec
+        .rotation_period
+        .as_deref()
+        .and_then(|p| humantime::parse_duration(p).ok());
+    let now = Timestamp::now();
+
+    // The state: read from the API (not the cache) so that a restart never issues twice.
+    let existing = own.get_opt(&state_name).await?;
+    let current = match &existing {
+        Some(secret) => Some(CredentialState::from_data(
+            &state_name,
+            secret.data.as_ref().unwrap_or(&BTreeMap::new()),
+        )?),
+        None => None,
+    };
+    let state = match current {
+        None => {
+            let state = CredentialState::issue(now, rotation_request.clone())?;
+            let secret = state_secret(c, ctx, &state_name, &state);
+            match own.create(&PostParams::default(), &secret).await {
+                Ok(_) => state,
+                // Another pass created it meanwhile: use that one.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let secret = own.get(&state_name).await?;
+                    CredentialState::from_data(
+                        &state_name,
+                        secret.data.as_ref().unwrap_or(&BTreeMap::new()),
+                    )?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some(state) if state.rotation_due(now, period, rotation_request.as_deref()) => {
+            let next = state.rotate(now, rotation_request.clone())?;
+            let mut secret = state_secret(c, ctx, &state_name, &next);
+            secret.metadata.resource_version = existing.and_then(|s| s.metadata.resource_version);
+            // A conflicting write (409) is retried by the controller with fresh state.
+            own.replace(&state_name, &PostParams::default(), &secret)
+                .await?;
+            tracing::info!(credential = %Key::of(c), "secret rotated");
+            next
+        }
+        Some(state) => state,
+    };
+    deliver(c, ctx, ns, &state).await
+}
+
+fn state_secret(
+    c: &RegistryCredential,
+    ctx: &Context,
+    name: &str,
+    state: &CredentialState,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ctx.settings.namespace.clone()),
+            labels: Some(labels(&ctx.settings.region, uid_str(c))),
+            annotations: Some(BTreeMap::from([(
+                "registry.thalassa.cloud/credential".to_owned(),
+                Key::of(c).to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(state.to_data()),
+        ..Secret::default()
+    }
+}
+
+/// Writes the credential's Secret (a `kubernetes.io/dockerconfigjson` Secret with
+/// `username` and `password` too), unless a Secret of that name belongs to someone else.
+async fn deliver(
+    c: &RegistryCredential,
+    ctx: &Context,
+    ns: &str,
+    state: &CredentialState,
+) -> Result<Verdict> {
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), ns);
+    let name = c.secret_name();
+    const TYPE: &str = "kubernetes.io/dockerconfigjson";
+    if let Some(existing) = api.get_opt(name).await? {
+        let ours = existing
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == uid_str(c));
+        if !ours || existing.type_.as_deref() != Some(TYPE) {
+            return Ok(Verdict::Refused {
+                reason: reasons::SECRET_CONFLICT,
+                message: format!(
+                    "Secret {name:?} exists and was not created for this credential; the \
+                     operator does not take it over: delete it or set spec.secretName"
+                ),
+                stalled: true,
+            });
+        }
+    }
+    let username = c.username();
+    let host = &ctx.settings.registry_host;
+    let data = BTreeMap::from([
+        (
+            ".dockerconfigjson".to_owned(),
+            ByteString(docker_config_json(host, &username, &state.secret).into_bytes()),
+        ),
+        ("username".to_owned(), ByteString(username.into_bytes())),
+        (
+            "password".to_owned(),
+            ByteString(state.secret.clone().into_bytes()),
+        ),
+        ("registry".to_owned(), ByteString(host.clone().into_bytes())),
+    ]);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ns.to_owned()),
+            labels: Some(labels(&ctx.settings.region, uid_str(c))),
+            owner_references: Some(vec![owner_reference(c)]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(TYPE.into()),
+        data: Some(data),
+        ..Secret::default()
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await?;
+    Ok(Verdict::Served)
+}
+
+/// Revokes the credential: its state and its Secret go (the renderer drops it from the
+/// document as soon as the object is being deleted). Tolerates anything already gone.
+async fn cleanup(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
+    ctx.render.notify_one();
+    let own = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let ns = c.metadata.namespace.as_deref().unwrap_or_default();
+    let delivered = Api::<Secret>::namespaced(ctx.client.clone(), ns);
+    if let Some(secret) = delivered.get_opt(c.secret_name()).await?
+        && secret
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == uid_str(c))
+    {
+        ignore_not_found(
+            delivered
+                .delete(c.secret_name(), &DeleteParams::default())
+                .await,
+        )?;
+    }
+    ignore_not_found(
+        own.delete(&state_secret_name(uid_str(c)), &DeleteParams::default())
+            .await,
+    )?;
+    Ok(Action::await_change())
+}
+
+fn ignore_not_found<T>(result: kube::Result<T>) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,165 @@
+//! The controllers and the renderer, wired to the cluster.
+//!
+//! - [`renderer`]: keeps caches of every input (namespaces, credentials, Kubernetes namespaces
+//!   for their organisation labels, the operator's own Secrets), renders the region's
+//!   document on every change and writes it into the configuration Secret (and shards).
+//! - [`namespace`] and [`credential`]: one kube-runtime controller per kind. A reconcile opens
+//!   a span, times itself, and hands over to the per-kind `apply` (and `cleanup`, through the
+//!   finalizer, for credentials), which is idempotent.
+//! - [`status`]: conditions from verdicts, written by server-side apply.
+
+pub mod credential;
+pub mod namespace;
+pub mod renderer;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::{Notify, watch};
+
+use crds::v1alpha1::{RegistryCredential, RegistryNamespace};
+
+use crate::resolve::{NamespaceIndex, Organisations};
+use crate::settings::Settings;
+use crate::telemetry::Metrics;
+
+/// What the document last written contains, for the controllers to report `Ready` only once
+/// the data plane can serve an object.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The revision written.
+    pub revision: u64,
+    /// Registry namespaces in it.
+    pub namespaces: HashSet<String>,
+    /// Credential ids in it, with their current secret hash (empty for federations).
+    pub credentials: HashMap<String, String>,
+}
+
+/// Caches of every object the operator decides on.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Every `RegistryNamespace` of the cluster.
+    pub namespaces: Store<RegistryNamespace>,
+    /// Every `RegistryCredential` of the cluster.
+    pub credentials: Store<RegistryCredential>,
+    /// Every Kubernetes namespace (for the organisation label).
+    pub projects: Store<Namespace>,
+    /// The operator's own Secrets in its namespace.
+    pub own_secrets: Store<Secret>,
+}
+
+impl Stores {
+    /// The organisation of every Kubernetes namespace that has one.
+    pub fn organisations(&self) -> Organisations {
+        self.projects
+            .state()
+            .iter()
+            .filter_map(|ns| {
+                let org = ns.metadata.labels.as_ref()?.get(crds::ORGANISATION_LABEL)?;
+                Some((ns.metadata.name.clone()?, org.clone()))
+            })
+            .collect()
+    }
+
+    /// The current decisions on every `RegistryNamespace`.
+    pub fn namespace_index(&self, settings: &Settings) -> NamespaceIndex {
+        let namespaces = self.namespaces.state();
+        NamespaceIndex::build(
+            settings,
+            &self.organisations(),
+            namespaces.iter().map(|ns| ns.as_ref()),
+        )
+    }
+
+    /// One of the operator's own Secrets.
+    pub fn own_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.own_secrets
+            .get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+/// Shared by every reconcile.
+#[derive(Clone)]
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The operator's settings.
+    pub settings: Arc<Settings>,
+    /// Caches of the inputs.
+    pub stores: Stores,
+    /// What the document last written contains.
+    pub published: watch::Receiver<Arc<Published>>,
+    /// Wakes the renderer.
+    pub render: Arc<Notify>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Events, deduplicated.
+    pub recorder: Recorder,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-object exponential backoff for transient errors: 250 ms doubling to 5 minutes.
+pub fn backoff(attempt: u32) -> Duration {
+    let millis = 250u64.saturating_mul(1u64 << attempt.min(11));
+    Duration::from_millis(millis.min(300_000))
+}
+
+/// Runs the renderer and both controllers until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    identity: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let render = Arc::new(Notify::new());
+    let (stores, mut reflectors) =
+        renderer::start_reflectors(&client, &settings, Arc::clone(&render));
+    let (published_tx, published) = watch::channel(Arc::new(Published::default()));
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: crate::FIELD_MANAGER.into(),
+                instance: Some(identity),
+            },
+        ),
+        client: client.clone(),
+        settings: Arc::clone(&settings),
+        stores: stores.clone(),
+        published,
+        render: Arc::clone(&render),
+        metrics,
+    });
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let _ = tokio::join!(
+        stores.namespaces.wait_until_ready(),
+        stores.credentials.wait_until_ready(),
+        stores.projects.wait_until_ready(),
+        stores.own_secrets.wait_until_ready(),
+    );
+    tracing::info!(region = %settings.region, "caches synced; reconciling");
+    let renderer = tokio::spawn(renderer::run(
+        Arc::clone(&ctx),
+        published_tx,
+        shutdown.clone(),
+    ));
+    let namespaces = namespace::controller(Arc::clone(&ctx), shutdown.clone());
+    let credentials = credential::controller(Arc::clone(&ctx), shutdown.clone());
+    tokio::join!(namespaces, credentials);
+    renderer.abort();
+    reflectors.abort_all();
+}

@@ -1,0 +1,491 @@
+//! The renderer: the one writer of the region's configuration document.
+//!
+//! It keeps caches of every input, and on every change (debounced), on key rotations and
+//! periodically, it decides every object ([`crate::resolve`]), renders the document
+//! ([`crate::render`]) and, when its content changed, writes it with the next revision:
+//! shards first, then the index naming them, then stale shards are deleted. Objects of other
+//! regions are never read into the document.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crds::config::{
+    ClaimRule, CredentialConfig, FederationConfig, PreviousSecret, Timestamp as DocTime,
+};
+use crds::v1alpha1::{RegistryCredential, RegistryNamespace, reasons};
+
+use super::credential::state_secret_name;
+use super::{Context, Published, Stores};
+use crate::keys::{KEYS_DATA_KEY, KeyRing};
+use crate::render::render;
+use crate::resolve::{self, Key, Verdict};
+use crate::secrets::CredentialState;
+use crate::settings::Settings;
+use crate::telemetry::ConditionLabels;
+use crate::{CONTENT_HASH_ANNOTATION, FIELD_MANAGER, MANAGED_BY, REGION_LABEL, Result};
+
+/// The data key of the configuration Secrets (index and shards).
+pub const CONFIG_DATA_KEY: &str = "config.yaml";
+/// Annotation with the revision of a configuration Secret.
+pub const REVISION_ANNOTATION: &str = "registry.thalassa.cloud/revision";
+/// Label on configuration shards naming the index Secret they belong to.
+pub const SHARD_OF_LABEL: &str = "registry.thalassa.cloud/config-shard-of";
+/// Debounce: changes arriving within this time are rendered together.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Rendered even without a change, to catch anything missed.
+const RESYNC: Duration = Duration::from_secs(60);
+
+fn managed_selector() -> String {
+    format!("app.kubernetes.io/managed-by={MANAGED_BY}")
+}
+
+/// Starts one reflector per input; every change wakes the renderer.
+pub fn start_reflectors(
+    client: &Client,
+    settings: &Settings,
+    render: Arc<Notify>,
+) -> (Stores, JoinSet<()>) {
+    let mut tasks = JoinSet::new();
+    fn spawn<K>(
+        tasks: &mut JoinSet<()>,
+        api: Api<K>,
+        config: watcher::Config,
+        render: Arc<Notify>,
+    ) -> store::Store<K>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = store::store();
+        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        tasks.spawn(async move {
+            stream
+                .for_each(|event| {
+                    match event {
+                        Ok(_) => render.notify_one(),
+                        Err(error) => tracing::warn!(%error, "watch failed; restarting"),
+                    }
+                    futures::future::ready(())
+                })
+                .await;
+        });
+        reader
+    }
+    let any = || watcher::Config::default().any_semantic();
+    let stores = Stores {
+        namespaces: spawn(
+            &mut tasks,
+            Api::<RegistryNamespace>::all(client.clone()),
+            any(),
+            Arc::clone(&render),
+        ),
+        credentials: spawn(
+            &mut tasks,
+            Api::<RegistryCredential>::all(client.clone()),
+            any(),
+            Arc::clone(&render),
+        ),
+        projects: spawn(
+            &mut tasks,
+            Api::<Namespace>::all(client.clone()),
+            any(),
+            Arc::clone(&render),
+        ),
+        own_secrets: spawn(
+            &mut tasks,
+            Api::<Secret>::namespaced(client.clone(), &settings.namespace),
+            any().labels(&managed_selector()),
+            render,
+        ),
+    };
+    (stores, tasks)
+}
+
+/// Renders and writes until `shutdown`.
+pub async fn run(
+    ctx: Arc<Context>,
+    published: watch::Sender<Arc<Published>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut writer = Writer::new(&ctx);
+    let mut failures = 0u32;
+    loop {
+        let wait = writer.next_wake().unwrap_or(RESYNC);
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = ctx.render.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        match writer.render_once(&ctx).await {
+            Ok(summary) => {
+                failures = 0;
+                published.send_if_modified(|current| {
+                    if **current == summary {
+                        false
+                    } else {
+                        *current = Arc::new(summary);
+                        true
+                    }
+                });
+            }
+            Err(error) => {
+                ctx.metrics.failed("render", &error);
+                tracing::error!(%error, "rendering the configuration failed");
+                failures += 1;
+                tokio::time::sleep(super::backoff(failures)).await;
+                ctx.render.notify_one();
+            }
+        }
+    }
+}
+
+/// The renderer's memory between passes.
+struct Writer {
+    client: Client,
+    settings: Arc<Settings>,
+    /// Revision last written (so a stale cache never makes it go back).
+    revision: u64,
+    /// Digest of the content last written.
+    digest: Option<String>,
+    /// When the key ring next needs attention.
+    key_wake: Option<Timestamp>,
+}
+
+impl Writer {
+    fn new(ctx: &Context) -> Self {
+        Self {
+            client: ctx.client.clone(),
+            settings: Arc::clone(&ctx.settings),
+            revision: 0,
+            digest: None,
+            key_wake: None,
+        }
+    }
+
+    fn next_wake(&self) -> Option<Duration> {
+        let at = self.key_wake?;
+        let left = Timestamp::now().duration_until(at);
+        Some(Duration::try_from(left).unwrap_or_default().min(RESYNC))
+    }
+
+    async fn render_once(&mut self, ctx: &Context) -> Result<Published> {
+        let settings = Arc::clone(&self.settings);
+        let settings = settings.as_ref();
+        let now = Timestamp::now();
+        let orgs = ctx.stores.organisations();
+        let namespaces = ctx.stores.namespace_index(settings);
+
+        let mut counts: HashMap<(&'static str, String), i64> = HashMap::new();
+        for ns in ctx.stores.namespaces.state() {
+            if let Some(verdict) = namespaces.verdict(&Key::of(ns.as_ref())) {
+                *counts
+                    .entry(("RegistryNamespace", reason_of(verdict)))
+                    .or_default() += 1;
+            }
+        }
+
+        let mut credentials = Vec::new();
+        let mut federations = Vec::new();
+        let mut hashes = HashMap::new();
+        for c in ctx.stores.credentials.state() {
+            if c.spec.region != settings.region || c.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let grant = match resolve::credential(settings, &orgs, &namespaces, &c, now) {
+                Ok(grant) => grant,
+                Err(verdict) => {
+                    *counts
+                        .entry(("RegistryCredential", reason_of(&verdict)))
+                        .or_default() += 1;
+                    continue;
+                }
+            };
+            let id = c.username();
+            let expires_at = grant.expires_at.map(doc_time);
+            if let Some(wi) = &c.spec.workload_identity {
+                federations.push(FederationConfig {
+                    name: id.clone(),
+                    issuer: wi.issuer.clone(),
+                    audience: wi.audience.clone(),
+                    claim_rules: wi
+                        .claim_rules
+                        .iter()
+                        .map(|r| ClaimRule {
+                            claim: r.claim.clone(),
+                            values: r.values.clone(),
+                        })
+                        .collect(),
+                    scope: grant.scope,
+                    namespaces: grant.namespaces,
+                    ca_bundle: wi.ca_bundle.clone(),
+                });
+                hashes.insert(id, String::new());
+            } else {
+                let uid = c.metadata.uid.as_deref().unwrap_or_default();
+                let Some(state) = ctx
+                    .stores
+                    .own_secret(&settings.namespace, &state_secret_name(uid))
+                    .and_then(|s| CredentialState::from_data(uid, s.data.as_ref()?).ok())
+                else {
+                    // Not issued yet: the credential controller issues it.
+                    *counts
+                        .entry(("RegistryCredential", reasons::RECONCILING.into()))
+                        .or_default() += 1;
+                    continue;
+                };
+                hashes.insert(id.clone(), state.secret_hash.clone());
+                credentials.push(CredentialConfig {
+                    id,
+                    secret_hash: state.secret_hash,
+                    scope: grant.scope,
+                    namespaces: grant.namespaces,
+                    not_before: None,
+                    expires_at,
+                    previous_secrets: state
+                        .previous
+                        .iter()
+                        .filter(|p| p.expires_at > now)
+                        .map(|p| PreviousSecret {
+                            secret_hash: p.secret_hash.clone(),
+                            expires_at: doc_time(p.expires_at),
+                        })
+                        .collect(),
+                });
+            }
+            *counts
+                .entry(("RegistryCredential", reasons::READY.into()))
+                .or_default() += 1;
+        }
+        ctx.metrics.objects.clear();
+        for ((kind, reason), n) in counts {
+            ctx.metrics
+                .objects
+                .get_or_create(&ConditionLabels {
+                    kind: kind.to_owned(),
+                    reason,
+                })
+                .set(n);
+        }
+
+        let tokens = self.keys(now).await?;
+        let mut rendered = render(settings, &namespaces, credentials, federations, tokens, 0);
+        let digest = rendered.content_digest();
+        let own = Api::<Secret>::namespaced(self.client.clone(), &settings.namespace);
+        let index = ctx
+            .stores
+            .own_secret(&settings.namespace, &settings.config_secret);
+        let stored_revision = index
+            .as_ref()
+            .and_then(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(REVISION_ANNOTATION)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        let stored_digest = index.as_ref().and_then(|s| {
+            s.metadata
+                .annotations
+                .as_ref()?
+                .get(CONTENT_HASH_ANNOTATION)
+                .cloned()
+        });
+        self.revision = self.revision.max(stored_revision);
+        let unchanged = self.digest.as_ref() == Some(&digest)
+            || (self.digest.is_none() && stored_digest.as_ref() == Some(&digest));
+        if !unchanged {
+            self.revision += 1;
+            rendered.index.spec.revision = self.revision;
+            // Refuse to write what the data plane would refuse.
+            rendered.merged()?;
+            let mut bytes = 0;
+            for (name, shard) in &rendered.shards {
+                let text = serde_norway::to_string(shard).expect("shards serialize");
+                bytes += text.len();
+                let mut labels = self.labels();
+                labels.insert(SHARD_OF_LABEL.into(), settings.config_secret.clone());
+                self.write(
+                    &own,
+                    name,
+                    text,
+                    labels,
+                    &shard.revision.to_string(),
+                    &digest,
+                )
+                .await?;
+            }
+            let text = rendered.index.spec_to_yaml();
+            bytes += text.len();
+            let revision = self.revision.to_string();
+            self.write(
+                &own,
+                &settings.config_secret,
+                text,
+                self.labels(),
+                &revision,
+                &digest,
+            )
+            .await?;
+            // Shards no longer named go last, once the index no longer needs them.
+            let names: HashSet<&str> = rendered.shards.iter().map(|(n, _)| n.as_str()).collect();
+            let selector = format!("{SHARD_OF_LABEL}={}", settings.config_secret);
+            for stale in own
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await?
+            {
+                let name = stale.metadata.name.unwrap_or_default();
+                if !names.contains(name.as_str()) {
+                    let _ = own.delete(&name, &DeleteParams::default()).await;
+                }
+            }
+            self.digest = Some(digest);
+            ctx.metrics.revision.set(self.revision as i64);
+            ctx.metrics.document_bytes.set(bytes as i64);
+            ctx.metrics.shards.set(rendered.shards.len() as i64);
+            tracing::info!(
+                revision = self.revision,
+                bytes,
+                shards = rendered.shards.len(),
+                credentials = hashes.len(),
+                "configuration written"
+            );
+        } else {
+            self.digest = Some(digest);
+            self.revision = self.revision.max(stored_revision);
+        }
+        let merged = rendered.merged()?;
+        Ok(Published {
+            revision: self.revision,
+            namespaces: merged
+                .spec
+                .namespaces
+                .iter()
+                .map(|n| n.name.clone())
+                .collect(),
+            credentials: hashes,
+        })
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                MANAGED_BY.to_owned(),
+            ),
+            (REGION_LABEL.to_owned(), self.settings.region.clone()),
+        ])
+    }
+
+    async fn write(
+        &self,
+        api: &Api<Secret>,
+        name: &str,
+        text: String,
+        labels: BTreeMap<String, String>,
+        revision: &str,
+        digest: &str,
+    ) -> Result<()> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(self.settings.namespace.clone()),
+                labels: Some(labels),
+                annotations: Some(BTreeMap::from([
+                    (REVISION_ANNOTATION.to_owned(), revision.to_owned()),
+                    (CONTENT_HASH_ANNOTATION.to_owned(), digest.to_owned()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                CONFIG_DATA_KEY.to_owned(),
+                ByteString(text.into_bytes()),
+            )])),
+            ..Secret::default()
+        };
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The token keys, rotated when due (the keys Secret is written first).
+    async fn keys(&mut self, now: Timestamp) -> Result<crds::config::TokensConfig> {
+        let settings = Arc::clone(&self.settings);
+        let name = format!("{}-keys", settings.config_secret);
+        let own = Api::<Secret>::namespaced(self.client.clone(), &settings.namespace);
+        // Read from the API: a key ring must never be made twice from a stale cache.
+        let existing = own.get_opt(&name).await?;
+        let mut ring = match existing
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get(KEYS_DATA_KEY).cloned())
+        {
+            Some(bytes) => KeyRing::from_yaml(&String::from_utf8_lossy(&bytes.0))?,
+            None => KeyRing::default(),
+        };
+        let ttl = settings.tokens.ttl.0;
+        let rotation = settings.tokens.key_rotation.0;
+        if ring.rotate(now, rotation, ttl)? {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(settings.namespace.clone()),
+                    labels: Some(self.labels()),
+                    resource_version: existing.and_then(|s| s.metadata.resource_version),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(BTreeMap::from([(
+                    KEYS_DATA_KEY.to_owned(),
+                    ByteString(ring.to_yaml().into_bytes()),
+                )])),
+                ..Secret::default()
+            };
+            if secret.metadata.resource_version.is_some() {
+                own.replace(&name, &Default::default(), &secret).await?;
+            } else {
+                own.create(&Default::default(), &secret).await?;
+            }
+            tracing::info!(keys = ring.keys.len(), "token keys rotated");
+        }
+        self.key_wake = ring.next_change(now, rotation);
+        Ok(ring.tokens_config(now, ttl))
+    }
+}
+
+fn reason_of(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Served => reasons::READY.to_owned(),
+        Verdict::Refused { reason, .. } => (*reason).to_owned(),
+    }
+}
+
+fn doc_time(t: Timestamp) -> DocTime {
+    let secs = t.as_second().max(0) as u64;
+    DocTime(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}

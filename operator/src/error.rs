@@ -1,0 +1,56 @@
+//! The operator's one error type.
+
+/// What can go wrong while reconciling.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// A Secret the operator keeps holds something it cannot read (edited by hand?).
+    #[error("secret {name}: {message}")]
+    CorruptState {
+        /// The Secret.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Hashing a secret or making a key failed.
+    #[error("crypto: {0}")]
+    Crypto(String),
+    /// The rendered document does not validate: a bug, since inputs are checked first.
+    #[error("rendered configuration is invalid: {0}")]
+    Render(#[from] crds::config::ConfigError),
+}
+
+impl Error {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::CorruptState { .. } => "corrupt_state",
+            Self::Crypto(_) => "crypto",
+            Self::Render(_) => "render",
+        }
+    }
+
+    /// Whether trying again later may succeed (API errors other than validation refusals).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Kube(kube::Error::Api(status)) => !matches!(status.code, 400 | 422),
+            Self::Kube(_) => true,
+            Self::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
+                _ => true,
+            },
+            Self::CorruptState { .. } | Self::Crypto(_) | Self::Render(_) => false,
+        }
+    }
+}
+
+/// The operator's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
