@@ -16,6 +16,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Resource as _, ResourceExt as _};
 use tokio_stream::wrappers::WatchStream;
+use tracing::Instrument as _;
 
 use crds::v1alpha1::{RegistryCredential, RegistryCredentialStatus, reasons};
 
@@ -71,7 +72,6 @@ async fn reconcile(credential: Arc<RegistryCredential>, ctx: Arc<Context>) -> Re
     let started = Instant::now();
     let key = Key::of(credential.as_ref());
     let span = tracing::info_span!("reconcile", kind = "RegistryCredential", object = %key);
-    let _enter = span.enter();
     if credential.spec.region != ctx.settings.region {
         // Another region's object: never touched, not even its finalizers or status.
         return Ok(Action::await_change());
@@ -83,6 +83,7 @@ async fn reconcile(credential: Arc<RegistryCredential>, ctx: Arc<Context>) -> Re
             Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());

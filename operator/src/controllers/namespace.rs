@@ -10,6 +10,7 @@ use kube::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use tokio_stream::wrappers::WatchStream;
+use tracing::Instrument as _;
 
 use crds::v1alpha1::{RegistryNamespace, RegistryNamespaceStatus};
 
@@ -38,7 +39,6 @@ async fn reconcile(ns: Arc<RegistryNamespace>, ctx: Arc<Context>) -> Result<Acti
     let started = Instant::now();
     let key = Key::of(ns.as_ref());
     let span = tracing::info_span!("reconcile", kind = "RegistryNamespace", object = %key);
-    let _enter = span.enter();
     if ns.spec.region != ctx.settings.region {
         // Another region's object: never touched, not even its status.
         return Ok(Action::await_change());
@@ -46,7 +46,7 @@ async fn reconcile(ns: Arc<RegistryNamespace>, ctx: Arc<Context>) -> Result<Acti
     if ns.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let result = apply(&ns, &ctx).await;
+    let result = apply(&ns, &ctx).instrument(span).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     result
 }

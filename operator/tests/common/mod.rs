@@ -1,0 +1,259 @@
+//! Shared by the operator's end-to-end tests: one harness cluster per test binary (with the
+//! CRDs installed), and per test a region of its own (its own region name, operator
+//! namespace, operator process and data plane), so tests run in parallel without seeing
+//! each other's objects.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use testkit::cluster::{Cluster, TestNamespace};
+use testkit::process::{ChildGuard, Readiness, free_port};
+
+/// The cluster of this test binary, started on first use; stopped by the harness watchdog
+/// when the test process exits.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = Cluster::start("operator").expect("a harness cluster");
+        let crds = testkit::tools::repo_root().join("crds/yaml");
+        cluster
+            .kubectl_ok(["apply", "--server-side", "-f", crds.to_str().unwrap()])
+            .expect("the CRDs apply");
+        for crd in ["registrynamespaces", "registrycredentials"] {
+            cluster
+                .kubectl_ok([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    &format!("crd/{crd}.registry.thalassa.cloud"),
+                ])
+                .expect("the CRDs are established");
+        }
+        cluster
+    })
+}
+
+/// The binary of a workspace package, built next to this test's operator binary.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let operator = PathBuf::from(env!("CARGO_BIN_EXE_operator"));
+    let path = operator.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (tests/run does)",
+        path.display()
+    );
+    path
+}
+
+/// A region name unique to this process and call.
+fn unique_region() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "r{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One region: an operator and a data plane following its configuration Secret.
+pub struct Region {
+    /// The region's name.
+    pub name: String,
+    /// The registry host (`127.0.0.1:PORT`).
+    pub host: String,
+    /// The operator's namespace.
+    pub system: TestNamespace,
+    /// The settings file.
+    pub settings: PathBuf,
+    /// Organisations with the gate on.
+    pub organisations: Vec<String>,
+    dir: tempfile::TempDir,
+    /// The operator.
+    pub operator: Option<ChildGuard>,
+    /// The data plane.
+    pub dataplane: Option<ChildGuard>,
+}
+
+impl Region {
+    /// Starts a region (operator and data plane) whose listed organisations have the
+    /// container registry.
+    pub async fn start(organisations: &[&str]) -> Self {
+        Self::start_with(organisations, true).await
+    }
+
+    /// Starts only the operator of a region.
+    pub async fn operator_only(organisations: &[&str]) -> Self {
+        Self::start_with(organisations, false).await
+    }
+
+    async fn start_with(organisations: &[&str], with_dataplane: bool) -> Self {
+        let cluster = cluster();
+        let client = cluster.client().await.unwrap();
+        let system = TestNamespace::create(&client).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let name = unique_region();
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let orgs: String = organisations
+            .iter()
+            .map(|o| format!("  {o}: {{containerRegistry: true}}\n"))
+            .collect();
+        let settings = dir.path().join("settings.yaml");
+        std::fs::write(
+            &settings,
+            format!(
+                "region: {name}\nregistryHost: \"{host}\"\nnamespace: {}\norganisations:\n{orgs}",
+                system.name()
+            ),
+        )
+        .unwrap();
+        let mut region = Self {
+            name,
+            host,
+            system,
+            settings,
+            organisations: organisations.iter().map(|s| s.to_string()).collect(),
+            dir,
+            operator: None,
+            dataplane: None,
+        };
+        region.operator = Some(region.spawn_operator("operator"));
+        if with_dataplane {
+            region.dataplane = Some(region.spawn_dataplane(port));
+        }
+        region
+    }
+
+    /// Starts another operator process of this region (for leader election tests).
+    pub fn spawn_operator(&self, identity: &str) -> ChildGuard {
+        let metrics = free_port();
+        let mut cmd = Command::new(workspace_bin("operator"));
+        cmd.args(["run", "--settings"])
+            .arg(&self.settings)
+            .args(["--listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--identity", identity])
+            .env("KUBECONFIG", cluster().kubeconfig_path())
+            .env("RUST_LOG", "info,operator=debug");
+        let mut child = ChildGuard::spawn(identity, cmd).unwrap();
+        child
+            .wait_ready(
+                &Readiness::Http(format!("http://127.0.0.1:{metrics}/healthz")),
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        child
+    }
+
+    fn spawn_dataplane(&self, port: u16) -> ChildGuard {
+        let root = self.dir.path().join("data");
+        let mut cmd = Command::new(workspace_bin("dataplane"));
+        cmd.args(["serve", "--listen", &self.host, "--root"])
+            .arg(&root)
+            .args([
+                "--config-secret",
+                &format!("{}/registry-config", self.system.name()),
+            ])
+            .env("KUBECONFIG", cluster().kubeconfig_path());
+        let mut child = ChildGuard::spawn("dataplane", cmd).unwrap();
+        child
+            .wait_ready(
+                &Readiness::Tcp(format!("127.0.0.1:{port}").parse().unwrap()),
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        child
+    }
+
+    /// A project (Kubernetes namespace) of `organisation`.
+    pub async fn project(&self, organisation: Option<&str>) -> TestNamespace {
+        let client = cluster().client().await.unwrap();
+        let ns = TestNamespace::create(&client).await.unwrap();
+        if let Some(org) = organisation {
+            let api = Api::<Namespace>::all(client);
+            let patch = serde_json::json!({
+                "metadata": {"labels": {crds::ORGANISATION_LABEL: org}}
+            });
+            api.patch(ns.name(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+        ns
+    }
+
+    /// `kubectl apply -f -` of a manifest; the error is kubectl's message.
+    pub fn apply(&self, manifest: &str) -> Result<String, String> {
+        cluster().apply(manifest).map_err(|e| e.to_string())
+    }
+
+    /// A `RegistryNamespace` manifest of this region.
+    pub fn namespace_manifest(&self, project: &str, name: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryNamespace\n\
+             metadata: {{name: {name}, namespace: {project}}}\nspec:\n  region: {}\n{extra}",
+            self.name
+        )
+    }
+
+    /// A `RegistryCredential` manifest of this region.
+    pub fn credential_manifest(
+        &self,
+        project: &str,
+        name: &str,
+        scope: &str,
+        namespaces: &[&str],
+        extra: &str,
+    ) -> String {
+        format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryCredential\n\
+             metadata: {{name: {name}, namespace: {project}}}\nspec:\n  region: {}\n  \
+             scope: \"{scope}\"\n  namespaces: [{}]\n{extra}",
+            self.name,
+            namespaces.join(", ")
+        )
+    }
+}
+
+/// Polls an object until `check` returns `Some`, or panics after `timeout` with the last
+/// object seen.
+pub async fn wait_object<K, T>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    mut check: impl FnMut(&K) -> Option<T>,
+) -> T
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(Some(obj)) = api.get_opt(name).await {
+            if let Some(value) = check(&obj) {
+                return value;
+            }
+            last = Some(obj);
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("{name}: condition not reached within {timeout:?}; last seen: {last:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `Ready` condition's status and reason, when it describes the current generation.
+pub fn ready<K: kube::Resource>(
+    obj: &K,
+    conditions: &[crds::v1alpha1::Condition],
+) -> Option<(String, String)> {
+    let generation = obj.meta().generation?;
+    let ready = conditions.iter().find(|c| c.type_ == "Ready")?;
+    (ready.observed_generation == generation)
+        .then(|| (format!("{:?}", ready.status), ready.reason.clone()))
+}
