@@ -62,6 +62,36 @@ fn unique_region() -> String {
     )
 }
 
+/// A running operator process.
+pub struct Operator {
+    /// The process.
+    pub child: ChildGuard,
+    /// Its metrics port.
+    pub metrics: u16,
+}
+
+impl Operator {
+    /// Whether it reports holding the leader Lease.
+    pub async fn leading(&self) -> bool {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics);
+        let Ok(response) = reqwest::get(&url).await else {
+            return false;
+        };
+        let body = response.text().await.unwrap_or_default();
+        body.lines()
+            .any(|l| l.trim() == "registry_operator_leader 1")
+    }
+
+    /// SIGKILLs it (no cleanup, no Lease release).
+    pub fn kill(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        self.child.stop();
+    }
+}
+
 /// One region: an operator and a data plane following its configuration Secret.
 pub struct Region {
     /// The region's name.
@@ -76,7 +106,7 @@ pub struct Region {
     pub organisations: Vec<String>,
     dir: tempfile::TempDir,
     /// The operator.
-    pub operator: Option<ChildGuard>,
+    pub operator: Option<Operator>,
     /// The data plane.
     pub dataplane: Option<ChildGuard>,
 }
@@ -132,7 +162,7 @@ impl Region {
     }
 
     /// Starts another operator process of this region (for leader election tests).
-    pub fn spawn_operator(&self, identity: &str) -> ChildGuard {
+    pub fn spawn_operator(&self, identity: &str) -> Operator {
         let metrics = free_port();
         let mut cmd = Command::new(workspace_bin("operator"));
         cmd.args(["run", "--settings"])
@@ -148,7 +178,7 @@ impl Region {
                 Duration::from_secs(30),
             )
             .unwrap();
-        child
+        Operator { child, metrics }
     }
 
     fn spawn_dataplane(&self, port: u16) -> ChildGuard {

@@ -1,0 +1,261 @@
+//! The operator under failure: exactly one leader among replicas, hand-over when the leader
+//! dies, and convergence without orphaned or duplicated Secrets after SIGKILLs at arbitrary
+//! points while hundreds of objects reconcile.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crds::v1alpha1::RegistryCredential;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::ListParams;
+
+use common::{Operator, Region, cluster};
+
+/// How long a dead leader's Lease blocks the next (the operator's lease duration) plus time
+/// to start reconciling.
+const HANDOVER: Duration = Duration::from_secs(25);
+
+async fn leaders(operators: &[&Operator]) -> usize {
+    let mut n = 0;
+    for op in operators {
+        if op.leading().await {
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn holder(region: &Region) -> Option<String> {
+    let api = Api::<Lease>::namespaced(cluster().client().await.unwrap(), region.system.name());
+    api.get_opt("registry-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_leader_and_a_hand_over_within_the_lease_time() {
+    let mut region = Region::operator_only(&["acme"]).await;
+    let first = region.operator.take().unwrap();
+    let second = region.spawn_operator("second");
+    let deadline = Instant::now() + HANDOVER;
+    while leaders(&[&first, &second]).await != 1 {
+        assert!(Instant::now() < deadline, "no single leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Still exactly one a while later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(leaders(&[&first, &second]).await, 1);
+    let (mut leader, follower, follower_id) = if first.leading().await {
+        (first, second, "second")
+    } else {
+        (second, first, "operator")
+    };
+    leader.kill();
+    let killed = Instant::now();
+    while !(follower.leading().await && holder(&region).await.as_deref() == Some(follower_id)) {
+        assert!(
+            killed.elapsed() < HANDOVER,
+            "no hand-over within {HANDOVER:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The new leader reconciles.
+    let project = region.project(Some("acme")).await;
+    region
+        .apply(&region.namespace_manifest(project.name(), "after", ""))
+        .unwrap();
+    region
+        .apply(&region.credential_manifest(
+            project.name(),
+            "c",
+            "containerRegistry",
+            &["after"],
+            "",
+        ))
+        .unwrap();
+    let creds =
+        Api::<RegistryCredential>::namespaced(cluster().client().await.unwrap(), project.name());
+    common::wait_object(&creds, "c", HANDOVER, |c| {
+        (common::ready(c, &c.status.as_ref()?.conditions)?.0 == "True").then_some(())
+    })
+    .await;
+    // Cleaning up needs an operator: credentials carry its finalizer.
+    project.cleanup().await.unwrap();
+    drop(follower);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkills_while_hundreds_of_objects_reconcile_leave_no_orphans_or_duplicates() {
+    const CREDENTIALS: usize = 480;
+    let mut region = Region::operator_only(&["acme"]).await;
+    let client = cluster().client().await.unwrap();
+    let projects = [
+        region.project(Some("acme")).await,
+        region.project(Some("acme")).await,
+    ];
+    // 500 objects: 20 namespaces and 480 credentials across two projects.
+    let mut manifest = String::new();
+    for (i, p) in projects.iter().enumerate() {
+        for n in 0..10 {
+            manifest += &region.namespace_manifest(p.name(), &format!("ns-{i}-{n}"), "");
+            manifest += "---\n";
+        }
+        for c in 0..CREDENTIALS / 2 {
+            let ns = format!("ns-{i}-{}", c % 10);
+            manifest += &region.credential_manifest(
+                p.name(),
+                &format!("cred-{c}"),
+                "containerRegistry:pull",
+                &[&ns],
+                "",
+            );
+            manifest += "---\n";
+        }
+    }
+    region.apply(&manifest).unwrap();
+
+    // SIGKILL the operator at points spread over the reconcile, restarting it each time.
+    for (round, delay_ms) in [900u64, 2300, 400, 1700].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        region.operator.as_mut().unwrap().kill();
+        region.operator = Some(region.spawn_operator(&format!("restart-{round}")));
+    }
+
+    // Converges: every credential Ready, one state Secret and one delivered Secret each.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let creds_api = Api::<RegistryCredential>::all(client.clone());
+    loop {
+        let creds: Vec<RegistryCredential> = creds_api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|c| c.spec.region == region.name)
+            .collect();
+        let ready = creds
+            .iter()
+            .filter(|c| {
+                c.status
+                    .as_ref()
+                    .and_then(|s| common::ready(*c, &s.conditions))
+                    .is_some_and(|(s, _)| s == "True")
+            })
+            .count();
+        if ready == CREDENTIALS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {ready} of {CREDENTIALS} credentials Ready"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let creds: Vec<RegistryCredential> = creds_api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.spec.region == region.name)
+        .collect();
+    let uids: HashSet<String> = creds
+        .iter()
+        .filter_map(|c| c.metadata.uid.clone())
+        .collect();
+    let own = Api::<Secret>::namespaced(client.clone(), region.system.name());
+    let states: Vec<Secret> = own
+        .list(&ListParams::default().labels(operator::CREDENTIAL_UID_LABEL))
+        .await
+        .unwrap()
+        .items;
+    let state_uids: BTreeMap<String, usize> = states.iter().fold(BTreeMap::new(), |mut m, s| {
+        *m.entry(s.metadata.labels.as_ref().unwrap()[operator::CREDENTIAL_UID_LABEL].clone())
+            .or_default() += 1;
+        m
+    });
+    assert_eq!(
+        state_uids.len(),
+        CREDENTIALS,
+        "state Secrets: one per credential"
+    );
+    assert!(
+        state_uids.values().all(|n| *n == 1),
+        "duplicated state Secrets"
+    );
+    assert!(
+        state_uids.keys().all(|u| uids.contains(u)),
+        "orphaned state Secrets"
+    );
+    for p in &projects {
+        let delivered = Api::<Secret>::namespaced(client.clone(), p.name())
+            .list(&ListParams::default().labels(operator::CREDENTIAL_UID_LABEL))
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(
+            delivered.len(),
+            CREDENTIALS / 2,
+            "delivered Secrets in {}",
+            p.name()
+        );
+        // Each delivers the secret whose hash is in the state (no secret issued twice).
+        for secret in delivered {
+            let uid = &secret.metadata.labels.as_ref().unwrap()[operator::CREDENTIAL_UID_LABEL];
+            let state = states
+                .iter()
+                .find(|s| {
+                    &s.metadata.labels.as_ref().unwrap()[operator::CREDENTIAL_UID_LABEL] == uid
+                })
+                .unwrap();
+            assert_eq!(
+                secret.data.as_ref().unwrap()["password"].0,
+                state.data.as_ref().unwrap()["secret"].0,
+                "the delivered secret is the one the state holds"
+            );
+        }
+    }
+    // The document names every credential exactly once.
+    let index = own.get("registry-config").await.unwrap();
+    let text = String::from_utf8(index.data.unwrap()["config.yaml"].0.clone()).unwrap();
+    let mut config = crds::config::Config::parse_unvalidated(&text).unwrap();
+    let mut shards = Vec::new();
+    for s in &config.spec.shards {
+        let shard = own.get(&s.name).await.unwrap();
+        let text = String::from_utf8(shard.data.unwrap()["config.yaml"].0.clone()).unwrap();
+        shards.push((
+            s.name.clone(),
+            crds::config::ConfigShard::from_yaml_str(&text).unwrap(),
+        ));
+    }
+    config.merge_shards(shards).unwrap();
+    let ids: HashSet<&str> = config
+        .spec
+        .credentials
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    assert_eq!(config.spec.credentials.len(), CREDENTIALS);
+    assert_eq!(ids.len(), CREDENTIALS);
+
+    // Deleting everything leaves nothing behind.
+    for p in projects {
+        p.cleanup().await.unwrap();
+    }
+    let left = own
+        .list(&ListParams::default().labels(operator::CREDENTIAL_UID_LABEL))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        left.is_empty(),
+        "{} state Secrets left after the credentials were deleted",
+        left.len()
+    );
+}
