@@ -218,7 +218,8 @@ async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<Verdict> {
     };
     let state = match current {
         None => {
-            let state = CredentialState::issue(now, rotation_request.clone())?;
+            let request = rotation_request.clone();
+            let state = off_runtime(move || CredentialState::issue(now, request)).await?;
             let secret = state_secret(c, ctx, &state_name, &state);
             match own.create(&PostParams::default(), &secret).await {
                 Ok(_) => state,
@@ -234,7 +235,8 @@ async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<Verdict> {
             }
         }
         Some(state) if state.rotation_due(now, period, rotation_request.as_deref()) => {
-            let next = state.rotate(now, rotation_request.clone())?;
+            let request = rotation_request.clone();
+            let next = off_runtime(move || state.rotate(now, request)).await?;
             let mut secret = state_secret(c, ctx, &state_name, &next);
             secret.metadata.resource_version = existing.and_then(|s| s.metadata.resource_version);
             // A conflicting write (409) is retried by the controller with fresh state.
@@ -357,6 +359,13 @@ async fn cleanup(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
             .await,
     )?;
     Ok(Action::await_change())
+}
+
+/// Runs CPU-heavy work (argon2 hashing) on the blocking pool, not on a runtime thread.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Crypto(format!("hashing task failed: {e}")))?
 }
 
 fn ignore_not_found<T>(result: kube::Result<T>) -> Result<()> {
