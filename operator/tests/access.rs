@@ -38,7 +38,9 @@ async fn credentials_push_only_where_their_project_may() {
     let owner = region.project(Some("acme")).await;
     let sibling = region.project(Some("acme")).await;
     let stranger = region.project(Some("beta")).await;
-    region.apply(&region.namespace_manifest(owner.name(), "team", "")).unwrap();
+    region
+        .apply(&region.namespace_manifest(owner.name(), "team", ""))
+        .unwrap();
     region
         .apply(&region.namespace_manifest(owner.name(), "platform", "  scope: organisation\n"))
         .unwrap();
@@ -51,13 +53,28 @@ async fn credentials_push_only_where_their_project_may() {
         (stranger.name(), "foreign", "platform"),
     ] {
         region
-            .apply(&region.credential_manifest(project, name, "containerRegistry", &[namespace], ""))
+            .apply(&region.credential_manifest(
+                project,
+                name,
+                "containerRegistry",
+                &[namespace],
+                "",
+            ))
             .unwrap();
     }
     assert_eq!(ready_reason(&creds(owner.name()), "own").await, "Ready");
-    assert_eq!(ready_reason(&creds(sibling.name()), "shared").await, "Ready");
-    assert_eq!(ready_reason(&creds(sibling.name()), "cross").await, "NotPermitted");
-    assert_eq!(ready_reason(&creds(stranger.name()), "foreign").await, "NotPermitted");
+    assert_eq!(
+        ready_reason(&creds(sibling.name()), "shared").await,
+        "Ready"
+    );
+    assert_eq!(
+        ready_reason(&creds(sibling.name()), "cross").await,
+        "NotPermitted"
+    );
+    assert_eq!(
+        ready_reason(&creds(stranger.name()), "foreign").await,
+        "NotPermitted"
+    );
 
     // Issued credentials push where they were granted, and nowhere else.
     let own = delivered(&secrets(owner.name()), "own").await;
@@ -67,12 +84,30 @@ async fn credentials_push_only_where_their_project_may() {
         tokio::task::block_in_place(|| push_image(Client::Skopeo, &reference, Some(who)).unwrap())
     };
     assert!(push("team", &own).succeeded());
-    assert!(push("platform", &shared).succeeded(), "organisation scope across projects");
-    assert!(!push("team", &shared).succeeded(), "project scope stays in its project");
+    assert!(
+        push("platform", &shared).succeeded(),
+        "organisation scope across projects"
+    );
+    assert!(
+        !push("team", &shared).succeeded(),
+        "project scope stays in its project"
+    );
     assert!(!push("platform", &own).succeeded(), "not granted");
     // Refused credentials were never issued: no Secret, nothing to push with.
-    assert!(secrets(sibling.name()).get_opt("cross").await.unwrap().is_none());
-    assert!(secrets(stranger.name()).get_opt("foreign").await.unwrap().is_none());
+    assert!(
+        secrets(sibling.name())
+            .get_opt("cross")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        secrets(stranger.name())
+            .get_opt("foreign")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     for p in [owner, sibling, stranger] {
         p.cleanup().await.unwrap();
@@ -89,7 +124,9 @@ async fn a_federated_credential_lets_a_service_account_token_push_without_a_secr
     cluster
         .kubectl_ok(["create", "serviceaccount", "deployer", "--namespace", p])
         .unwrap();
-    region.apply(&region.namespace_manifest(p, "builds", "")).unwrap();
+    region
+        .apply(&region.namespace_manifest(p, "builds", ""))
+        .unwrap();
     let ca = std::fs::read_to_string(cluster.ca_path()).unwrap();
     let indented: String = ca.lines().map(|l| format!("      {l}\n")).collect();
     let identity = format!(
@@ -98,22 +135,45 @@ async fn a_federated_credential_lets_a_service_account_token_push_without_a_secr
         cluster.server()
     );
     region
-        .apply(&region.credential_manifest(p, "deployer", "containerRegistry", &["builds"], &identity))
+        .apply(&region.credential_manifest(
+            p,
+            "deployer",
+            "containerRegistry",
+            &["builds"],
+            &identity,
+        ))
         .unwrap();
     let creds = Api::<RegistryCredential>::namespaced(client.clone(), p);
     assert_eq!(ready_reason(&creds, "deployer").await, "Ready");
     let status = creds.get("deployer").await.unwrap().status.unwrap();
     assert_eq!(status.username.as_deref(), Some("oidc"));
     assert_eq!(status.secret_name, None);
-    assert!(Api::<Secret>::namespaced(client.clone(), p).get_opt("deployer").await.unwrap().is_none());
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), p)
+            .get_opt("deployer")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
-    let token = cluster.service_account_token(p, "deployer", "registry").unwrap();
+    let token = cluster
+        .service_account_token(p, "deployer", "registry")
+        .unwrap();
     // A real client, logging in as `oidc` with the token.
     let reference = format!("{}/{}:v1", region.host, unique_repo_in("builds", "crane"));
     let pushed = tokio::task::block_in_place(|| {
-        push_image(Client::Crane, &reference, Some(&Credentials::new("oidc", token.clone()))).unwrap()
+        push_image(
+            Client::Crane,
+            &reference,
+            Some(&Credentials::new("oidc", token.clone())),
+        )
+        .unwrap()
     });
-    assert!(pushed.succeeded(), "crane push with the token: {}", pushed.output.stderr);
+    assert!(
+        pushed.succeeded(),
+        "crane push with the token: {}",
+        pushed.output.stderr
+    );
 
     // The token exchange, then a blob upload with the access token.
     let http = reqwest::Client::new();
@@ -121,7 +181,10 @@ async fn a_federated_credential_lets_a_service_account_token_push_without_a_secr
     let response = http
         .post(format!("http://{}/token", region.host))
         .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", token.as_str()),
             ("scope", &format!("repository:{repo}:pull,push")),
         ])
@@ -134,7 +197,10 @@ async fn a_federated_credential_lets_a_service_account_token_push_without_a_secr
     let blob = b"pushed through the token exchange";
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(blob)));
     let upload = http
-        .post(format!("http://{}/v2/{repo}/blobs/uploads/?digest={digest}", region.host))
+        .post(format!(
+            "http://{}/v2/{repo}/blobs/uploads/?digest={digest}",
+            region.host
+        ))
         .bearer_auth(&access)
         .header("content-type", "application/octet-stream")
         .body(blob.to_vec())
@@ -146,11 +212,16 @@ async fn a_federated_credential_lets_a_service_account_token_push_without_a_secr
     cluster
         .kubectl_ok(["create", "serviceaccount", "other", "--namespace", p])
         .unwrap();
-    let other = cluster.service_account_token(p, "other", "registry").unwrap();
+    let other = cluster
+        .service_account_token(p, "other", "registry")
+        .unwrap();
     let refused = http
         .post(format!("http://{}/token", region.host))
         .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", other.as_str()),
             ("scope", &format!("repository:{repo}:pull,push")),
         ])

@@ -362,7 +362,9 @@ async fn cleanup(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
 }
 
 /// Runs CPU-heavy work (argon2 hashing) on the blocking pool, not on a runtime thread.
-async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Crypto(format!("hashing task failed: {e}")))?

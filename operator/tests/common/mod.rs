@@ -115,15 +115,20 @@ impl Region {
     /// Starts a region (operator and data plane) whose listed organisations have the
     /// container registry.
     pub async fn start(organisations: &[&str]) -> Self {
-        Self::start_with(organisations, true).await
+        Self::start_with(organisations, "", true).await
+    }
+
+    /// Starts a region with more operator settings (YAML lines).
+    pub async fn start_with_settings(organisations: &[&str], settings: &str) -> Self {
+        Self::start_with(organisations, settings, true).await
     }
 
     /// Starts only the operator of a region.
     pub async fn operator_only(organisations: &[&str]) -> Self {
-        Self::start_with(organisations, false).await
+        Self::start_with(organisations, "", false).await
     }
 
-    async fn start_with(organisations: &[&str], with_dataplane: bool) -> Self {
+    async fn start_with(organisations: &[&str], extra: &str, with_dataplane: bool) -> Self {
         let cluster = cluster();
         let client = cluster.client().await.unwrap();
         let system = TestNamespace::create(&client).await.unwrap();
@@ -139,7 +144,7 @@ impl Region {
         std::fs::write(
             &settings,
             format!(
-                "region: {name}\nregistryHost: \"{host}\"\nnamespace: {}\norganisations:\n{orgs}",
+                "region: {name}\nregistryHost: \"{host}\"\nnamespace: {}\n{extra}organisations:\n{orgs}",
                 system.name()
             ),
         )
