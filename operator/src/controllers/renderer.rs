@@ -136,8 +136,10 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
+        let started = std::time::Instant::now();
         match writer.render_once(&ctx).await {
             Ok(summary) => {
+                ctx.metrics.reconciled("render", started.elapsed());
                 failures = 0;
                 published.send_if_modified(|current| {
                     if **current == summary {

@@ -1,0 +1,332 @@
+//! `operator-bench`: the operator's figures.
+//!
+//! ```text
+//! operator-bench [--credentials N] [--render N] [--output FILE]
+//! ```
+//!
+//! 1. **Apply to first push**: on a harness cluster with the release `operator` and
+//!    `dataplane` binaries, `kubectl apply` of one credential at a time, then a blob push with
+//!    the delivered secret, retried every 20 ms until it succeeds; p50/p99 over N credentials
+//!    (default 100; target p99 <= 2 s).
+//! 2. **Render**: the renderer's pure part (decisions, document, shards, validation of the
+//!    merged document) for a region of N credentials (default 20 000), timed in process, with
+//!    the process's peak resident memory before and after.
+//!
+//! No peer registry has an operator to compare with, so these figures stand on their own.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use sha2::{Digest as _, Sha256};
+use testkit::cluster::Cluster;
+use testkit::process::{ChildGuard, Readiness, free_port};
+
+fn main() -> anyhow::Result<()> {
+    let mut credentials = 100usize;
+    let mut render_n = 20_000usize;
+    let mut output = testkit::tools::repo_root().join("bench/OPERATOR.md");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--credentials" => credentials = args.next().context("--credentials N")?.parse()?,
+            "--render" => render_n = args.next().context("--render N")?.parse()?,
+            "--output" => output = PathBuf::from(args.next().context("--output FILE")?),
+            other => bail!(
+                "unknown argument {other}; usage: operator-bench [--credentials N] [--render N] [--output FILE]"
+            ),
+        }
+    }
+    let mut report = String::new();
+    writeln!(report, "# Operator benchmarks\n")?;
+    writeln!(
+        report,
+        "Written by `bench/operator/run` (`cargo run --release -p operator-bench`) on {} ({} cores).\n",
+        date(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )?;
+    let render = render_figures(render_n);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let latency = runtime.block_on(apply_to_push(credentials))?;
+    report.push_str(&latency);
+    report.push_str(&render);
+    std::fs::write(&output, &report).with_context(|| format!("writing {}", output.display()))?;
+    print!("{report}");
+    Ok(())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn release_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = testkit::tools::repo_root()
+        .join("target/release")
+        .join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p {name}`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Part 1: kubectl apply of a credential to its first successful push.
+async fn apply_to_push(n: usize) -> anyhow::Result<String> {
+    let cluster = Cluster::start("opbench")?;
+    let crds = testkit::tools::repo_root().join("crds/yaml");
+    cluster.kubectl_ok(["apply", "--server-side", "-f", crds.to_str().unwrap()])?;
+    cluster.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/registrycredentials.registry.thalassa.cloud",
+    ])?;
+    let client = cluster.client().await?;
+    let system = cluster.test_namespace().await?;
+    let project = cluster.test_namespace().await?;
+    cluster.kubectl_ok([
+        "label",
+        "namespace",
+        project.name(),
+        "registry.thalassa.cloud/organisation=bench",
+    ])?;
+    let dir = tempfile_dir()?;
+    let port = free_port();
+    let host = format!("127.0.0.1:{port}");
+    let settings = dir.join("settings.yaml");
+    std::fs::write(
+        &settings,
+        format!(
+            "region: bench\nregistryHost: \"{host}\"\nnamespace: {}\norganisations: {{bench: {{containerRegistry: true}}}}\n",
+            system.name()
+        ),
+    )?;
+    let metrics = free_port();
+    let mut op = Command::new(release_bin("operator")?);
+    op.args(["run", "--settings"])
+        .arg(&settings)
+        .args(["--listen", &format!("127.0.0.1:{metrics}")])
+        .env("KUBECONFIG", cluster.kubeconfig_path());
+    let mut operator = ChildGuard::spawn("operator", op)?;
+    operator.wait_ready(
+        &Readiness::Http(format!("http://127.0.0.1:{metrics}/healthz")),
+        Duration::from_secs(30),
+    )?;
+    let mut dp = Command::new(release_bin("dataplane")?);
+    dp.args(["serve", "--listen", &host, "--root"])
+        .arg(dir.join("data"))
+        .args([
+            "--config-secret",
+            &format!("{}/registry-config", system.name()),
+        ])
+        .env("KUBECONFIG", cluster.kubeconfig_path());
+    let mut dataplane = ChildGuard::spawn("dataplane", dp)?;
+    dataplane.wait_ready(&Readiness::Tcp(host.parse()?), Duration::from_secs(30))?;
+    cluster.apply(&format!(
+        "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryNamespace\nmetadata: {{name: bench, namespace: {}}}\nspec: {{region: bench}}\n",
+        project.name()
+    ))?;
+
+    let secrets = Api::<Secret>::namespaced(client, project.name());
+    let http = reqwest::Client::new();
+    let blob = b"first push";
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(blob)));
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("cred-{i}");
+        let manifest = format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: {name}, namespace: {}}}\nspec: {{region: bench, scope: containerRegistry, namespaces: [bench]}}\n",
+            project.name()
+        );
+        let started = Instant::now();
+        cluster.apply(&manifest)?;
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            if Instant::now() > deadline {
+                bail!(
+                    "{name}: no successful push within 30 s\noperator log:\n{}",
+                    operator.log()
+                );
+            }
+            if let Some(secret) = secrets.get_opt(&name).await? {
+                let data = secret.data.unwrap_or_default();
+                let text = |k: &str| {
+                    data.get(k)
+                        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                        .unwrap_or_default()
+                };
+                let status = http
+                    .post(format!(
+                        "http://{host}/v2/bench/app-{i}/blobs/uploads/?digest={digest}"
+                    ))
+                    .basic_auth(text("username"), Some(text("password")))
+                    .body(blob.to_vec())
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                if status == 201 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p99 = percentile(&samples, 0.99);
+    let mut out = String::new();
+    writeln!(out, "## Apply to first push\n")?;
+    writeln!(
+        out,
+        "`kubectl apply` of one `RegistryCredential` at a time (release binaries, one harness cluster, filesystem storage), then a blob push with the delivered Secret's credentials retried every 20 ms until it succeeds. The time includes kubectl's own start (about 100 ms).\n"
+    )?;
+    writeln!(
+        out,
+        "| credentials | p50 | p90 | p99 | max | target p99 | |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    writeln!(
+        out,
+        "| {n} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | <= 2000 ms | {} |\n",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.9)),
+        ms(p99),
+        ms(*samples.last().unwrap()),
+        if p99 <= Duration::from_secs(2) {
+            "met"
+        } else {
+            "not met"
+        }
+    )?;
+    drop(dataplane);
+    drop(operator);
+    project.cleanup().await.ok();
+    system.cleanup().await.ok();
+    cluster.stop()?;
+    Ok(out)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("operator-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Part 2: rendering a region of `n` credentials (the renderer's pure part).
+fn render_figures(n: usize) -> String {
+    use crds::config::{CredentialConfig, Scope};
+    let settings = operator::settings::Settings::from_yaml_str(
+        "region: bench\nregistryHost: r.example.com\nnamespace: reg\norganisations: {bench: {containerRegistry: true}}\n",
+    )
+    .expect("settings");
+    let before = peak_rss_kib();
+    let credentials: Vec<CredentialConfig> = (0..n)
+        .map(|i| CredentialConfig {
+            id: format!("team-{}.credential-{i:06}", i % 50),
+            // A real argon2id PHC string has this shape and length.
+            secret_hash: format!(
+                "$argon2id$v=19$m=19456,t=2,p=1${}${}",
+                &hex::encode(Sha256::digest(i.to_be_bytes()))[..22],
+                &hex::encode(Sha256::digest((i + 1).to_be_bytes()))[..43]
+            ),
+            scope: if i % 3 == 0 {
+                Scope::ContainerRegistry
+            } else {
+                Scope::ContainerRegistryPull
+            },
+            namespaces: vec![format!("ns-{}", i % 200)],
+            not_before: None,
+            expires_at: None,
+            previous_secrets: Vec::new(),
+        })
+        .collect();
+    let namespaces = operator::resolve::NamespaceIndex::default();
+    let mut runs = Vec::new();
+    let mut last = None;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let rendered = operator::render::render(
+            &settings,
+            &namespaces,
+            credentials.clone(),
+            Vec::new(),
+            Default::default(),
+            1,
+        );
+        let bytes: usize = rendered
+            .shards
+            .iter()
+            .map(|(_, s)| serde_json::to_string(s).map(|t| t.len()).unwrap_or(0))
+            .sum();
+        let digest = rendered.content_digest();
+        runs.push((
+            started.elapsed(),
+            rendered.shards.len(),
+            bytes,
+            digest.len(),
+        ));
+        last = Some(rendered);
+    }
+    // Validation of the merged document is what the data plane repeats on its side.
+    let rendered = last.unwrap();
+    let started = Instant::now();
+    let merged = rendered.merged();
+    let validate = started.elapsed();
+    let after = peak_rss_kib();
+    runs.sort();
+    let (median, shards, bytes, _) = runs[runs.len() / 2];
+    let mut out = String::new();
+    let _ = writeln!(out, "## Rendering {n} credentials\n");
+    let _ = writeln!(
+        out,
+        "The renderer's pure part in one process: the document with its shards (default `shardBytes`, 512 KiB), its content digest, and validation of the merged document. Median of 5. Peak RSS is the bench process's (the credential list itself included).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| credentials | render + digest | validate merged | shards | shard bytes | peak RSS before | peak RSS after |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| {n} | {:.0} ms | {:.0} ms | {shards} | {:.1} MiB | {:.1} MiB | {:.1} MiB |\n",
+        median.as_secs_f64() * 1000.0,
+        validate.as_secs_f64() * 1000.0,
+        bytes as f64 / 1048576.0,
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+    );
+    if let Err(e) = merged {
+        let _ = writeln!(out, "Validation failed: {e}\n");
+    }
+    out
+}
