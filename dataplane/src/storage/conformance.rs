@@ -53,6 +53,8 @@ macro_rules! storage_conformance_tests {
             concurrent_appends_same_offset,
             concurrent_commits_same_digest,
             concurrent_tag_set,
+            tag_create_only_once,
+            concurrent_tag_create,
             concurrent_blob_put,
             manifest_link_meta_unlink,
             tags_sorted_and_deleted,
@@ -690,6 +692,57 @@ pub async fn concurrent_tag_set(s: Backend) {
     let value = s.tag_get(&r, &t).await.unwrap().expect("tag is set");
     assert!(digests.contains(&value));
     assert_eq!(s.tags(&r).await.unwrap(), vec![t]);
+}
+
+/// `tag_create` creates a missing tag and leaves an existing one as it is, reporting it.
+pub async fn tag_create_only_once(s: Backend) {
+    let r = repo("create/tag");
+    let t = tag("v1");
+    let (d1, d2) = (Digest::sha256_of(b"first"), Digest::sha256_of(b"second"));
+    assert_eq!(s.tag_create(&r, &t, &d1).await.unwrap(), None, "created");
+    assert_eq!(s.tag_get(&r, &t).await.unwrap(), Some(d1.clone()));
+    assert_eq!(
+        s.tag_create(&r, &t, &d2).await.unwrap(),
+        Some(d1.clone()),
+        "an existing tag is reported, not moved"
+    );
+    assert_eq!(s.tag_create(&r, &t, &d1).await.unwrap(), Some(d1.clone()));
+    assert_eq!(s.tag_get(&r, &t).await.unwrap(), Some(d1.clone()));
+    assert_eq!(s.tags(&r).await.unwrap(), vec![t.clone()]);
+    // Once deleted, the tag can be created again.
+    assert!(s.tag_delete(&r, &t).await.unwrap());
+    assert_eq!(s.tag_create(&r, &t, &d2).await.unwrap(), None);
+    assert_eq!(s.tag_get(&r, &t).await.unwrap(), Some(d2));
+}
+
+/// Of concurrent `tag_create`s of one tag with different digests exactly one creates it; all
+/// others see the winner's digest, which the tag keeps.
+pub async fn concurrent_tag_create(s: Backend) {
+    let r = repo("race/create");
+    let t = tag("release");
+    let digests: Vec<Digest> = (0..16u8).map(|i| Digest::sha256_of(&[i, 7])).collect();
+    let tasks: Vec<_> = digests
+        .iter()
+        .map(|d| {
+            let (s, r, t, d) = (Arc::clone(&s), r.clone(), t.clone(), d.clone());
+            tokio::spawn(async move { (d.clone(), s.tag_create(&r, &t, &d).await.unwrap()) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut seen = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (d, None) => winners.push(d),
+            (_, Some(existing)) => seen.push(existing),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one creation wins: {winners:?}");
+    let winner = &winners[0];
+    assert!(
+        seen.iter().all(|d| d == winner),
+        "the others see the winner"
+    );
+    assert_eq!(s.tag_get(&r, &t).await.unwrap().as_ref(), Some(winner));
 }
 
 /// Concurrent publishes of the same small blob leave it intact.

@@ -320,6 +320,29 @@ impl Inner {
         sync_dir(parent)
     }
 
+    /// Writes a small record only if `path` does not exist, atomically (a complete temporary
+    /// file hard-linked into place, which fails when the name exists); returns whether it was
+    /// created. Without hard links it falls back to a check and a rename, which is not safe
+    /// against a concurrent creator.
+    fn create_record(&self, path: &Path, data: &[u8]) -> io::Result<bool> {
+        let tmp = self.write_temp(data)?;
+        let parent = parent_of(path)?;
+        self.ensure_dir(parent)?;
+        match fs::hard_link(&tmp.path, path) {
+            Ok(()) => sync_dir(parent).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(link_err) => {
+                if fs::symlink_metadata(path).is_ok() {
+                    return Ok(false);
+                }
+                tracing::debug!(error = %link_err, "hard link failed, creating record by rename");
+                fs::rename(&tmp.path, path)?;
+                tmp.keep();
+                sync_dir(parent).map(|()| true)
+            }
+        }
+    }
+
     /// Publishes the complete, `fsync`ed file `src` as blob `digest`, keeping an existing blob.
     /// `src` itself is left in place (the caller removes it).
     fn publish_blob(&self, src: &Path, digest: &Digest) -> io::Result<()> {
@@ -1306,6 +1329,29 @@ impl Storage for FsStorage {
                 inner.write_record(&inner.tag_path(&repo, &tag), digest.to_string().as_bytes());
             inner.tags.invalidate(&repo, Some(&tag));
             Ok(written?)
+        })
+        .await
+    }
+
+    async fn tag_create(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<Option<Digest>> {
+        let (repo, tag, digest) = (repo.clone(), tag.clone(), digest.clone());
+        self.run(move |inner| {
+            let created =
+                inner.create_record(&inner.tag_path(&repo, &tag), digest.to_string().as_bytes());
+            inner.tags.invalidate(&repo, Some(&tag));
+            match created? {
+                true => Ok(None),
+                false => inner.read_tag(&repo, &tag)?.map(Some).ok_or_else(|| {
+                    StorageError::Backend(format!(
+                        "tag {tag} of {repo} vanished while it was being created"
+                    ))
+                }),
+            }
         })
         .await
     }

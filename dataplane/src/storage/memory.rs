@@ -348,6 +348,23 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    async fn tag_create(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<Option<Digest>> {
+        let mut state = self.state();
+        let tags = &mut state.repos.entry(repo.clone()).or_default().tags;
+        match tags.get(tag) {
+            Some(existing) => Ok(Some(existing.clone())),
+            None => {
+                tags.insert(tag.clone(), digest.clone());
+                Ok(None)
+            }
+        }
+    }
+
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         Ok(self
             .state()

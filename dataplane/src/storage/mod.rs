@@ -11,7 +11,8 @@
 //!   into it; `blob_linked` is the only existence check the registry layer exposes to clients.
 //! - **Safe concurrency.** Concurrent publishes of the same blob, and concurrent writes of the
 //!   same tag, leave one consistent value (content is identical for a blob; last writer wins
-//!   for a tag).
+//!   for a tag). Of concurrent [`Storage::tag_create`]s of one tag exactly one creates it, and
+//!   the others see its value (immutable tags rely on this).
 //! - **Durable uploads.** Upload sessions live in storage, not in memory, so they survive a
 //!   restart and can be continued by any replica.
 //!
@@ -298,6 +299,17 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Points `tag` at `digest`, atomically replacing any previous value.
     async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()>;
+
+    /// Points `tag` at `digest` only if the tag does not exist yet, atomically: of concurrent
+    /// creations (from any process sharing the backend) exactly one succeeds. Returns `None`
+    /// when this call created the tag, else the digest the existing tag points at (left as it
+    /// was).
+    async fn tag_create(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<Option<Digest>>;
 
     /// Removes a tag; returns whether it existed.
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;

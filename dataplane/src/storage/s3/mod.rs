@@ -528,6 +528,38 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    /// A write with `If-None-Match: *`: S3 lets exactly one of concurrent creators through.
+    /// When the tag exists its value is read and returned; if it vanished in between (deleted),
+    /// the creation is tried again.
+    async fn tag_create(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<Option<Digest>> {
+        let key = self.keys.tag(repo, tag);
+        let value = Bytes::from(digest.to_string());
+        for attempt in 0..CAS_ATTEMPTS {
+            match self
+                .bucket
+                .put(&key, value.clone(), Condition::Absent)
+                .await
+            {
+                Ok(_) => return Ok(None),
+                Err(Failure::Precondition) => {
+                    if let Some(existing) = self.tag_get(repo, tag).await? {
+                        return Ok(Some(existing));
+                    }
+                    backoff(attempt).await;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(StorageError::Unavailable(format!(
+            "tag {key} kept being created and deleted concurrently"
+        )))
+    }
+
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         self.remove(&self.keys.tag(repo, tag)).await
     }
