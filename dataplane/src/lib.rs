@@ -6,16 +6,20 @@
 //! - [`tls`]: TLS termination for [`server`], with certificates reloaded when they change.
 //! - [`http`]: the HTTP API; parses requests into [`oci`] values, authorizes, calls [`registry`],
 //!   maps results and errors to OCI responses.
+//! - [`live`]: the configuration in force: the one apply step every document goes through
+//!   and the live handle [`http`] and [`server`] read.
 //! - [`registry`]: registry semantics — uploads with streaming digest verification, manifest
 //!   validation, tags, referrers, catalog.
 //! - [`storage`]: the storage trait and its backends.
 //! - [`auth`]: access control (credentials, tokens, workload identity, the authorization
-//!   rule), used by [`http`]; pure policy over [`config`].
-//! - [`oci`] and [`config`]: pure vocabulary and configuration types, used by every layer.
+//!   rule), used by [`live`] and [`http`]; pure policy over [`config`].
+//! - [`oci`] and [`config`]: vocabulary and the configuration document (with its sources: the
+//!   file and the Kubernetes Secret), used by every layer.
 
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod live;
 pub mod oci;
 pub mod registry;
 pub mod server;

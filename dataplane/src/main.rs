@@ -1,10 +1,11 @@
 //! `dataplane`: the regional OCI registry data plane.
 //!
 //! ```text
-//! dataplane serve [--config FILE] [--listen ADDR] [--root DIR] [--log-format text|json]
+//! dataplane serve [--config FILE] [--config-secret NAMESPACE/NAME] [--listen ADDR]
+//!                 [--root DIR] [--log-format text|json]
 //!                 [--shutdown-timeout 30s] [--drain-delay 0s]
 //!                 [--tls-cert FILE --tls-key FILE]
-//! dataplane check-config FILE
+//! dataplane check-config FILE             # the same apply step as serve, shards included
 //! dataplane hash-secret < SECRET          # prints the argon2id hash of a credential secret
 //! dataplane generate-secret               # a new random secret and its hash
 //! dataplane generate-key ID               # a new ES256 token-signing key, as YAML
@@ -17,7 +18,11 @@
 //! serving HTTPS.
 //!
 //! `serve` refuses to start on an address reachable from other hosts (not loopback) when the
-//! configuration declares no access control.
+//! configuration declares no access control. With `--config-secret` the document comes from
+//! a Kubernetes Secret (in-cluster, or through `KUBECONFIG`): the server starts with nothing
+//! in force (not ready, every request denied) until the first document is applied, and takes
+//! its process settings (storage, uploads) from `--config FILE` (which may then hold nothing
+//! else), `--root`, or the defaults.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,10 +33,14 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use dataplane::auth::token::KeySet;
-use dataplane::config::{Config, ConfigReloader, ConfigSource};
+use dataplane::auth::{AuthService, Transport};
+use dataplane::config::{
+    Config, ConfigReloader, ConfigSource, KIND, ProcessSettings, RegionSpec, SecretRef,
+    SecretSource,
+};
+use dataplane::live::{Applier, Source};
 use dataplane::server::{ServeOptions, Server, check_exposure};
-use dataplane::telemetry::{self, LogFormat};
+use dataplane::telemetry::{self, ConfigMetrics, LogFormat};
 use dataplane::tls::TlsFiles;
 
 /// The regional OCI registry data plane.
@@ -46,9 +55,10 @@ struct Cli {
 enum Command {
     /// Serve the registry API, health and metrics.
     Serve(ServeArgs),
-    /// Validate a configuration document; prints the problems and exits 1 when invalid.
+    /// Validate a configuration document as `serve` applies it (schema, rules, shard files,
+    /// token keys, federations); prints the problems and exits 1 when it would be refused.
     CheckConfig {
-        /// The YAML document.
+        /// The YAML document (its shards are read from files next to it).
         file: PathBuf,
     },
     /// Read a credential secret on standard input (one line) and print its argon2id hash,
@@ -65,10 +75,15 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Configuration document (YAML), reloaded when it changes. Without it: filesystem
-    /// storage under ./registry-data.
+    /// Configuration document (YAML), reloaded when it or a shard file it names changes.
+    /// Without it: filesystem storage under ./registry-data. With --config-secret: the process
+    /// settings only (storage, uploads), read once.
     #[arg(long, env = "DATAPLANE_CONFIG")]
     config: Option<PathBuf>,
+    /// Follow the configuration document in this Kubernetes Secret (data key `config.yaml`)
+    /// and the shard Secrets it names, through the API (in-cluster, or `KUBECONFIG`).
+    #[arg(long, env = "DATAPLANE_CONFIG_SECRET", value_name = "NAMESPACE/NAME")]
+    config_secret: Option<SecretRef>,
     /// Address to listen on; with port 0 a free port is picked, and the log line
     /// `listening on ADDR` names it.
     #[arg(long, env = "DATAPLANE_LISTEN", default_value = "127.0.0.1:5000")]
@@ -152,23 +167,32 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::load(file) {
-        Ok(config) => {
-            let (_, key_errors) = KeySet::load(
-                &config.spec.tokens,
-                &dataplane::auth::token::generate_key("check"),
-            );
-            if !key_errors.is_empty() {
-                for err in key_errors {
-                    eprintln!("{}: tokens.keys: {err}", file.display());
-                }
-                return ExitCode::FAILURE;
-            }
+    let loaded = match ConfigSource::new(Some(file.to_owned()), None).load() {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("{}: {err}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    // The apply step of `serve`, with nothing to swap into.
+    let (region, shards) = (
+        loaded.config.spec.region.clone(),
+        loaded.config.spec.shards.len(),
+    );
+    let settings = loaded.config.settings.clone();
+    let auth = AuthService::new(Transport::default());
+    let (applier, _live) = Applier::new(auth, settings, ConfigMetrics::default());
+    match applier.apply(Source::Check, loaded) {
+        Ok(applied) => {
+            let shards = match shards {
+                0 => String::new(),
+                1 => " with 1 shard".to_owned(),
+                n => format!(" with {n} shards"),
+            };
             println!(
-                "{}: valid {} document for region {:?}",
+                "{}: valid {KIND} document for region {region:?}, revision {}{shards}",
                 file.display(),
-                dataplane::config::KIND,
-                config.spec.region
+                applied.revision,
             );
             ExitCode::SUCCESS
         }
@@ -244,18 +268,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    let source = ConfigSource::new(args.config.clone(), args.root.clone());
-    let (config, reloader) = ConfigReloader::start(source)?;
-    // Refuse open access before binding when the address is literal; `serve` checks the bound
-    // address again in any case.
-    if let Ok(addr) = args.listen.parse() {
-        check_exposure(&config.current(), addr)?;
-    }
+    let server = match &args.config_secret {
+        Some(secret) => {
+            let settings = secret_process_settings(&args)?;
+            // kube's TLS client takes the process-wide default provider, which rustls cannot
+            // pick by itself here (the AWS SDK compiles in a second one).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let source = SecretSource::connect(secret.clone())
+                .await
+                .with_context(|| format!("cannot reach the Kubernetes API for {secret}"))?;
+            Server::following_secret(settings, source)
+        }
+        None => {
+            let source = ConfigSource::new(args.config.clone(), args.root.clone());
+            let (first, reloader) = ConfigReloader::start(source)?;
+            // Refuse open access before binding when the address is literal; `serve` checks
+            // the bound address again in any case.
+            if let Ok(addr) = args.listen.parse() {
+                check_exposure(&first.config, addr)?;
+            }
+            Server::new(first.config).with_reloader(reloader)
+        }
+    };
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    Server::new(config)
-        .with_reloader(reloader)
+    server
         .with_tls(args.tls_files())
         .with_options(ServeOptions {
             shutdown_timeout: args.shutdown_timeout,
@@ -265,4 +303,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .serve(listener, shutdown)
         .await?;
     Ok(())
+}
+
+/// The process settings of `serve --config-secret`: from `--config FILE` (which may hold
+/// only them), with `--root`, else the defaults.
+fn secret_process_settings(args: &ServeArgs) -> anyhow::Result<ProcessSettings> {
+    let source = ConfigSource::new(args.config.clone(), args.root.clone());
+    let config: Config = source.load()?.config;
+    let owned = operator_owned_fields(&config.spec);
+    if !owned.is_empty() {
+        anyhow::bail!(
+            "{}: with --config-secret the configuration file holds only the process settings \
+             (storage, uploads); it also sets {}, which come from the Secret: remove them \
+             from the file",
+            args.config
+                .as_deref()
+                .map_or_else(|| "--config".into(), |p| p.display().to_string()),
+            owned.join(", ")
+        );
+    }
+    Ok(config.settings)
+}
+
+/// The operator-owned fields a document sets (differing from the defaults).
+fn operator_owned_fields(spec: &RegionSpec) -> Vec<&'static str> {
+    let empty = RegionSpec::default();
+    [
+        ("region", spec.region != empty.region),
+        ("revision", spec.revision != empty.revision),
+        ("namespaces", !spec.namespaces.is_empty()),
+        ("credentials", !spec.credentials.is_empty()),
+        ("federations", !spec.federations.is_empty()),
+        ("tokens", spec.tokens != empty.tokens),
+        ("retention", !spec.retention.is_empty()),
+        ("shards", !spec.shards.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(field, set)| set.then_some(field))
+    .collect()
 }

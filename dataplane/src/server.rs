@@ -6,8 +6,9 @@
 //! for the API and adds the operational endpoints around it:
 //!
 //! - `GET /healthz`: liveness, 200 whenever the process serves requests.
-//! - `GET /readyz`: readiness, 200 when storage answers [`Storage::check`] and the process is
-//!   not shutting down, 503 otherwise.
+//! - `GET /readyz`: readiness, 200 when a configuration is in force, storage answers
+//!   [`Storage::check`] and the process is not shutting down, 503 otherwise. The body names
+//!   the revision in force (`ready revision=7`).
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text), see [`crate::telemetry`].
 //!
 //! Shutdown ([`Server::serve`]): when the shutdown future completes, readiness turns 503 at
@@ -19,8 +20,16 @@
 //! TLS ([`Server::with_tls`]): the same server behind rustls, with handshakes completed off
 //! the accept loop and the certificate reloaded when its files change (see [`crate::tls`]).
 //!
+//! Configuration ([`crate::live`]): the first document (a file or the defaults) is applied
+//! before anything is accepted, and a file source is then followed
+//! ([`Server::with_reloader`]). A server following a Kubernetes Secret
+//! ([`Server::following_secret`]) starts with nothing in force: `/readyz` answers 503 and
+//! every request is denied until the first document from the Secret is applied.
+//!
 //! Exposure: a server whose listener is reachable from other hosts (not loopback) refuses to
-//! start when the configuration declares no access control ([`check_exposure`]).
+//! start when its first document declares no access control ([`check_exposure`]). A server
+//! following a Secret starts closed instead, and a document without access control applied
+//! later on such a listener denies everything (see [`crate::auth::Mode::Closed`]).
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -43,8 +52,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{AuthService, Transport};
-use crate::config::{Config, ConfigHandle, ConfigReloader};
+use crate::config::{Config, ConfigReloader, Loaded, ProcessSettings, SecretSource, StorageConfig};
 use crate::http::{AppState, build_app};
+use crate::live::{Applier, ApplyError, LiveConfig, Source};
 use crate::oci::RepoName;
 use crate::registry::Registry;
 use crate::storage::fs::FsStorage;
@@ -80,6 +90,9 @@ pub enum ServeError {
     /// The TLS certificate or key did not load.
     #[error("cannot load the TLS certificate: {0}")]
     Tls(TlsError),
+    /// The first configuration document was refused.
+    #[error("{0}")]
+    Config(#[from] ApplyError),
 }
 
 /// Whether `addr` is reachable only from this host.
@@ -104,7 +117,7 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// Time between readiness turning 503 and the listener closing.
     pub drain_delay: Duration,
-    /// How often the configuration file is checked for changes.
+    /// How often the configuration and TLS files are checked for changes.
     pub reload_interval: Duration,
 }
 
@@ -118,12 +131,9 @@ impl Default for ServeOptions {
     }
 }
 
-/// Opens the storage backend the configuration selects.
-pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServeError> {
-    match (
-        &config.settings.storage.filesystem,
-        &config.settings.storage.s3,
-    ) {
+/// Opens the storage backend the settings select.
+pub async fn open_storage(storage: &StorageConfig) -> Result<Arc<dyn Storage>, ServeError> {
+    match (&storage.filesystem, &storage.s3) {
         (Some(fs), _) => Ok(Arc::new(FsStorage::open(fs.root.clone()).await?)),
         (None, Some(s3)) => Ok(Arc::new(
             S3Storage::connect(S3Settings {
@@ -143,26 +153,46 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServeErro
 /// A data plane ready to serve: configuration, storage, and options.
 #[derive(Debug)]
 pub struct Server {
-    config: ConfigHandle,
+    settings: ProcessSettings,
+    first: Option<Config>,
     reloader: Option<ConfigReloader>,
+    secret: Option<SecretSource>,
     storage: Option<Arc<dyn Storage>>,
     tls: Option<TlsFiles>,
     options: ServeOptions,
 }
 
 impl Server {
-    /// A server for this configuration, with default options, opening the configured storage.
-    pub fn new(config: ConfigHandle) -> Self {
+    /// A server for this first configuration document (its settings are the process's), with
+    /// default options, opening the configured storage.
+    pub fn new(config: Config) -> Self {
         Self {
-            config,
+            settings: config.settings.clone(),
+            first: Some(config),
             reloader: None,
+            secret: None,
             storage: None,
             tls: None,
             options: ServeOptions::default(),
         }
     }
 
-    /// Reloads the configuration with `reloader` while serving.
+    /// A server with these process settings that follows the configuration Secrets of
+    /// `source`: nothing is in force (readiness 503, every request denied) until the first
+    /// document from the Secret is applied.
+    pub fn following_secret(settings: ProcessSettings, source: SecretSource) -> Self {
+        Self {
+            settings,
+            first: None,
+            reloader: None,
+            secret: Some(source),
+            storage: None,
+            tls: None,
+            options: ServeOptions::default(),
+        }
+    }
+
+    /// Applies every changed document of `reloader`'s files while serving.
     pub fn with_reloader(mut self, reloader: Option<ConfigReloader>) -> Self {
         self.reloader = reloader;
         self
@@ -191,8 +221,9 @@ impl Server {
     /// shutdown timeout passed). Logs `listening on <addr>` once storage is open and requests
     /// are accepted.
     ///
-    /// Fails before accepting anything when the listener is not loopback and the configuration
-    /// has no access control ([`check_exposure`]), when the TLS files do not load, or when
+    /// Fails before accepting anything when the listener is not loopback and the first
+    /// configuration has no access control ([`check_exposure`]), when the first configuration
+    /// is refused ([`crate::live::Applier::apply`]), when the TLS files do not load, or when
     /// storage does not open.
     pub async fn serve(
         self,
@@ -200,7 +231,9 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let addr = listener.local_addr()?;
-        check_exposure(&self.config.current(), addr)?;
+        if let Some(first) = &self.first {
+            check_exposure(first, addr)?;
+        }
         let certificate = match self.tls {
             Some(files) => {
                 let certificate =
@@ -213,23 +246,32 @@ impl Server {
             }
             None => None,
         };
-        let storage = match self.storage {
-            Some(storage) => storage,
-            None => open_storage(&self.config.current()).await?,
-        };
-        let registry = Arc::new(Registry::new(storage.clone()));
-        let metrics = Arc::new(Metrics::new());
-        let shutting_down = Arc::new(AtomicBool::new(false));
         let transport = Transport {
             tls: certificate.is_some(),
             public: !is_loopback(addr),
         };
-        let auth = AuthService::new(self.config.clone(), transport);
+        let metrics = Arc::new(Metrics::new());
+        let auth = AuthService::new(transport);
+        let (applier, live) = Applier::new(
+            Arc::clone(&auth),
+            self.settings.clone(),
+            metrics.config().clone(),
+        );
+        if let Some(first) = self.first {
+            applier.apply(Source::Startup, Loaded::stating_all(first))?;
+        }
+        let storage = match self.storage {
+            Some(storage) => storage,
+            None => open_storage(&self.settings.storage).await?,
+        };
+        let registry = Arc::new(Registry::new(storage.clone()));
+        let shutting_down = Arc::new(AtomicBool::new(false));
         let app = router(
-            AppState::new(registry, auth),
+            AppState::new(registry, auth, live.clone()),
             OpsState {
                 storage: storage.clone(),
                 metrics,
+                live: live.clone(),
                 shutting_down: shutting_down.clone(),
             },
         );
@@ -237,14 +279,31 @@ impl Server {
         // Background tasks stop when `stop` flips.
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let applier = Arc::new(applier);
         if let Some(reloader) = self.reloader {
-            tasks.push(tokio::spawn(
-                reloader.run(self.options.reload_interval, stopped(stop_rx.clone())),
-            ));
+            let applier = Arc::clone(&applier);
+            tasks.push(tokio::spawn(reloader.run(
+                self.options.reload_interval,
+                stopped(stop_rx.clone()),
+                move |document| {
+                    let _ = applier.offer(Source::File, document);
+                },
+            )));
+        }
+        if let Some(source) = self.secret {
+            tracing::info!(secret = %source.secret(), "following the configuration Secret");
+            let (sink, on_error) = (Arc::clone(&applier), Arc::clone(&applier));
+            tasks.push(tokio::spawn(source.run(
+                stopped(stop_rx.clone()),
+                move |document| {
+                    let _ = sink.offer(Source::Secret, document);
+                },
+                move |_| on_error.source_failed(Source::Secret),
+            )));
         }
         tasks.push(tokio::spawn(expire_uploads(
             storage.clone(),
-            self.config.clone(),
+            self.settings.uploads.session_timeout.0,
             stop_rx.clone(),
         )));
         let tls = certificate.is_some();
@@ -288,11 +347,12 @@ impl Server {
         };
 
         {
-            let config = self.config.current();
+            let index = live.current();
             tracing::info!(
                 target: telemetry::LISTENING_TARGET,
-                region = %config.spec.region,
-                storage_root = ?config.filesystem_root(),
+                region = %index.config().spec.region,
+                revision = ?index.revision(),
+                storage_root = ?index.config().filesystem_root(),
                 tls,
                 "listening on {addr}"
             );
@@ -326,7 +386,7 @@ impl Server {
 
 /// Serves `config` on `listener` until `shutdown`, with default options (see [`Server`]).
 pub async fn serve(
-    config: ConfigHandle,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -342,6 +402,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 struct OpsState {
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
+    live: LiveConfig,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -385,19 +446,23 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(ops): State<OpsState>) -> (StatusCode, &'static str) {
+async fn readyz(State(ops): State<OpsState>) -> (StatusCode, String) {
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
     if ops.shutting_down.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        return unavailable("shutting down");
     }
+    let Some(revision) = ops.live.revision() else {
+        return unavailable("no configuration in force yet");
+    };
     match tokio::time::timeout(READINESS_CHECK_TIMEOUT, ops.storage.check()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n"),
+        Ok(Ok(())) => (StatusCode::OK, format!("ready revision={revision}\n")),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness: storage check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+            unavailable("storage unavailable")
         }
         Err(_) => {
             tracing::warn!(timeout = ?READINESS_CHECK_TIMEOUT, "readiness: storage check timed out");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+            unavailable("storage unavailable")
         }
     }
 }
@@ -442,16 +507,15 @@ pub async fn expire_upload_sessions(
     Ok(removed)
 }
 
-/// Periodically removes abandoned upload sessions, at an interval derived from the current
-/// `uploads.sessionTimeout` (half of it, between 1 s and 60 s), until `stop` flips.
+/// Periodically removes abandoned upload sessions older than `max_age`, at an interval
+/// derived from it (half of it, between 1 s and 60 s), until `stop` flips.
 async fn expire_uploads(
     storage: Arc<dyn Storage>,
-    config: ConfigHandle,
+    max_age: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let interval = (max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        let max_age = config.current().settings.uploads.session_timeout.0;
-        let interval = (max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return,
             _ = tokio::time::sleep(interval) => {}
@@ -470,11 +534,14 @@ mod tests {
 
     fn test_router(storage: Arc<dyn Storage>) -> (Router, Arc<AtomicBool>) {
         let shutting_down = Arc::new(AtomicBool::new(false));
+        let api = AppState::open(Arc::new(Registry::new(storage.clone())));
+        let live = api.live().clone();
         let app = router(
-            AppState::open(Arc::new(Registry::new(storage.clone()))),
+            api,
             OpsState {
                 storage,
                 metrics: Arc::new(Metrics::new()),
+                live,
                 shutting_down: shutting_down.clone(),
             },
         );
@@ -520,6 +587,48 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(get_text(&app, "/healthz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readiness_waits_for_a_configuration_and_names_its_revision() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let metrics = Arc::new(Metrics::new());
+        let auth = AuthService::new(Transport::default());
+        let (applier, live) = Applier::new(
+            Arc::clone(&auth),
+            ProcessSettings::default(),
+            metrics.config().clone(),
+        );
+        let app = router(
+            AppState::new(Arc::new(Registry::new(storage.clone())), auth, live.clone()),
+            OpsState {
+                storage,
+                metrics,
+                live,
+                shutting_down: Arc::new(AtomicBool::new(false)),
+            },
+        );
+        let (status, body) = get_text(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "no configuration in force yet\n");
+        // Nothing is allowed meanwhile, not even on loopback.
+        assert_eq!(get_text(&app, "/v2/").await.0, StatusCode::FORBIDDEN);
+
+        let mut config = Config::default();
+        config.spec.revision = 42;
+        applier
+            .apply(Source::Secret, Loaded::stating_all(config))
+            .unwrap();
+        let (status, body) = get_text(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "ready revision=42\n");
+        assert_eq!(get_text(&app, "/v2/").await.0, StatusCode::OK);
+        let (_, text) = get_text(&app, "/metrics").await;
+        assert!(text.contains("dataplane_config_revision 42"), "{text}");
+        assert!(
+            text.contains(r#"dataplane_config_applied_total{source="secret"} 1"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -603,8 +712,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::new(ConfigHandle::fixed(Config::default()))
-            .with_storage(Arc::new(MemoryStorage::new()));
+        let server = Server::new(Config::default()).with_storage(Arc::new(MemoryStorage::new()));
         let task = tokio::spawn(server.serve(listener, async {
             let _ = rx.await;
         }));
@@ -636,7 +744,7 @@ mod tests {
         let storage = Arc::new(MemoryStorage::new());
         let repo: RepoName = "slow/upload".parse().unwrap();
         let session = storage.upload_create(&repo).await.unwrap();
-        let server = Server::new(ConfigHandle::fixed(Config::default()))
+        let server = Server::new(Config::default())
             .with_storage(storage)
             .with_options(ServeOptions {
                 shutdown_timeout: Duration::from_millis(300),

@@ -16,6 +16,17 @@
 //!   (body bytes actually received and sent)
 //! - `dataplane_uploads_in_flight` (`POST`/`PATCH`/`PUT` requests on upload routes being
 //!   served)
+//!
+//! Configuration ([`ConfigMetrics`], fed by [`crate::live`]):
+//!
+//! - `dataplane_config_revision`: the revision of the document in force (0 until one is)
+//! - `dataplane_config_applied_total{source}`: documents put in force
+//! - `dataplane_config_refusals_total{source,reason}`: documents refused (the running one
+//!   stayed in force); `reason` is `invalid`, `incomplete` (shards missing or at another
+//!   revision), `unavailable` (no document to read), `keys` or `federations` (valid, but
+//!   cannot be built)
+//! - `dataplane_config_source_errors_total{source}`: failures reading the source itself
+//!   (the Kubernetes API watch), retried with backoff
 
 use std::io::IsTerminal;
 use std::pin::Pin;
@@ -238,6 +249,100 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    source: &'static str,
+    reason: &'static str,
+}
+
+/// The configuration metrics: what is in force, what was applied and refused. Clones share
+/// the same series.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigMetrics {
+    revision: Gauge,
+    applied: Family<SourceLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
+    source_errors: Family<SourceLabels, Counter>,
+}
+
+impl ConfigMetrics {
+    /// Metrics registered in `registry` (`config_revision`, `config_applied`,
+    /// `config_refusals`, `config_source_errors` under its prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "config_revision",
+            "Revision of the configuration document in force",
+            metrics.revision.clone(),
+        );
+        registry.register(
+            "config_applied",
+            "Configuration documents put in force, by source",
+            metrics.applied.clone(),
+        );
+        registry.register(
+            "config_refusals",
+            "Configuration documents refused (the running one stayed in force), by source and reason",
+            metrics.refusals.clone(),
+        );
+        registry.register(
+            "config_source_errors",
+            "Failures reading a configuration source (retried), by source",
+            metrics.source_errors.clone(),
+        );
+        metrics
+    }
+
+    /// Records that a document of `revision` from `source` was put in force.
+    pub fn applied(&self, source: &'static str, revision: u64) {
+        self.revision
+            .set(i64::try_from(revision).unwrap_or(i64::MAX));
+        self.applied.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    /// Records a refusal of a document from `source`.
+    pub fn refused(&self, source: &'static str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels { source, reason })
+            .inc();
+    }
+
+    /// Records a failure of `source` itself.
+    pub fn source_error(&self, source: &'static str) {
+        self.source_errors
+            .get_or_create(&SourceLabels { source })
+            .inc();
+    }
+
+    /// Refusals counted so far for `source`, all reasons together.
+    pub fn refusals(&self, source: &'static str) -> u64 {
+        [
+            "invalid",
+            "incomplete",
+            "unavailable",
+            "keys",
+            "federations",
+        ]
+        .into_iter()
+        .map(|reason| {
+            self.refusals
+                .get_or_create(&RefusalLabels { source, reason })
+                .get()
+        })
+        .sum()
+    }
+
+    /// The revision gauge.
+    pub fn revision(&self) -> i64 {
+        self.revision.get()
+    }
+}
+
 /// The process's Prometheus registry and HTTP metrics. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct Metrics {
@@ -248,6 +353,7 @@ pub struct Metrics {
     bytes_in: Vec<Counter>,
     bytes_out: Vec<Counter>,
     uploads_in_flight: Gauge,
+    config: ConfigMetrics,
 }
 
 impl Default for Metrics {
@@ -290,6 +396,7 @@ impl Metrics {
             "Upload requests (POST, PATCH, PUT on upload routes) being served",
             uploads_in_flight.clone(),
         );
+        let config = ConfigMetrics::register(&mut registry);
         let per_route = |family: &Family<RouteLabels, Counter>| {
             RouteClass::ALL
                 .iter()
@@ -309,7 +416,13 @@ impl Metrics {
             requests,
             latency,
             uploads_in_flight,
+            config,
         }
+    }
+
+    /// The configuration metrics, for [`crate::live::Applier`].
+    pub fn config(&self) -> &ConfigMetrics {
+        &self.config
     }
 
     /// The registry, for other layers to register their own metrics before serving.

@@ -283,7 +283,14 @@ async fn config_reloads_live_and_ignores_invalid_documents() {
     .unwrap();
     wait_for("configuration reloaded", 1);
 
-    std::fs::write(&path, format!("{HEAD}region: three\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{HEAD}region: three\nstorage: {{filesystem: {{root: {}}}}}\n",
+            dir.path().join("elsewhere").display()
+        ),
+    )
+    .unwrap();
     wait_for("configuration reloaded", 2);
     wait_for("take effect after a restart", 1);
 

@@ -13,8 +13,11 @@
 //! - [`audit`]: the audit trail, as structured `tracing` events.
 //!
 //! Everything derived from the configuration (namespace and credential indexes, loaded keys,
-//! verified tokens) lives in one [`AccessIndex`], rebuilt when the configuration changes, so
-//! a reload takes effect on the next request and no request reads storage to authorize.
+//! trusted issuers, verified tokens) lives in one [`AccessIndex`], built in full by
+//! [`AuthService::build_index`] before a document is put in force (a document whose keys or
+//! federations cannot be used is refused there, never half-applied). The process swaps whole
+//! indexes (see [`crate::live`]), so a reload takes effect on the next request and no request
+//! reads storage or rebuilds anything to authorize.
 
 pub mod audit;
 pub mod oidc;
@@ -24,10 +27,10 @@ pub mod token;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, ConfigHandle, CredentialConfig, SigningKey};
+use crate::config::{Config, CredentialConfig, Problem, SigningKey};
 use crate::oci::RepoName;
 
 pub use policy::{Action, Actions, Grants, Namespaces};
@@ -208,40 +211,96 @@ pub struct IssuedToken {
     pub claims: Claims,
 }
 
-/// Everything derived from one configuration that authorization needs per request.
+/// Why a document cannot be put in force although it is valid: a token key or federation it
+/// names cannot be built. Every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot apply the configuration:{}", problems_list(.problems))]
+pub struct IndexError {
+    /// What cannot be built, by field path (`tokens.keys[0].privateKey`, `federations[1].caBundle`).
+    pub problems: Vec<Problem>,
+}
+
+impl IndexError {
+    /// Whether a token-signing key is among the problems.
+    pub fn concerns_keys(&self) -> bool {
+        self.problems.iter().any(|p| p.path.starts_with("tokens"))
+    }
+}
+
+fn problems_list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
+}
+
+/// Everything derived from one configuration that authorization needs per request, built
+/// in full before the configuration is put in force.
 #[derive(Debug)]
 pub struct AccessIndex {
     config: Arc<Config>,
+    in_force: bool,
     mode: Mode,
     namespaces: Namespaces,
+    immutable_tags: HashMap<String, Vec<String>>,
     credentials: HashMap<String, usize>,
     keys: KeySet,
     verified: Mutex<HashMap<String, Arc<Claims>>>,
 }
 
 impl AccessIndex {
-    fn build(config: Arc<Config>, transport: Transport, fallback_key: &SigningKey) -> Self {
-        let mode = if config.spec.access_control_enabled() {
+    fn build(
+        config: Arc<Config>,
+        transport: Transport,
+        fallback_key: &SigningKey,
+        oidc: &oidc::OidcVerifier,
+    ) -> Result<Self, IndexError> {
+        let spec = &config.spec;
+        let mut problems = Vec::new();
+        let keys = match KeySet::load(&spec.tokens, fallback_key) {
+            Ok(keys) => Some(keys),
+            Err(errors) => {
+                for error in errors {
+                    let path = match &error {
+                        TokenError::Key { id, .. } => {
+                            match spec.tokens.keys.iter().position(|k| &k.id == id) {
+                                Some(i) => format!("tokens.keys[{i}].privateKey"),
+                                None => "tokens.active".to_owned(),
+                            }
+                        }
+                        _ => "tokens.keys".to_owned(),
+                    };
+                    problems.push(Problem {
+                        path,
+                        message: error.to_string(),
+                    });
+                }
+                None
+            }
+        };
+        problems.extend(oidc.prepare(&spec.federations));
+        let Some(keys) = keys.filter(|_| problems.is_empty()) else {
+            return Err(IndexError { problems });
+        };
+        let mode = if spec.access_control_enabled() {
             Mode::Enforced
         } else if transport.public {
             Mode::Closed
         } else {
             Mode::Open
         };
-        let (keys, errors) = KeySet::load(&config.spec.tokens, fallback_key);
-        for error in errors {
-            tracing::error!(%error, "token signing key not loaded");
-        }
-        if mode == Mode::Enforced && config.spec.tokens.keys.is_empty() {
+        if mode == Mode::Enforced && spec.tokens.keys.is_empty() {
             tracing::warn!(
                 "no token signing keys configured: tokens are signed with a key of this \
                  process only, so they do not work across replicas"
             );
         }
-        Self {
+        Ok(Self {
             namespaces: Namespaces::from_config(&config),
-            credentials: config
-                .spec
+            immutable_tags: spec
+                .namespaces
+                .iter()
+                .filter(|ns| !ns.immutable_tags.is_empty())
+                .map(|ns| (ns.name.clone(), ns.immutable_tags.clone()))
+                .collect(),
+            credentials: spec
                 .credentials
                 .iter()
                 .enumerate()
@@ -249,9 +308,44 @@ impl AccessIndex {
                 .collect(),
             keys,
             mode,
+            in_force: true,
             verified: Mutex::new(HashMap::new()),
             config,
+        })
+    }
+
+    /// The index of a process that has no document in force yet: nothing is allowed.
+    fn waiting(config: Arc<Config>, fallback_key: &SigningKey) -> Self {
+        let keys = KeySet::load(&Default::default(), fallback_key).expect("a generated key loads");
+        Self {
+            config,
+            in_force: false,
+            mode: Mode::Closed,
+            namespaces: Namespaces::default(),
+            immutable_tags: HashMap::new(),
+            credentials: HashMap::new(),
+            keys,
+            verified: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether this index comes from a document put in force (`false` while a process waits
+    /// for its first document, when nothing is allowed).
+    pub fn in_force(&self) -> bool {
+        self.in_force
+    }
+
+    /// The revision of the document in force, `None` while there is none.
+    pub fn revision(&self) -> Option<u64> {
+        self.in_force.then_some(self.config.spec.revision)
+    }
+
+    /// The tag patterns of `namespace` that may not move once pushed (`namespaces[].immutableTags`).
+    pub fn immutable_tags(&self, namespace: &str) -> &[String] {
+        self.immutable_tags
+            .get(namespace)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// The authorization mode.
@@ -372,28 +466,28 @@ fn check_window(credential: &CredentialConfig, now: SystemTime) -> Result<(), Au
     Ok(())
 }
 
-/// Authentication and authorization for one data-plane process, following the live
-/// configuration.
+/// Authentication and authorization for one data-plane process: the verifiers and caches
+/// shared by every configuration, and the builder of their [`AccessIndex`]es. Which index is
+/// in force is not its business: requests receive it from the live handle
+/// ([`crate::live::LiveConfig`]).
 #[derive(Debug)]
 pub struct AuthService {
-    config: ConfigHandle,
     transport: Transport,
     oidc: oidc::OidcVerifier,
     secrets: secret::SecretVerifier,
-    fallback_key: OnceLock<SigningKey>,
-    index: Mutex<Option<Arc<AccessIndex>>>,
+    /// Signs when the configuration has no keys; the same for the life of the process, so
+    /// tokens survive reloads.
+    fallback_key: SigningKey,
 }
 
 impl AuthService {
-    /// The service for this configuration and transport.
-    pub fn new(config: ConfigHandle, transport: Transport) -> Arc<Self> {
+    /// The service for this transport.
+    pub fn new(transport: Transport) -> Arc<Self> {
         Arc::new(Self {
-            config,
             transport,
             oidc: oidc::OidcVerifier::new(),
             secrets: secret::SecretVerifier::new(),
-            fallback_key: OnceLock::new(),
-            index: Mutex::new(None),
+            fallback_key: token::generate_key("local"),
         })
     }
 
@@ -402,21 +496,17 @@ impl AuthService {
         self.transport
     }
 
-    /// The index of the current configuration, rebuilt when the configuration changed.
-    pub fn index(&self) -> Arc<AccessIndex> {
-        let config = self.config.current();
-        let mut slot = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(index) = slot.as_ref()
-            && Arc::ptr_eq(&index.config, &config)
-        {
-            return Arc::clone(index);
-        }
-        let fallback = self
-            .fallback_key
-            .get_or_init(|| token::generate_key("local"));
-        let index = Arc::new(AccessIndex::build(config, self.transport, fallback));
-        *slot = Some(Arc::clone(&index));
-        index
+    /// Builds everything requests need from a validated `config`: the namespace and
+    /// credential indexes, the token keys (every one must load, sign and verify), the
+    /// federations' issuers and trusted roots. Fails, listing every problem, when anything
+    /// cannot be built.
+    pub fn build_index(&self, config: Arc<Config>) -> Result<AccessIndex, IndexError> {
+        AccessIndex::build(config, self.transport, &self.fallback_key, &self.oidc)
+    }
+
+    /// The index of a process waiting for its first document: closed, nothing in force.
+    pub fn waiting_index(&self, config: Arc<Config>) -> AccessIndex {
+        AccessIndex::waiting(config, &self.fallback_key)
     }
 
     /// Authenticates a user name and password: an access credential, or an OIDC token under

@@ -146,35 +146,48 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Loads the configured keys. Keys that fail to load are reported and left out; when the
-    /// active key is missing or broken, `fallback` signs (and verifies) instead.
-    pub fn load(config: &TokensConfig, fallback: &SigningKey) -> (Self, Vec<TokenError>) {
+    /// Loads the configured keys, all or nothing: every key must load, and each must sign a
+    /// probe token that its own public half verifies, so a key set that loads can sign and
+    /// verify for real. Every key that fails is reported. With no key configured, `fallback`
+    /// signs (and verifies) instead.
+    pub fn load(config: &TokensConfig, fallback: &SigningKey) -> Result<Self, Vec<TokenError>> {
         let mut errors = Vec::new();
         let mut keys = HashMap::new();
         for key in &config.keys {
-            match load_key(key) {
+            match load_key(key).and_then(|loaded| probe(&key.id, &loaded).map(|()| loaded)) {
                 Ok(loaded) => {
                     keys.insert(key.id.clone(), loaded);
                 }
                 Err(e) => errors.push(e),
             }
         }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let active = match &config.active {
             Some(id) if keys.contains_key(id) => id.clone(),
-            _ => {
-                if let Ok(loaded) = load_key(fallback) {
-                    keys.insert(fallback.id.clone(), loaded);
-                }
+            Some(id) => {
+                return Err(vec![TokenError::Key {
+                    id: id.clone(),
+                    message: "tokens.active names a key that is not in tokens.keys".into(),
+                }]);
+            }
+            None if !keys.is_empty() => {
+                return Err(vec![TokenError::Key {
+                    id: String::new(),
+                    message: "tokens.active must name the key that signs new tokens".into(),
+                }]);
+            }
+            None => {
+                let loaded = load_key(fallback).map_err(|e| vec![e])?;
+                keys.insert(fallback.id.clone(), loaded);
                 fallback.id.clone()
             }
         };
-        (
-            Self {
-                active,
-                keys: Arc::new(keys),
-            },
-            errors,
-        )
+        Ok(Self {
+            active,
+            keys: Arc::new(keys),
+        })
     }
 
     /// Id of the signing key.
@@ -271,6 +284,22 @@ fn load_key(key: &SigningKey) -> Result<LoadedKey, TokenError> {
     })
 }
 
+/// Signs a short probe token with `key` and verifies it with the key's public half.
+fn probe(id: &str, key: &LoadedKey) -> Result<(), TokenError> {
+    let fail = |message: String| TokenError::Key {
+        id: id.to_owned(),
+        message,
+    };
+    let claims = Claims::new("probe", "probe", SystemTime::now(), Duration::from_secs(60));
+    let token = jsonwebtoken::encode(&Header::new(key.algorithm), &claims, &key.encoding)
+        .map_err(|e| fail(format!("does not sign: {e}")))?;
+    let mut validation = Validation::new(key.algorithm);
+    validation.set_audience(&["probe"]);
+    jsonwebtoken::decode::<Claims>(&token, &key.decoding, &validation)
+        .map(drop)
+        .map_err(|e| fail(format!("its signatures do not verify: {e}")))
+}
+
 /// A new ES256 signing key with this id (PKCS#8 PEM).
 pub fn generate_key(id: &str) -> SigningKey {
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
@@ -322,8 +351,7 @@ mod tests {
     fn signed_tokens_verify_and_carry_their_grants() {
         let fallback = generate_key("fallback");
         for key in [generate_key("k1"), ed25519_key("k1")] {
-            let (keys, errors) = KeySet::load(&config("k1", vec![key]), &fallback);
-            assert!(errors.is_empty(), "{errors:?}");
+            let keys = KeySet::load(&config("k1", vec![key]), &fallback).expect("the key loads");
             assert_eq!(keys.active_id(), "k1");
             let token = keys.sign(&claims(Duration::from_secs(60))).unwrap();
             let verified = keys.verify(&token, "reg").unwrap();
@@ -336,7 +364,7 @@ mod tests {
     #[test]
     fn tampered_expired_foreign_and_wrong_audience_tokens_fail() {
         let fallback = generate_key("fallback");
-        let (keys, _) = KeySet::load(&config("k1", vec![generate_key("k1")]), &fallback);
+        let keys = KeySet::load(&config("k1", vec![generate_key("k1")]), &fallback).unwrap();
         let token = keys.sign(&claims(Duration::from_secs(60))).unwrap();
 
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
@@ -365,7 +393,7 @@ mod tests {
             "not yet valid"
         );
 
-        let (stranger, _) = KeySet::load(&config("k1", vec![generate_key("k1")]), &fallback);
+        let stranger = KeySet::load(&config("k1", vec![generate_key("k1")]), &fallback).unwrap();
         let foreign = stranger.sign(&claims(Duration::from_secs(60))).unwrap();
         assert!(keys.verify(&foreign, "reg").is_err(), "same kid, other key");
         assert!(keys.verify("not.a.jwt", "reg").is_err());
@@ -376,9 +404,9 @@ mod tests {
         let fallback = generate_key("fallback");
         let old = generate_key("old");
         let new = generate_key("new");
-        let (before, _) = KeySet::load(&config("old", vec![old.clone()]), &fallback);
+        let before = KeySet::load(&config("old", vec![old.clone()]), &fallback).unwrap();
         let old_token = before.sign(&claims(Duration::from_secs(60))).unwrap();
-        let (after, _) = KeySet::load(&config("new", vec![old, new]), &fallback);
+        let after = KeySet::load(&config("new", vec![old, new]), &fallback).unwrap();
         assert!(after.verify(&old_token, "reg").is_ok());
         let new_token = after.sign(&claims(Duration::from_secs(60))).unwrap();
         assert_eq!(
@@ -392,16 +420,34 @@ mod tests {
     }
 
     #[test]
-    fn broken_keys_are_reported_and_the_fallback_signs() {
+    fn broken_keys_are_refused_and_every_one_is_reported() {
         let fallback = generate_key("fallback");
-        let broken = SigningKey {
-            id: "k1".into(),
+        let broken = |id: &str| SigningKey {
+            id: id.into(),
             algorithm: SigningAlgorithm::ES256,
             private_key: "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n".into(),
         };
-        let (keys, errors) = KeySet::load(&config("k1", vec![broken]), &fallback);
+        let errors = KeySet::load(&config("k1", vec![broken("k1")]), &fallback).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("k1"), "{}", errors[0]);
+        // A broken key that only verifies is refused too: nothing is left out silently.
+        let errors = KeySet::load(
+            &config("k1", vec![generate_key("k1"), broken("k0"), broken("k2")]),
+            &fallback,
+        )
+        .unwrap_err();
+        let ids: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{ids:?}");
+        // An Ed25519 key declared as ES256 does not load either.
+        let mut mislabelled = ed25519_key("k1");
+        mislabelled.algorithm = SigningAlgorithm::ES256;
+        assert!(KeySet::load(&config("k1", vec![mislabelled]), &fallback).is_err());
+    }
+
+    #[test]
+    fn without_keys_the_fallback_signs() {
+        let fallback = generate_key("fallback");
+        let keys = KeySet::load(&TokensConfig::default(), &fallback).unwrap();
         assert_eq!(keys.active_id(), "fallback");
         let token = keys.sign(&claims(Duration::from_secs(60))).unwrap();
         assert!(keys.verify(&token, "reg").is_ok());

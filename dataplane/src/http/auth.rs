@@ -62,6 +62,11 @@ impl Access {
         }
     }
 
+    /// The immutable tag patterns of `repo`'s namespace in the configuration in force.
+    pub fn immutable_tags(&self, repo: &RepoName) -> &[String] {
+        self.index.immutable_tags(repo.namespace())
+    }
+
     /// Whether the caller may perform `action` on `repo`.
     pub fn allows(&self, repo: &RepoName, action: Action) -> bool {
         self.actions(repo).contains(action)
@@ -333,9 +338,9 @@ impl Access {
     /// Authenticates a request's `Authorization` header.
     pub async fn authenticate(
         auth: &AuthService,
+        index: Arc<AccessIndex>,
         headers: &HeaderMap,
     ) -> Result<Self, AuthRejection> {
-        let index = auth.index();
         let challenge = Challenge::for_request(auth.transport(), headers);
         let anonymous = |index: Arc<AccessIndex>, challenge: Challenge| Access {
             principal: Principal::Anonymous,
@@ -422,7 +427,7 @@ impl FromRequestParts<AppState> for Access {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Access::authenticate(state.auth(), &parts.headers).await
+        Access::authenticate(state.auth(), state.live().current(), &parts.headers).await
     }
 }
 

@@ -204,6 +204,11 @@ impl From<RegistryError> for ApiError {
             RegistryError::ManifestUnknown => {
                 Self::new(C::ManifestUnknown, "manifest unknown to registry")
             }
+            RegistryError::TagImmutable { tag, pattern } => {
+                let detail = serde_json::json!({"tag": tag, "pattern": pattern});
+                let message = RegistryError::TagImmutable { tag, pattern }.to_string();
+                Self::new(C::Denied, message).with_detail(detail)
+            }
             RegistryError::NameUnknown => {
                 Self::new(C::NameUnknown, "repository name not known to registry")
             }

@@ -102,7 +102,7 @@ pub(super) async fn put(
         ));
     }
     let content_type = ctx.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let target = put_target(ctx, &reference)?;
+    let target = put_target(ctx, name, &reference)?;
     let put = ctx
         .registry
         .manifest_put(name, &target, content_type, buf.freeze())
@@ -128,9 +128,11 @@ pub(super) async fn put(
 }
 
 /// The push target: the path reference plus the `tag` parameters (extra tags for a push by
-/// digest) and the `digest` parameter (the digest, and so the algorithm, of a push by tag).
-fn put_target(ctx: &Ctx, reference: &Reference) -> Result<PutTarget, ApiError> {
+/// digest), the `digest` parameter (the digest, and so the algorithm, of a push by tag), and
+/// the immutable tag patterns of the repository's namespace.
+fn put_target(ctx: &Ctx, name: &RepoName, reference: &Reference) -> Result<PutTarget, ApiError> {
     let mut target = PutTarget::from_reference(reference);
+    target.immutable_tags = ctx.access.immutable_tags(name).to_vec();
     for (key, value) in &ctx.query {
         match key.as_str() {
             "tag" => {

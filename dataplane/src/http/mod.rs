@@ -41,9 +41,11 @@ use self::auth::Access;
 use self::error::{ApiError, ErrorCode};
 use self::route::{Route, RouteError};
 use crate::auth::{AuthService, Transport};
-use crate::config::{Config, ConfigHandle};
+use crate::config::{Config, Loaded};
+use crate::live::{Applier, ApplyError, LiveConfig, Source};
 use crate::registry::Registry;
 use crate::storage::ByteStream;
+use crate::telemetry::ConfigMetrics;
 
 /// `Docker-Distribution-API-Version`, set on every `/v2` response.
 pub const API_VERSION_HEADER: HeaderName =
@@ -64,23 +66,51 @@ pub const OCI_FILTERS_APPLIED_HEADER: HeaderName = HeaderName::from_static("oci-
 pub struct AppState {
     registry: Arc<Registry>,
     auth: Arc<AuthService>,
+    live: LiveConfig,
 }
 
 impl AppState {
-    /// State serving `registry` with the access control of `auth`.
-    pub fn new(registry: Arc<Registry>, auth: Arc<AuthService>) -> Self {
-        Self { registry, auth }
+    /// State serving `registry` with the access control of `auth` under the configuration
+    /// in force in `live`.
+    pub fn new(registry: Arc<Registry>, auth: Arc<AuthService>, live: LiveConfig) -> Self {
+        Self {
+            registry,
+            auth,
+            live,
+        }
+    }
+
+    /// State serving `registry` under one fixed configuration, applied as a process applies
+    /// its first document (tests, embedding). Fails when the document is refused.
+    pub fn with_config(
+        registry: Arc<Registry>,
+        config: Config,
+        transport: Transport,
+    ) -> Result<Self, ApplyError> {
+        let auth = AuthService::new(transport);
+        let (applier, live) = Applier::new(
+            Arc::clone(&auth),
+            config.settings.clone(),
+            ConfigMetrics::default(),
+        );
+        applier.apply(Source::Startup, Loaded::stating_all(config))?;
+        Ok(Self::new(registry, auth, live))
     }
 
     /// State serving `registry` openly, with the default configuration (tests).
     pub fn open(registry: Arc<Registry>) -> Self {
-        let auth = AuthService::new(ConfigHandle::fixed(Config::default()), Transport::default());
-        Self::new(registry, auth)
+        Self::with_config(registry, Config::default(), Transport::default())
+            .expect("the default configuration applies")
     }
 
     /// Access control.
     pub fn auth(&self) -> &Arc<AuthService> {
         &self.auth
+    }
+
+    /// The configuration in force.
+    pub fn live(&self) -> &LiveConfig {
+        &self.live
     }
 
     /// The registry served.

@@ -59,7 +59,7 @@ pub async fn get(
         return bad_request("malformed query string");
     };
     let auth = state.auth();
-    let index = auth.index();
+    let index = state.live().current();
     let now = SystemTime::now();
     let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let (username, identity) = match authorization {
@@ -96,7 +96,7 @@ pub async fn post(State(state): State<AppState>, body: Bytes) -> Response {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "malformed form");
     };
     let auth = state.auth();
-    let index = auth.index();
+    let index = state.live().current();
     let now = SystemTime::now();
     let grant_type = param(&params, "grant_type").unwrap_or_default();
     let username = param(&params, "username").unwrap_or_default().to_owned();

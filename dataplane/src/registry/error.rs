@@ -48,6 +48,18 @@ pub enum RegistryError {
     /// The manifest (tag or digest) is unknown to the repository.
     #[error("manifest unknown")]
     ManifestUnknown,
+    /// A push would move a tag that matches an immutable tag pattern of the namespace to
+    /// another manifest.
+    #[error(
+        "tag {tag:?} matches the immutable tag pattern {pattern:?}: it points at another \
+         manifest and cannot be moved (push under a new tag instead)"
+    )]
+    TagImmutable {
+        /// The tag.
+        tag: String,
+        /// The pattern it matches.
+        pattern: String,
+    },
     /// The repository is unknown.
     #[error("repository name not known to registry")]
     NameUnknown,

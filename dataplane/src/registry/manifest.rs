@@ -9,6 +9,7 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde_json::{Map, Value};
 
 use super::{Registry, RegistryError, Result};
+use crate::config::tag_pattern_matches;
 use crate::oci::{Digest, DigestAlgorithm, Reference, RepoName, Tag};
 use crate::storage::{ManifestMeta, StorageError};
 
@@ -82,6 +83,13 @@ pub struct ParsedManifest {
     pub artifact_type: Option<String>,
     /// The manifest's annotations.
     pub annotations: Option<Map<String, Value>>,
+}
+
+fn immutable(tag: &Tag, pattern: &str) -> RegistryError {
+    RegistryError::TagImmutable {
+        tag: tag.to_string(),
+        pattern: pattern.to_owned(),
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> RegistryError {
@@ -245,6 +253,19 @@ pub struct PutTarget {
     pub digest: Option<Digest>,
     /// Tags to point at the manifest.
     pub tags: Vec<Tag>,
+    /// Immutable tag patterns of the repository's namespace (`*` any run, `?` one character):
+    /// a matching tag may be created, or pushed again with the digest it has, but never moved.
+    pub immutable_tags: Vec<String>,
+}
+
+impl PutTarget {
+    /// The first immutable pattern `tag` matches.
+    fn immutable_pattern(&self, tag: &Tag) -> Option<&str> {
+        self.immutable_tags
+            .iter()
+            .find(|pattern| tag_pattern_matches(pattern, tag.as_str()))
+            .map(String::as_str)
+    }
 }
 
 impl PutTarget {
@@ -253,11 +274,11 @@ impl PutTarget {
         match reference {
             Reference::Digest(d) => Self {
                 digest: Some(d.clone()),
-                tags: Vec::new(),
+                ..Self::default()
             },
             Reference::Tag(t) => Self {
-                digest: None,
                 tags: vec![t.clone()],
+                ..Self::default()
             },
         }
     }
@@ -333,6 +354,12 @@ impl Registry {
     /// Validates and stores a manifest in `repo`, then points `target`'s tags at it and records
     /// it as a referrer of its subject. With `target.digest`, the content must hash to it (with
     /// its algorithm); otherwise the manifest is addressed by its SHA-256 digest.
+    ///
+    /// A tag matching one of `target.immutable_tags` that points at another manifest is not
+    /// moved ([`RegistryError::TagImmutable`]): checked before anything is stored, and again
+    /// when the tag is written, by a create-only write that a
+    /// concurrent push cannot slip past
+    /// ([`crate::storage::Storage::tag_create`]).
     pub async fn manifest_put(
         &self,
         repo: &RepoName,
@@ -354,6 +381,14 @@ impl Registry {
             }
             None => Digest::of(DigestAlgorithm::Sha256, &body),
         };
+        for tag in &target.tags {
+            if let Some(pattern) = target.immutable_pattern(tag)
+                && let Some(current) = self.storage.tag_get(repo, tag).await?
+                && current != digest
+            {
+                return Err(immutable(tag, pattern));
+            }
+        }
         for blob in &parsed.blobs {
             if self.storage.blob_linked(repo, blob).await? {
                 continue;
@@ -405,7 +440,13 @@ impl Registry {
                 .await?;
         }
         for tag in &target.tags {
-            self.storage.tag_set(repo, tag, &digest).await?;
+            match target.immutable_pattern(tag) {
+                None => self.storage.tag_set(repo, tag, &digest).await?,
+                Some(pattern) => match self.storage.tag_create(repo, tag, &digest).await? {
+                    Some(current) if current != digest => return Err(immutable(tag, pattern)),
+                    _ => {}
+                },
+            }
         }
         Ok(ManifestPut {
             digest,

@@ -298,7 +298,11 @@ impl KeyFetcher {
     }
 
     /// The client for `ca_bundle`, built on first use.
-    fn client(&self, issuer: &str, ca_bundle: Option<&str>) -> Result<reqwest::Client, OidcError> {
+    pub(super) fn client(
+        &self,
+        issuer: &str,
+        ca_bundle: Option<&str>,
+    ) -> Result<reqwest::Client, OidcError> {
         let key = ca_bundle.map(str::to_owned);
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(&key) {

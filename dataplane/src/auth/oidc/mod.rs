@@ -22,7 +22,7 @@ mod tests;
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::FederationConfig;
+use crate::config::{FederationConfig, Problem};
 use fetch::{KeyFetcher, Need};
 use keys::Selection;
 
@@ -217,6 +217,41 @@ impl OidcVerifier {
             fetcher: KeyFetcher::new(settings.clone()),
             settings,
         }
+    }
+
+    /// Checks that every federation can be used as configured, before a configuration naming
+    /// them is put in force: the issuer is an absolute `http(s)` URL with a host, and the CA
+    /// bundle holds certificates that an HTTP client accepts as roots (the client is built
+    /// now and kept for the issuer's first fetch). Returns every problem found.
+    pub fn prepare(&self, federations: &[FederationConfig]) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (i, federation) in federations.iter().enumerate() {
+            match reqwest::Url::parse(&federation.issuer) {
+                Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {}
+                Ok(_) => problems.push(Problem {
+                    path: format!("federations[{i}].issuer"),
+                    message: "must be an absolute https:// URL with a host".into(),
+                }),
+                Err(e) => problems.push(Problem {
+                    path: format!("federations[{i}].issuer"),
+                    message: format!("is not a URL: {e}"),
+                }),
+            }
+            if let Err(error) = self
+                .fetcher
+                .client(&federation.issuer, federation.ca_bundle.as_deref())
+            {
+                let detail = match error {
+                    OidcError::CaBundle { detail, .. } => detail,
+                    other => other.to_string(),
+                };
+                problems.push(Problem {
+                    path: format!("federations[{i}].caBundle"),
+                    message: format!("cannot be used as trusted roots: {detail}"),
+                });
+            }
+        }
+        problems
     }
 
     /// Verifies `token` and returns every federation it satisfies (at least one, in

@@ -10,9 +10,9 @@ use axum::http::{Method, StatusCode};
 use base64::Engine as _;
 
 use super::{OCI_MANIFEST, Reply, TestApp, image_manifest};
+use crate::auth::Transport;
 use crate::auth::secret::hash_secret;
-use crate::auth::{AuthService, Transport};
-use crate::config::{Config, ConfigHandle};
+use crate::config::Config;
 use crate::http::{AppState, build_app};
 use crate::oci::Digest;
 use crate::registry::Registry;
@@ -178,9 +178,9 @@ federations:
     let config = Config::from_yaml_str(&yaml).expect("valid configuration");
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let registry = Arc::new(Registry::new(Arc::clone(&storage)));
-    let auth = AuthService::new(ConfigHandle::fixed(config), Transport::default());
+    let state = AppState::with_config(registry, config, Transport::default()).expect("applies");
     let app = TestApp {
-        router: build_app(AppState::new(registry, auth)),
+        router: build_app(state),
         storage: Arc::clone(&storage),
     };
     let admin = TestApp::over(storage);

@@ -4,6 +4,7 @@
 
 mod authz;
 mod blobs;
+mod immutable;
 mod listing;
 mod manifests;
 mod names;

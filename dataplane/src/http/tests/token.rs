@@ -10,11 +10,13 @@ use base64::Engine as _;
 use super::{Reply, TestApp};
 use crate::auth::secret::hash_secret;
 use crate::auth::{AuthService, Transport};
-use crate::config::{ConfigHandle, ConfigReloader, ConfigSource};
+use crate::config::{Config, ConfigReloader, ConfigSource};
 use crate::http::{AppState, build_app};
+use crate::live::{Applier, Source};
 use crate::oci::Digest;
 use crate::registry::Registry;
 use crate::storage::memory::MemoryStorage;
+use crate::telemetry::ConfigMetrics;
 
 fn document(extra_credential: bool, tokens: &str) -> String {
     let ci = hash_secret("ci-secret").unwrap();
@@ -38,18 +40,19 @@ credentials:
     doc
 }
 
-fn app_for(handle: ConfigHandle, transport: Transport) -> TestApp {
+fn app_for(config: Config, transport: Transport) -> TestApp {
     let storage: Arc<dyn crate::storage::Storage> = Arc::new(MemoryStorage::new());
     let registry = Arc::new(Registry::new(Arc::clone(&storage)));
+    let state = AppState::with_config(registry, config, transport).expect("applies");
     TestApp {
-        router: build_app(AppState::new(registry, AuthService::new(handle, transport))),
+        router: build_app(state),
         storage,
     }
 }
 
 fn enforced(tokens: &str) -> TestApp {
     let config = crate::config::Config::from_yaml_str(&document(true, tokens)).unwrap();
-    app_for(ConfigHandle::fixed(config), Transport::default())
+    app_for(config, Transport::default())
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -284,10 +287,22 @@ async fn a_reload_revokes_credentials_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, document(true, "{}")).unwrap();
-    let (handle, reloader) =
+    let (first, reloader) =
         ConfigReloader::start(ConfigSource::new(Some(path.clone()), None)).expect("config");
     let mut reloader = reloader.expect("a file source reloads");
-    let app = app_for(handle, Transport::default());
+    let auth = AuthService::new(Transport::default());
+    let (applier, live) = Applier::new(
+        Arc::clone(&auth),
+        first.config.settings.clone(),
+        ConfigMetrics::default(),
+    );
+    applier.apply(Source::Startup, first).expect("applies");
+    let storage: Arc<dyn crate::storage::Storage> = Arc::new(MemoryStorage::new());
+    let registry = Arc::new(Registry::new(Arc::clone(&storage)));
+    let app = TestApp {
+        router: build_app(AppState::new(registry, auth, live)),
+        storage,
+    };
 
     let deploy = basic("deploy", "deploy-secret");
     let r = app
@@ -312,10 +327,12 @@ async fn a_reload_revokes_credentials_at_once() {
     let refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
 
     std::fs::write(&path, document(false, "{}")).unwrap();
-    assert!(matches!(
-        reloader.poll().await,
-        crate::config::ReloadOutcome::Applied { .. }
-    ));
+    match reloader.poll().await {
+        crate::config::ReloadOutcome::Changed(document) => {
+            applier.apply(Source::File, *document).expect("applies");
+        }
+        other => panic!("expected a changed document, got {other:?}"),
+    }
     let r = app
         .call_with(
             Method::GET,
@@ -336,7 +353,7 @@ async fn a_reload_revokes_credentials_at_once() {
 #[tokio::test]
 async fn a_public_listener_without_access_control_allows_nothing() {
     let app = app_for(
-        ConfigHandle::fixed(crate::config::Config::default()),
+        Config::default(),
         Transport {
             tls: false,
             public: true,
@@ -383,7 +400,7 @@ federations:
 "#
     );
     let config = crate::config::Config::from_yaml_str(&yaml).unwrap();
-    let app = app_for(ConfigHandle::fixed(config), Transport::default());
+    let app = app_for(config, Transport::default());
     let r = post_form(
         &app,
         &format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={token}"),
