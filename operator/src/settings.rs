@@ -42,6 +42,10 @@ pub struct Settings {
     /// A shard is started when a document would pass this many bytes.
     #[serde(default = "default_shard_bytes")]
     pub shard_bytes: usize,
+    /// The operator's state of a credential that no longer exists (deleted with its
+    /// finalizer removed by hand) is deleted once it is older than this.
+    #[serde(default = "default_orphan_grace")]
+    pub orphan_grace: HumanDuration,
 }
 
 /// Feature gates of one organisation.
@@ -83,6 +87,9 @@ fn default_ttl() -> HumanDuration {
 }
 fn default_key_rotation() -> HumanDuration {
     HumanDuration(Duration::from_secs(30 * 24 * 3600))
+}
+fn default_orphan_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 /// About half of a Secret's 1 MiB limit, leaving room for base64 and metadata.
 fn default_shard_bytes() -> usize {

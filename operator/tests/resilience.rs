@@ -259,3 +259,65 @@ async fn sigkills_while_hundreds_of_objects_reconcile_leave_no_orphans_or_duplic
         left.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_of_a_credential_deleted_behind_the_operators_back_is_swept() {
+    let region = Region::start_with_operator_settings(&["acme"], "orphanGrace: 2s\n").await;
+    let client = cluster().client().await.unwrap();
+    let project = region.project(Some("acme")).await;
+    let p = project.name();
+    region
+        .apply(&region.namespace_manifest(p, "ns", ""))
+        .unwrap();
+    region
+        .apply(&region.credential_manifest(p, "gone", "containerRegistry", &["ns"], ""))
+        .unwrap();
+    let creds = Api::<RegistryCredential>::namespaced(client.clone(), p);
+    let uid = common::wait_object(&creds, "gone", Duration::from_secs(15), |c| {
+        (common::ready(c, &c.status.as_ref()?.conditions)?.0 == "True")
+            .then(|| c.metadata.uid.clone().unwrap())
+    })
+    .await;
+    let own = Api::<Secret>::namespaced(client.clone(), region.system.name());
+    let selector = format!("{}={uid}", operator::CREDENTIAL_UID_LABEL);
+    assert_eq!(
+        own.list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // Bypass the finalizer, as someone with enough rights might.
+    cluster()
+        .kubectl_ok([
+            "patch",
+            "rcred",
+            "-n",
+            p,
+            "gone",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ])
+        .unwrap();
+    cluster()
+        .kubectl_ok(["delete", "rcred", "-n", p, "gone"])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !own
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned state Secret was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    project.cleanup().await.unwrap();
+}

@@ -36,12 +36,11 @@ pub enum NamespaceScope {
     shortname = "regns",
     category = "registry",
     doc = "A registry namespace of one region: the first path component of its repositories' names. Visibility decides anonymous pull; scope decides which projects' credentials may be granted it.",
-    printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace", description = "The registry namespace"),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Visibility", type_ = "string", json_path = ".spec.visibility"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", priority = 1),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "Where to push and pull"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("has(self.spec.name) || self.metadata.name.matches('^[a-z0-9]+((\\\\.|_|__|-+)[a-z0-9]+)*$') && size(self.metadata.name) <= 63")
         .message("metadata.name is not a valid registry namespace name: set spec.name to 1-63 lowercase letters and digits separated by '.', '_', '__' or dashes"),

@@ -377,6 +377,7 @@ impl Writer {
             self.digest = Some(digest);
             self.revision = self.revision.max(stored_revision);
         }
+        self.sweep_orphans(ctx, now).await?;
         let merged = rendered.merged()?;
         Ok(Published {
             revision: self.revision,
@@ -388,6 +389,47 @@ impl Writer {
                 .collect(),
             credentials: hashes,
         })
+    }
+
+    /// Deletes state Secrets whose credential no longer exists (it was deleted while its
+    /// finalizer was bypassed). Only Secrets older than the settings' `orphanGrace` are
+    /// considered, so a cache that has not seen a new credential yet never costs it its secret.
+    async fn sweep_orphans(&self, ctx: &Context, now: Timestamp) -> Result<()> {
+        let uids: HashSet<String> = ctx
+            .stores
+            .credentials
+            .state()
+            .iter()
+            .filter_map(|c| c.metadata.uid.clone())
+            .collect();
+        let own = Api::<Secret>::namespaced(self.client.clone(), &self.settings.namespace);
+        let grace = k8s_openapi::jiff::SignedDuration::try_from(self.settings.orphan_grace.0)
+            .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+        for secret in ctx.stores.own_secrets.state() {
+            let Some(uid) = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::CREDENTIAL_UID_LABEL))
+            else {
+                continue;
+            };
+            let old = secret
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .is_some_and(|t| now.duration_since(t.0) > grace);
+            if old && !uids.contains(uid) {
+                let name = secret.metadata.name.clone().unwrap_or_default();
+                tracing::info!(secret = %name, credential_uid = %uid, "deleting the state of a credential that no longer exists");
+                match own.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn labels(&self) -> BTreeMap<String, String> {

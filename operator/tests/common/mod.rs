@@ -123,6 +123,11 @@ impl Region {
         Self::start_with(organisations, settings, true).await
     }
 
+    /// Starts only the operator of a region, with more settings (YAML lines).
+    pub async fn start_with_operator_settings(organisations: &[&str], settings: &str) -> Self {
+        Self::start_with(organisations, settings, false).await
+    }
+
     /// Starts only the operator of a region.
     pub async fn operator_only(organisations: &[&str]) -> Self {
         Self::start_with(organisations, "", false).await
