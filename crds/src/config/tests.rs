@@ -318,3 +318,120 @@ fn root_override_replaces_the_backend() {
     assert!(c.settings.storage.s3.is_none());
     c.validate().unwrap();
 }
+
+const HEAD: &str = "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n";
+
+#[test]
+fn shards_merge_only_at_the_named_revisions() {
+    let index = format!(
+        "{HEAD}region: r\nrevision: 4\nnamespaces: [{{name: a}}]\n\
+         shards: [{{name: s-0, revision: 11}}, {{name: s-1, revision: 12}}]\n"
+    );
+    let shard = |revision: u64, ns: &str, id: &str| {
+        ConfigShard::from_yaml_str(&format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfigShard\n\
+             revision: {revision}\nnamespaces: [{{name: {ns}}}]\ncredentials:\n\
+             - {{id: {id}, secretHash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA\", \
+             scope: containerRegistry, namespaces: [a, {ns}]}}\n"
+        ))
+        .unwrap()
+    };
+    let base = Config::parse_unvalidated(&index).unwrap();
+
+    let mut complete = base.clone();
+    complete
+        .merge_shards(vec![
+            ("s-1".into(), shard(12, "c", "two")),
+            ("s-0".into(), shard(11, "b", "one")),
+        ])
+        .unwrap();
+    let names: Vec<&str> = complete
+        .spec
+        .namespaces
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c"],
+        "in the order the index names the shards"
+    );
+    assert_eq!(complete.spec.credentials.len(), 2);
+    assert_eq!(complete.spec.revision, 4);
+
+    let mut missing = base.clone();
+    let err = missing
+        .merge_shards(vec![("s-0".into(), shard(11, "b", "one"))])
+        .unwrap_err();
+    assert!(
+        matches!(err, ConfigError::ShardMissing { ref name } if name == "s-1"),
+        "{err}"
+    );
+
+    let mut stale = base.clone();
+    let err = stale
+        .merge_shards(vec![
+            ("s-0".into(), shard(10, "b", "one")),
+            ("s-1".into(), shard(12, "c", "two")),
+        ])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "shard \"s-0\" is at revision 10, the index names revision 11"
+    );
+
+    let mut unknown = base.clone();
+    let err = unknown
+        .merge_shards(vec![
+            ("s-0".into(), shard(11, "b", "one")),
+            ("s-1".into(), shard(12, "c", "two")),
+            ("s-9".into(), shard(1, "d", "three")),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::ShardUnknown { .. }), "{err}");
+
+    // The merged whole is validated: a duplicate across shards is refused.
+    let mut duplicate = base;
+    let err = duplicate
+        .merge_shards(vec![
+            ("s-0".into(), shard(11, "b", "same")),
+            ("s-1".into(), shard(12, "c", "same")),
+        ])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("duplicate credential id \"same\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn immutable_tag_patterns_and_shard_names_are_checked() {
+    let problems = invalid(
+        "namespaces: [{name: a, immutableTags: [\"v*\", \"bad/tag\", \"\"]}]\n\
+         shards: [{name: ../etc}]\n",
+    );
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "namespaces[0].immutableTags[1]",
+            "namespaces[0].immutableTags[2]",
+            "shards[0].name"
+        ]
+    );
+}
+
+#[test]
+fn the_operator_part_alone_carries_no_process_settings() {
+    let c = Config::from_yaml_str(&format!(
+        "{HEAD}region: r\nrevision: 3\nnamespaces: [{{name: a}}]\n"
+    ))
+    .unwrap();
+    let text = c.spec_to_yaml();
+    assert!(
+        !text.contains("storage") && !text.contains("uploads"),
+        "{text}"
+    );
+    let back = Config::from_yaml_str(&text).unwrap();
+    assert_eq!(back.spec, c.spec);
+}
