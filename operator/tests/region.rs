@@ -76,10 +76,20 @@ async fn a_namespace_and_a_credential_are_served_pushed_to_and_revoked() {
         ]
     );
     let table = cluster().kubectl_ok(["get", "rns", "-n", p]).unwrap();
-    assert!(
-        table.contains("NAMESPACE") && table.contains("VISIBILITY"),
-        "{table}"
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "REGION",
+            "VISIBILITY",
+            "READY",
+            "REASON",
+            "ENDPOINT",
+            "AGE"
+        ]
     );
+    assert!(table.contains(&format!("{}/apps", region.host)), "{table}");
 
     // The delivered Secret pushes and pulls with skopeo; anonymous pulls are refused.
     let secret = secrets.get("ci").await.unwrap();

@@ -56,11 +56,16 @@ impl RegionSpec {
         self.namespaces.iter().find(|ns| ns.name == name)
     }
 
-    /// Whether the document configures access control (any namespace, credential or
-    /// federation). Without it the data plane is an open development registry: every caller
-    /// may do everything, which is only allowed on a loopback address.
+    /// Whether the document configures access control (any namespace, credential,
+    /// federation or token-signing key). Without it the data plane is an open development
+    /// registry: every caller may do everything, which is only allowed on a loopback address.
+    /// The operator always writes signing keys, so a region it runs never becomes open, not
+    /// even when its last namespace is deleted.
     pub fn access_control_enabled(&self) -> bool {
-        !(self.namespaces.is_empty() && self.credentials.is_empty() && self.federations.is_empty())
+        !(self.namespaces.is_empty()
+            && self.credentials.is_empty()
+            && self.federations.is_empty()
+            && self.tokens.keys.is_empty())
     }
 
     /// The `service` name of the token service.
