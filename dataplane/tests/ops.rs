@@ -227,6 +227,42 @@ fn check_config_validates_documents() {
     );
 }
 
+#[test]
+fn check_config_reads_the_shard_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("config.yaml");
+    std::fs::write(
+        &index,
+        format!("{HEAD}revision: 4\nshards: [{{name: shard-1, revision: 4}}]\n"),
+    )
+    .unwrap();
+    let check = || {
+        std::process::Command::new(binary())
+            .args(["check-config"])
+            .arg(&index)
+            .output()
+            .unwrap()
+    };
+    let output = check();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"shard-1\"") && stderr.contains("missing"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        dir.path().join("shard-1"),
+        "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfigShard\n\
+         revision: 4\nnamespaces: [{name: acme}]\n",
+    )
+    .unwrap();
+    let output = check();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("revision 4 with 1 shard"), "{stdout}");
+}
+
 #[tokio::test]
 async fn config_reloads_live_and_ignores_invalid_documents() {
     let dir = tempfile::tempdir().unwrap();
