@@ -4,8 +4,9 @@
 //!
 //! The rules:
 //! - Only objects of the operator's region are considered; others are never touched.
-//! - Two `RegistryNamespace`s claiming one registry namespace: the older (by creation time,
-//!   then Kubernetes namespace and name) wins; the other is `Conflict` and changes nothing.
+//! - Two `RegistryNamespace`s claiming one registry namespace: the one already serving it
+//!   keeps it, else the older (by creation time, then Kubernetes namespace and name) wins; the
+//!   other is `Conflict` and changes nothing.
 //! - An object whose Kubernetes namespace belongs to an organisation without the
 //!   `containerRegistry` feature gate (or to none) is `FeatureGateDisabled` and not served.
 //! - A credential may be granted a registry namespace only when the winning
@@ -123,6 +124,17 @@ fn gate(settings: &Settings, orgs: &Organisations, namespace: &str) -> Result<St
     }
 }
 
+/// Whether an object's status says it is served (it won its name earlier).
+fn serving(ns: &RegistryNamespace) -> bool {
+    ns.status.as_ref().is_some_and(|status| {
+        status.namespace.as_deref() == Some(ns.registry_name())
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == crds::v1alpha1::ConditionStatus::True)
+    })
+}
+
 fn deleting<K: kube::Resource>(obj: &K) -> bool {
     obj.meta().deletion_timestamp.is_some()
 }
@@ -138,9 +150,12 @@ impl NamespaceIndex {
             .into_iter()
             .filter(|ns| ns.spec.region == settings.region && !deleting(*ns))
             .collect();
-        // Oldest first: the first claim of a name wins.
+        // The object already serving a name keeps it; otherwise the oldest claim wins
+        // (creation times have one-second resolution, so the incumbent rule is what keeps a
+        // newcomer created in the same second from taking a name over).
         own.sort_by_key(|ns| {
             (
+                !serving(ns),
                 ns.metadata.creation_timestamp.clone().map(|t| t.0),
                 Key::of(*ns),
             )

@@ -1,7 +1,7 @@
 //! `operator-bench`: the operator's figures.
 //!
 //! ```text
-//! operator-bench [--credentials N] [--render N] [--output FILE]
+//! operator-bench [--credentials N] [--render N] [--scale N] [--output FILE]
 //! ```
 //!
 //! 1. **Apply to first push**: on a harness cluster with the release `operator` and
@@ -11,6 +11,9 @@
 //! 2. **Render**: the renderer's pure part (decisions, document, shards, validation of the
 //!    merged document) for a region of N credentials (default 20 000), timed in process, with
 //!    the process's peak resident memory before and after.
+//! 3. **Scale** (with `--scale N`): N real credentials in one region: time until all are in
+//!    the document, render passes, shards, the operator's memory, and every credential
+//!    logging in at the data plane.
 //!
 //! No peer registry has an operator to compare with, so these figures stand on their own.
 
@@ -29,15 +32,17 @@ use testkit::process::{ChildGuard, Readiness, free_port};
 fn main() -> anyhow::Result<()> {
     let mut credentials = 100usize;
     let mut render_n = 20_000usize;
+    let mut scale_n = 0usize;
     let mut output = testkit::tools::repo_root().join("bench/OPERATOR.md");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--credentials" => credentials = args.next().context("--credentials N")?.parse()?,
             "--render" => render_n = args.next().context("--render N")?.parse()?,
+            "--scale" => scale_n = args.next().context("--scale N")?.parse()?,
             "--output" => output = PathBuf::from(args.next().context("--output FILE")?),
             other => bail!(
-                "unknown argument {other}; usage: operator-bench [--credentials N] [--render N] [--output FILE]"
+                "unknown argument {other}; usage: operator-bench [--credentials N] [--render N] [--scale N] [--output FILE]"
             ),
         }
     }
@@ -56,6 +61,9 @@ fn main() -> anyhow::Result<()> {
     let latency = runtime.block_on(apply_to_push(credentials))?;
     report.push_str(&latency);
     report.push_str(&render);
+    if scale_n > 0 {
+        report.push_str(&runtime.block_on(scale(scale_n))?);
+    }
     std::fs::write(&output, &report).with_context(|| format!("writing {}", output.display()))?;
     print!("{report}");
     Ok(())
@@ -87,63 +95,134 @@ fn release_bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A region on a fresh harness cluster: release operator and data plane, one project
+/// (organisation `bench`) and its registry namespace `bench`.
+struct BenchRegion {
+    cluster: Cluster,
+    client: kube::Client,
+    system: testkit::cluster::TestNamespace,
+    project: testkit::cluster::TestNamespace,
+    host: String,
+    metrics: u16,
+    operator: ChildGuard,
+    dataplane: ChildGuard,
+}
+
+impl BenchRegion {
+    async fn start() -> anyhow::Result<Self> {
+        let cluster = Cluster::start("opbench")?;
+        let crds = testkit::tools::repo_root().join("crds/yaml");
+        cluster.kubectl_ok(["apply", "--server-side", "-f", crds.to_str().unwrap()])?;
+        cluster.kubectl_ok([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/registrycredentials.registry.thalassa.cloud",
+        ])?;
+        let client = cluster.client().await?;
+        let system = cluster.test_namespace().await?;
+        let project = cluster.test_namespace().await?;
+        cluster.kubectl_ok([
+            "label",
+            "namespace",
+            project.name(),
+            "registry.thalassa.cloud/organisation=bench",
+        ])?;
+        let dir = tempfile_dir()?;
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let settings = dir.join("settings.yaml");
+        std::fs::write(
+            &settings,
+            format!(
+                "region: bench\nregistryHost: \"{host}\"\nnamespace: {}\norganisations: {{bench: {{containerRegistry: true}}}}\n",
+                system.name()
+            ),
+        )?;
+        let metrics = free_port();
+        let mut op = Command::new(release_bin("operator")?);
+        op.args(["run", "--settings"])
+            .arg(&settings)
+            .args(["--listen", &format!("127.0.0.1:{metrics}")])
+            .env("KUBECONFIG", cluster.kubeconfig_path());
+        let mut operator = ChildGuard::spawn("operator", op)?;
+        operator.wait_ready(
+            &Readiness::Http(format!("http://127.0.0.1:{metrics}/healthz")),
+            Duration::from_secs(30),
+        )?;
+        let mut dp = Command::new(release_bin("dataplane")?);
+        dp.args(["serve", "--listen", &host, "--root"])
+            .arg(dir.join("data"))
+            .args([
+                "--config-secret",
+                &format!("{}/registry-config", system.name()),
+            ])
+            .env("KUBECONFIG", cluster.kubeconfig_path());
+        let mut dataplane = ChildGuard::spawn("dataplane", dp)?;
+        dataplane.wait_ready(&Readiness::Tcp(host.parse()?), Duration::from_secs(30))?;
+        cluster.apply(&format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryNamespace\nmetadata: {{name: bench, namespace: {}}}\nspec: {{region: bench}}\n",
+            project.name()
+        ))?;
+        Ok(Self {
+            cluster,
+            client,
+            system,
+            project,
+            host,
+            metrics,
+            operator,
+            dataplane,
+        })
+    }
+
+    fn credential(&self, name: &str) -> String {
+        format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: {name}, namespace: {}}}\nspec: {{region: bench, scope: containerRegistry, namespaces: [bench]}}\n",
+            self.project.name()
+        )
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let body = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics))
+            .await
+            .ok()
+            .map(|r| async { r.text().await.unwrap_or_default() });
+        let body = match body {
+            Some(f) => f.await,
+            None => String::new(),
+        };
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        drop(self.dataplane);
+        drop(self.operator);
+        drop(self.project);
+        drop(self.system);
+        self.cluster.stop()?;
+        Ok(())
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Part 1: kubectl apply of a credential to its first successful push.
 async fn apply_to_push(n: usize) -> anyhow::Result<String> {
-    let cluster = Cluster::start("opbench")?;
-    let crds = testkit::tools::repo_root().join("crds/yaml");
-    cluster.kubectl_ok(["apply", "--server-side", "-f", crds.to_str().unwrap()])?;
-    cluster.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/registrycredentials.registry.thalassa.cloud",
-    ])?;
-    let client = cluster.client().await?;
-    let system = cluster.test_namespace().await?;
-    let project = cluster.test_namespace().await?;
-    cluster.kubectl_ok([
-        "label",
-        "namespace",
-        project.name(),
-        "registry.thalassa.cloud/organisation=bench",
-    ])?;
-    let dir = tempfile_dir()?;
-    let port = free_port();
-    let host = format!("127.0.0.1:{port}");
-    let settings = dir.join("settings.yaml");
-    std::fs::write(
-        &settings,
-        format!(
-            "region: bench\nregistryHost: \"{host}\"\nnamespace: {}\norganisations: {{bench: {{containerRegistry: true}}}}\n",
-            system.name()
-        ),
-    )?;
-    let metrics = free_port();
-    let mut op = Command::new(release_bin("operator")?);
-    op.args(["run", "--settings"])
-        .arg(&settings)
-        .args(["--listen", &format!("127.0.0.1:{metrics}")])
-        .env("KUBECONFIG", cluster.kubeconfig_path());
-    let mut operator = ChildGuard::spawn("operator", op)?;
-    operator.wait_ready(
-        &Readiness::Http(format!("http://127.0.0.1:{metrics}/healthz")),
-        Duration::from_secs(30),
-    )?;
-    let mut dp = Command::new(release_bin("dataplane")?);
-    dp.args(["serve", "--listen", &host, "--root"])
-        .arg(dir.join("data"))
-        .args([
-            "--config-secret",
-            &format!("{}/registry-config", system.name()),
-        ])
-        .env("KUBECONFIG", cluster.kubeconfig_path());
-    let mut dataplane = ChildGuard::spawn("dataplane", dp)?;
-    dataplane.wait_ready(&Readiness::Tcp(host.parse()?), Duration::from_secs(30))?;
-    cluster.apply(&format!(
-        "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryNamespace\nmetadata: {{name: bench, namespace: {}}}\nspec: {{region: bench}}\n",
-        project.name()
-    ))?;
-
+    let region = BenchRegion::start().await?;
+    let (cluster, host, project) = (&region.cluster, region.host.clone(), &region.project);
+    let client = region.client.clone();
     let secrets = Api::<Secret>::namespaced(client, project.name());
     let http = reqwest::Client::new();
     let blob = b"first push";
@@ -151,10 +230,7 @@ async fn apply_to_push(n: usize) -> anyhow::Result<String> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("cred-{i}");
-        let manifest = format!(
-            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: {name}, namespace: {}}}\nspec: {{region: bench, scope: containerRegistry, namespaces: [bench]}}\n",
-            project.name()
-        );
+        let manifest = region.credential(&name);
         let started = Instant::now();
         cluster.apply(&manifest)?;
         let deadline = started + Duration::from_secs(30);
@@ -162,7 +238,7 @@ async fn apply_to_push(n: usize) -> anyhow::Result<String> {
             if Instant::now() > deadline {
                 bail!(
                     "{name}: no successful push within 30 s\noperator log:\n{}",
-                    operator.log()
+                    region.operator.log()
                 );
             }
             if let Some(secret) = secrets.get_opt(&name).await? {
@@ -217,11 +293,119 @@ async fn apply_to_push(n: usize) -> anyhow::Result<String> {
             "not met"
         }
     )?;
-    drop(dataplane);
-    drop(operator);
-    project.cleanup().await.ok();
-    system.cleanup().await.ok();
-    cluster.stop()?;
+    let _ = project;
+    region.stop().await?;
+    Ok(out)
+}
+
+/// Part 3: a region of `n` real credentials: time to deliver them all, the operator's
+/// memory and render passes, shards, and every credential logging in at the data plane.
+async fn scale(n: usize) -> anyhow::Result<String> {
+    let region = BenchRegion::start().await?;
+    let started = Instant::now();
+    for batch in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let manifest: String = batch
+            .iter()
+            .map(|i| format!("---\n{}", region.credential(&format!("c{i:05}"))))
+            .collect();
+        let file = std::env::temp_dir().join(format!("opbench-{}.yaml", std::process::id()));
+        std::fs::write(&file, manifest)?;
+        region
+            .cluster
+            .kubectl_ok(["apply", "--server-side", "-f", file.to_str().unwrap()])?;
+    }
+    let applied = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let ready = region
+            .metric("registry_operator_objects{kind=\"RegistryCredential\",reason=\"Ready\"}")
+            .await as usize;
+        if ready >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {ready} of {n} credentials in the document after an hour");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let converged = started.elapsed();
+    let secrets = Api::<Secret>::namespaced(region.client.clone(), region.project.name());
+    let delivered = secrets
+        .list(&kube::api::ListParams::default().labels("registry.thalassa.cloud/credential-uid"))
+        .await?
+        .items;
+    let pid = region.operator.pid();
+    let (rss, hwm) = (rss_kib(pid, "VmRSS:"), rss_kib(pid, "VmHWM:"));
+    let dp_rss = rss_kib(region.dataplane.pid(), "VmRSS:");
+    let passes = region
+        .metric("registry_operator_reconcile_duration_seconds_count{controller=\"render\"}")
+        .await;
+    let pass_sum = region
+        .metric("registry_operator_reconcile_duration_seconds_sum{controller=\"render\"}")
+        .await;
+    let shards = region.metric("registry_operator_config_shards").await;
+    let bytes = region.metric("registry_operator_config_bytes").await;
+
+    // Every credential logs in (token endpoint, Basic), four at a time.
+    let http = reqwest::Client::new();
+    let url = format!(
+        "http://{}/token?service=bench&scope=repository:bench/app:pull",
+        region.host
+    );
+    let logins_started = Instant::now();
+    let mut ok = 0usize;
+    for chunk in delivered.chunks(4) {
+        let results = futures::future::join_all(chunk.iter().map(|s| {
+            let data = s.data.clone().unwrap_or_default();
+            let text = |k: &str| {
+                data.get(k)
+                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                    .unwrap_or_default()
+            };
+            let (user, password) = (text("username"), text("password"));
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.get(url)
+                    .basic_auth(user, Some(password))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16() == 200)
+                    .unwrap_or(false)
+            }
+        }))
+        .await;
+        ok += results.into_iter().filter(|r| *r).count();
+    }
+    let logins = logins_started.elapsed();
+    let mut out = String::new();
+    writeln!(out, "## A region of {n} credentials\n")?;
+    writeln!(
+        out,
+        "Release operator and data plane on one harness cluster; the credentials applied with `kubectl apply --server-side` in batches of 1000, then every delivered credential logging in at the data plane's token endpoint (four at a time).\n"
+    )?;
+    writeln!(
+        out,
+        "| credentials | applied | all in the document | render passes | mean pass | shards | document | operator RSS (peak) | data plane RSS | logins ok | login time |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        out,
+        "| {n} | {:.0} s | {:.0} s | {passes:.0} | {:.0} ms | {shards:.0} | {:.1} MiB | {:.0} MiB ({:.0} MiB) | {:.0} MiB | {ok} of {} | {:.0} s |\n",
+        applied.as_secs_f64(),
+        converged.as_secs_f64(),
+        if passes > 0.0 {
+            pass_sum / passes * 1000.0
+        } else {
+            0.0
+        },
+        bytes / 1048576.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        dp_rss as f64 / 1024.0,
+        delivered.len(),
+        logins.as_secs_f64(),
+    )?;
+    region.stop().await?;
     Ok(out)
 }
 

@@ -24,9 +24,12 @@ use super::status::{Phase, apply_status, event_on_change, now, ready_reason, sam
 use super::{Context, backoff};
 use crate::resolve::{self, Key, Verdict};
 use crate::secrets::{CredentialState, docker_config_json};
+use kube::runtime::reflector::ObjectRef;
+use sha2::{Digest as _, Sha256};
+
 use crate::{
-    CREDENTIAL_FINALIZER, CREDENTIAL_UID_LABEL, Error, FIELD_MANAGER, MANAGED_BY, REGION_LABEL,
-    ROTATE_ANNOTATION, Result,
+    CONTENT_HASH_ANNOTATION, CREDENTIAL_FINALIZER, CREDENTIAL_UID_LABEL, Error, FIELD_MANAGER,
+    MANAGED_BY, REGION_LABEL, ROTATE_ANNOTATION, Result,
 };
 
 const CONTROLLER: &str = "credential";
@@ -61,7 +64,7 @@ pub async fn controller(
             watcher::Config::default()
                 .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
         )
-        .reconcile_all_on(WatchStream::new(ctx.published.clone()).map(|_| ()))
+        .reconcile_all_on(WatchStream::new(ctx.decisions.clone()).map(|_| ()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()))
@@ -207,8 +210,12 @@ async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<Verdict> {
         .and_then(|p| humantime::parse_duration(p).ok());
     let now = Timestamp::now();
 
-    // The state: read from the API (not the cache) so that a restart never issues twice.
-    let existing = own.get_opt(&state_name).await?;
+    // The state: from the cache, else from the API (never issue twice from a cache that has
+    // not seen the state yet).
+    let existing = match ctx.stores.own_secret(&ctx.settings.namespace, &state_name) {
+        Some(cached) => Some(cached.as_ref().clone()),
+        None => own.get_opt(&state_name).await?,
+    };
     let current = match &existing {
         Some(secret) => Some(CredentialState::from_data(
             &state_name,
@@ -284,6 +291,20 @@ async fn deliver(
     let api = Api::<Secret>::namespaced(ctx.client.clone(), ns);
     let name = c.secret_name();
     const TYPE: &str = "kubernetes.io/dockerconfigjson";
+    let username = c.username();
+    let host = &ctx.settings.registry_host;
+    let content_hash = hex::encode(Sha256::digest(format!(
+        "{host}\n{username}\n{}",
+        state.secret
+    )));
+    // Already delivered as it should be: nothing to write.
+    let cached = ctx.stores.delivered.get(&ObjectRef::new(name).within(ns));
+    if cached.is_some_and(|s| {
+        s.owner_references().iter().any(|o| o.uid == uid_str(c))
+            && s.annotations().get(CONTENT_HASH_ANNOTATION) == Some(&content_hash)
+    }) {
+        return Ok(Verdict::Served);
+    }
     if let Some(existing) = api.get_opt(name).await? {
         let ours = existing
             .owner_references()
@@ -300,8 +321,6 @@ async fn deliver(
             });
         }
     }
-    let username = c.username();
-    let host = &ctx.settings.registry_host;
     let data = BTreeMap::from([
         (
             ".dockerconfigjson".to_owned(),

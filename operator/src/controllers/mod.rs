@@ -52,6 +52,8 @@ pub struct Stores {
     pub projects: Store<Namespace>,
     /// The operator's own Secrets in its namespace.
     pub own_secrets: Store<Secret>,
+    /// Secrets the operator delivered into credentials' namespaces (labelled as its own).
+    pub delivered: Store<Secret>,
 }
 
 impl Stores {
@@ -95,6 +97,9 @@ pub struct Context {
     pub stores: Stores,
     /// What the document last written contains.
     pub published: watch::Receiver<Arc<Published>>,
+    /// Changes whenever a decision that other objects depend on changes (which object
+    /// serves which registry namespace, organisations): every object is then reconciled.
+    pub decisions: watch::Receiver<u64>,
     /// Wakes the renderer.
     pub render: Arc<Notify>,
     /// Metrics.
@@ -129,6 +134,7 @@ pub async fn run(
     let (stores, mut reflectors) =
         renderer::start_reflectors(&client, &settings, Arc::clone(&render));
     let (published_tx, published) = watch::channel(Arc::new(Published::default()));
+    let (decisions_tx, decisions) = watch::channel(0u64);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -141,6 +147,7 @@ pub async fn run(
         settings: Arc::clone(&settings),
         stores: stores.clone(),
         published,
+        decisions,
         render: Arc::clone(&render),
         metrics,
     });
@@ -150,11 +157,13 @@ pub async fn run(
         stores.credentials.wait_until_ready(),
         stores.projects.wait_until_ready(),
         stores.own_secrets.wait_until_ready(),
+        stores.delivered.wait_until_ready(),
     );
     tracing::info!(region = %settings.region, "caches synced; reconciling");
     let renderer = tokio::spawn(renderer::run(
         Arc::clone(&ctx),
         published_tx,
+        decisions_tx,
         shutdown.clone(),
     ));
     let namespaces = namespace::controller(Arc::clone(&ctx), shutdown.clone());

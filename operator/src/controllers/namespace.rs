@@ -28,7 +28,7 @@ pub async fn controller(
 ) {
     let api = Api::<RegistryNamespace>::all(ctx.client.clone());
     Controller::new(api, watcher::Config::default().any_semantic())
-        .reconcile_all_on(WatchStream::new(ctx.published.clone()).map(|_| ()))
+        .reconcile_all_on(WatchStream::new(ctx.decisions.clone()).map(|_| ()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()))
@@ -66,7 +66,9 @@ async fn apply(ns: &RegistryNamespace, ctx: &Context) -> Result<Action> {
     let key = Key::of(ns);
     let index = ctx.stores.namespace_index(&ctx.settings);
     let Some(verdict) = index.verdict(&key).cloned() else {
-        return Ok(Action::await_change());
+        // The shared cache has not seen this object yet (the controller's own watch was
+        // faster): look again shortly.
+        return Ok(Action::requeue(Duration::from_millis(200)));
     };
     let name = ns.registry_name().to_owned();
     let in_document = ctx.published.borrow().namespaces.contains(&name)

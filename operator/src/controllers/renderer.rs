@@ -113,6 +113,16 @@ pub fn start_reflectors(
             &mut tasks,
             Api::<Secret>::namespaced(client.clone(), &settings.namespace),
             any().labels(&managed_selector()),
+            Arc::clone(&render),
+        ),
+        delivered: spawn(
+            &mut tasks,
+            Api::<Secret>::all(client.clone()),
+            any().labels(&format!(
+                "{},{}",
+                managed_selector(),
+                crate::CREDENTIAL_UID_LABEL
+            )),
             render,
         ),
     };
@@ -123,11 +133,13 @@ pub fn start_reflectors(
 pub async fn run(
     ctx: Arc<Context>,
     published: watch::Sender<Arc<Published>>,
+    decisions: watch::Sender<u64>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let mut writer = Writer::new(&ctx);
     let mut failures = 0u32;
+    let mut last_pass = Duration::ZERO;
     loop {
         let wait = writer.next_wake().unwrap_or(RESYNC);
         tokio::select! {
@@ -135,11 +147,17 @@ pub async fn run(
             _ = ctx.render.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
-        tokio::time::sleep(DEBOUNCE).await;
+        // Changes arriving meanwhile are rendered together; a large region, whose passes take
+        // longer, waits as long as its last pass took, so rendering never takes more than
+        // about half of a core however fast objects change.
+        tokio::time::sleep(DEBOUNCE.max(last_pass)).await;
         let started = std::time::Instant::now();
         match writer.render_once(&ctx).await {
-            Ok(summary) => {
-                ctx.metrics.reconciled("render", started.elapsed());
+            Ok((summary, decided)) => {
+                last_pass = started.elapsed();
+                ctx.metrics.reconciled("render", last_pass);
+                decisions
+                    .send_if_modified(|current| std::mem::replace(current, decided) != decided);
                 failures = 0;
                 published.send_if_modified(|current| {
                     if **current == summary {
@@ -190,12 +208,15 @@ impl Writer {
         Some(Duration::try_from(left).unwrap_or_default().min(RESYNC))
     }
 
-    async fn render_once(&mut self, ctx: &Context) -> Result<Published> {
+    /// One pass; returns what the document contains and a digest of the decisions other
+    /// objects depend on.
+    async fn render_once(&mut self, ctx: &Context) -> Result<(Published, u64)> {
         let settings = Arc::clone(&self.settings);
         let settings = settings.as_ref();
         let now = Timestamp::now();
         let orgs = ctx.stores.organisations();
         let namespaces = ctx.stores.namespace_index(settings);
+        let decided = decisions_digest(&namespaces, &orgs);
 
         let mut counts: HashMap<(&'static str, String), i64> = HashMap::new();
         for ns in ctx.stores.namespaces.state() {
@@ -326,6 +347,20 @@ impl Writer {
             for (name, shard) in &rendered.shards {
                 let text = serde_norway::to_string(shard).expect("shards serialize");
                 bytes += text.len();
+                // A shard's revision is its content: one already stored at it is left alone.
+                let stored = ctx
+                    .stores
+                    .own_secret(&settings.namespace, name)
+                    .and_then(|s| {
+                        s.metadata
+                            .annotations
+                            .as_ref()?
+                            .get(REVISION_ANNOTATION)
+                            .cloned()
+                    });
+                if stored == Some(shard.revision.to_string()) {
+                    continue;
+                }
                 let mut labels = self.labels();
                 labels.insert(SHARD_OF_LABEL.into(), settings.config_secret.clone());
                 self.write(
@@ -378,17 +413,12 @@ impl Writer {
             self.revision = self.revision.max(stored_revision);
         }
         self.sweep_orphans(ctx, now).await?;
-        let merged = rendered.merged()?;
-        Ok(Published {
+        let summary = Published {
             revision: self.revision,
-            namespaces: merged
-                .spec
-                .namespaces
-                .iter()
-                .map(|n| n.name.clone())
-                .collect(),
+            namespaces: namespaces.served().keys().cloned().collect(),
             credentials: hashes,
-        })
+        };
+        Ok((summary, decided))
     }
 
     /// Deletes state Secrets whose credential no longer exists (it was deleted while its
@@ -520,6 +550,21 @@ impl Writer {
         self.key_wake = ring.next_change(now, rotation);
         Ok(ring.tokens_config(now, ttl))
     }
+}
+
+/// A digest of which object serves which registry namespace, every namespace verdict, and
+/// the organisations: what credentials and namespaces are decided from besides themselves.
+fn decisions_digest(
+    namespaces: &crate::resolve::NamespaceIndex,
+    orgs: &crate::resolve::Organisations,
+) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!("{:?}", namespaces).hash(&mut hasher);
+    let mut orgs: Vec<_> = orgs.iter().collect();
+    orgs.sort();
+    orgs.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn reason_of(verdict: &Verdict) -> String {

@@ -203,3 +203,36 @@ fn expiry_in_the_past_is_refused() {
     let g = credential(&settings(), &orgs(), &index, &c, at(0)).unwrap();
     assert_eq!(g.expires_at, Some(at(100)));
 }
+
+#[test]
+fn the_object_serving_a_name_keeps_it_against_a_newcomer_of_the_same_second() {
+    let mut incumbent = rns("zz-last", "shared", 0, NamespaceScope::Project);
+    let newcomer = rns("aa-first", "shared", 0, NamespaceScope::Project);
+    let orgs = HashMap::from([
+        ("zz-last".to_string(), "acme".to_string()),
+        ("aa-first".to_string(), "acme".to_string()),
+    ]);
+    // Same creation second: without a status, the key decides.
+    let index = NamespaceIndex::build(&settings(), &orgs, [&incumbent, &newcomer]);
+    assert_eq!(index.served()["shared"].key, key("aa-first", "shared"));
+    // Once one serves the name, it keeps it.
+    incumbent.status = Some(crds::v1alpha1::RegistryNamespaceStatus {
+        conditions: vec![crds::v1alpha1::Condition::new(
+            "Ready",
+            crds::v1alpha1::ConditionStatus::True,
+            reasons::READY,
+            "",
+            1,
+            &[],
+            Time(at(0)),
+        )],
+        namespace: Some("shared".into()),
+        ..Default::default()
+    });
+    let index = NamespaceIndex::build(&settings(), &orgs, [&newcomer, &incumbent]);
+    assert_eq!(index.served()["shared"].key, key("zz-last", "shared"));
+    assert_eq!(
+        reason(index.verdict(&key("aa-first", "shared")).unwrap()),
+        reasons::CONFLICT
+    );
+}
