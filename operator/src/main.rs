@@ -92,6 +92,9 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
+    // The workspace enables both rustls providers (ring here, aws-lc through the AWS SDK), so
+    // the process names its own: ring, as the data plane does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let (stop_tx, stop_rx) = watch::channel(false);
