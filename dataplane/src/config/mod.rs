@@ -142,15 +142,18 @@ impl LoadError {
 }
 
 /// Builds a complete document from the text of an index document and, when it names shards,
-/// the text of each shard (`shard(name)`: `Ok(None)` when there is no such shard).
+/// the texts of each shard (`shard(name)`: the versions the source holds, newest first; none
+/// when there is no such shard).
 ///
-/// The index is parsed, each named shard is parsed, the shards are merged at the revisions the
-/// index names ([`Config::merge_shards`]) and the whole is validated. A shard that is missing
-/// or at another revision is an error ([`LoadError::is_incomplete`]): never is a mix of old
-/// and new shards produced.
+/// The index is parsed, and for each named shard the version at the revision the index names
+/// is taken (a source that keeps the version before the newest can thus complete an index
+/// while the next revision's shards are being written). The shards are merged
+/// ([`Config::merge_shards`]) and the whole is validated. A shard that is missing or at
+/// another revision is an error ([`LoadError::is_incomplete`]): never is a mix of old and new
+/// shards produced.
 pub fn assemble(
     index: &str,
-    mut shard: impl FnMut(&str) -> Result<Option<String>, LoadError>,
+    mut shard: impl FnMut(&str) -> Result<Vec<String>, LoadError>,
 ) -> Result<Loaded, LoadError> {
     let stated = StatedSettings::of(index);
     let mut config = Config::parse_unvalidated(index)?;
@@ -160,11 +163,20 @@ pub fn assemble(
     }
     let mut shards = Vec::with_capacity(config.spec.shards.len());
     for wanted in &config.spec.shards {
-        if let Some(text) = shard(&wanted.name)? {
+        let mut newest = None;
+        for text in shard(&wanted.name)? {
             let parsed = ConfigShard::from_yaml_str(&text).map_err(|source| LoadError::Shard {
                 name: wanted.name.clone(),
                 source,
             })?;
+            if parsed.revision == wanted.revision {
+                newest = Some(parsed);
+                break;
+            }
+            // Not the named revision: reported as such unless an older version is.
+            newest.get_or_insert(parsed);
+        }
+        if let Some(parsed) = newest {
             shards.push((wanted.name.clone(), parsed));
         }
     }

@@ -10,8 +10,10 @@
 //! no polling) and hands a complete document, or why there is none, to its sink whenever the
 //! index or a shard it names changed. The Secrets' `config.yaml` values are kept in memory
 //! (only those), so a shard written before the index that names it is there when the index
-//! arrives. A document is complete only when every shard is present at the revision the
-//! index names ([`super::assemble`]); until then the running one stays.
+//! arrives; and the value before the newest is kept too, so that while the operator writes
+//! the shards of the next revision (before the index that names them), the index in place
+//! is still complete. A document is complete only when every shard is present at the
+//! revision the index names ([`super::assemble`]); until then the running one stays.
 //!
 //! Every state of the Secrets is examined once: a refused document is reported once, not on
 //! every unrelated Secret event. A deleted index Secret is reported as
@@ -188,6 +190,8 @@ impl Data {
 struct SecretDocuments {
     index: SecretRef,
     secrets: BTreeMap<String, Data>,
+    /// The text each Secret held before its current one (by name).
+    previous: BTreeMap<String, String>,
     /// Secrets listed since the last `Init` (a relist), swapped in at `InitDone`.
     relisting: Option<BTreeMap<String, Data>>,
     /// Whether the first list is complete (nothing is examined before).
@@ -198,6 +202,9 @@ struct SecretDocuments {
     examined: Option<[u8; 32]>,
     /// Hash of the index text last parsed for its shard names, and those names.
     shard_names: Option<([u8; 32], Vec<String>)>,
+    /// Hash of the index text of the last complete document handed out: the shards it names
+    /// are content-addressed, so the same index completes to the same document.
+    completed: Option<[u8; 32]>,
 }
 
 impl SecretDocuments {
@@ -205,11 +212,13 @@ impl SecretDocuments {
         Self {
             index,
             secrets: BTreeMap::new(),
+            previous: BTreeMap::new(),
             relisting: None,
             listed: false,
             index_seen: false,
             examined: None,
             shard_names: None,
+            completed: None,
         }
     }
 
@@ -230,19 +239,36 @@ impl SecretDocuments {
                 None
             }
             watcher::Event::InitDone => {
-                self.secrets = self.relisting.take().unwrap_or_default();
+                let listed = self.relisting.take().unwrap_or_default();
+                self.secrets.retain(|name, _| listed.contains_key(name));
+                self.previous.retain(|name, _| listed.contains_key(name));
+                for (name, data) in listed {
+                    self.replace(name, data);
+                }
                 self.listed = true;
                 self.examine()
             }
             watcher::Event::Apply(secret) => {
-                self.secrets.insert(name_of(&secret), Data::of(&secret));
+                self.replace(name_of(&secret), Data::of(&secret));
                 self.examine()
             }
             watcher::Event::Delete(secret) => {
-                self.secrets.remove(&name_of(&secret));
+                let name = name_of(&secret);
+                self.secrets.remove(&name);
+                self.previous.remove(&name);
                 self.examine()
             }
         }
+    }
+
+    /// Records the current data of a Secret, keeping the text it replaces.
+    fn replace(&mut self, name: String, data: Data) {
+        if let Some(Data::Text(old)) = self.secrets.get(&name)
+            && !matches!(&data, Data::Text(new) if new == old)
+        {
+            self.previous.insert(name.clone(), old.clone());
+        }
+        self.secrets.insert(name, data);
     }
 
     /// The document of the current Secrets, unless this state was examined already.
@@ -255,7 +281,16 @@ impl SecretDocuments {
             return None;
         }
         self.examined = Some(fingerprint);
-        Some(self.document())
+        let document = self.document();
+        if document.is_ok() {
+            let index = self.shard_names.as_ref().map(|(hash, _)| *hash);
+            if index.is_some() && index == self.completed {
+                // Only the next revision's shards arrived: the document is the same.
+                return None;
+            }
+            self.completed = index;
+        }
+        Some(document)
     }
 
     /// A hash of the index Secret's data and of the data of every shard it names.
@@ -322,15 +357,18 @@ impl SecretDocuments {
             }
         };
         self.index_seen = true;
-        let secrets = &self.secrets;
+        let (secrets, previous) = (&self.secrets, &self.previous);
         assemble(text, |name| match secrets.get(name) {
-            Some(Data::Text(text)) => Ok(Some(text.clone())),
+            Some(Data::Text(text)) => Ok(std::iter::once(text)
+                .chain(previous.get(name))
+                .cloned()
+                .collect()),
             Some(Data::Unusable(problem)) => Err(LoadError::SecretData {
                 namespace: namespace.clone(),
                 name: name.to_owned(),
                 problem: problem.clone(),
             }),
-            None => Ok(None),
+            None => Ok(Vec::new()),
         })
     }
 }
@@ -510,5 +548,76 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(err.to_string().contains("region-config-1"), "{err}");
+    }
+
+    #[test]
+    fn the_index_in_place_stays_complete_while_the_next_shards_are_written() {
+        let mut docs = documents();
+        let index = |revision: u64, shard: u64| {
+            format!(
+                "{HEAD}revision: {revision}\nshards: [{{name: region-config-1, revision: {shard}}}]\n\
+                 credentials: [{{id: ci, secretHash: '$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA', \
+                 scope: containerRegistry, namespaces: [acme]}}]\n"
+            )
+        };
+        let shard = |revision: u64, namespace: &str| {
+            format!("{SHARD_HEAD}revision: {revision}\nnamespaces: [{{name: {namespace}}}]\n")
+        };
+        let loaded = listed(
+            &mut docs,
+            vec![
+                secret("region-config", Some(&index(1, 10))),
+                secret("region-config-1", Some(&shard(10, "acme"))),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(loaded.config.spec.revision, 1);
+        // The shard of the next revision is written first: the index in place still completes
+        // with the shard it names, so nothing is refused and nothing new is handed out.
+        assert!(
+            docs.event(watcher::Event::Apply(secret(
+                "region-config-1",
+                Some(&shard(20, "acme")),
+            )))
+            .is_none()
+        );
+        // Then the index naming it: the new document.
+        let loaded = docs
+            .event(watcher::Event::Apply(secret(
+                "region-config",
+                Some(&index(2, 20)),
+            )))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.config.spec.revision, 2);
+        // Two shard revisions ahead of the index is more than is kept: incomplete, and the
+        // running document stays (the source reports why).
+        assert!(
+            docs.event(watcher::Event::Apply(secret(
+                "region-config-1",
+                Some(&shard(30, "acme")),
+            )))
+            .is_none()
+        );
+        let err = docs
+            .event(watcher::Event::Apply(secret(
+                "region-config-1",
+                Some(&shard(40, "acme")),
+            )))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.is_incomplete(), "{err}");
+        // A relist keeps what it can: the index naming the newest shard completes.
+        let loaded = listed(
+            &mut docs,
+            vec![
+                secret("region-config", Some(&index(3, 40))),
+                secret("region-config-1", Some(&shard(40, "acme"))),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(loaded.config.spec.revision, 3);
     }
 }

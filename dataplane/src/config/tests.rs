@@ -20,15 +20,15 @@ fn assemble_merges_shards_in_index_order_and_validates_the_whole() {
         "{HEAD}revision: 9\nnamespaces: [{{name: one}}]\n\
          shards: [{{name: b, revision: 9}}, {{name: a, revision: 8}}]\n"
     );
-    let shards = |name: &str| -> Result<Option<String>, LoadError> {
+    let shards = |name: &str| -> Result<Vec<String>, LoadError> {
         Ok(match name {
-            "a" => Some(format!(
+            "a" => vec![format!(
                 "{SHARD_HEAD}revision: 8\nnamespaces: [{{name: from-a}}]\n"
-            )),
-            "b" => Some(format!(
+            )],
+            "b" => vec![format!(
                 "{SHARD_HEAD}revision: 9\nnamespaces: [{{name: from-b}}]\n"
-            )),
-            _ => None,
+            )],
+            _ => Vec::new(),
         })
     };
     let loaded = assemble(&index, shards).unwrap();
@@ -42,11 +42,11 @@ fn assemble_merges_shards_in_index_order_and_validates_the_whole() {
     assert_eq!(names, ["one", "from-b", "from-a"]);
 
     // The merged whole is validated: a duplicate across shards is an error.
-    let clash = |name: &str| -> Result<Option<String>, LoadError> {
-        Ok(Some(format!(
+    let clash = |name: &str| -> Result<Vec<String>, LoadError> {
+        Ok(vec![format!(
             "{SHARD_HEAD}revision: {}\nnamespaces: [{{name: one}}]\n",
             if name == "b" { 9 } else { 8 }
-        )))
+        )])
     };
     let err = assemble(&index, clash).unwrap_err();
     assert!(err.to_string().contains("duplicate"), "{err}");
@@ -60,14 +60,14 @@ fn assemble_without_shards_is_plain_validation() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("region"), "{err}");
-    let loaded = assemble(&format!("{HEAD}revision: 3\n"), |_| Ok(None)).unwrap();
+    let loaded = assemble(&format!("{HEAD}revision: 3\n"), |_| Ok(Vec::new())).unwrap();
     assert_eq!(loaded.config.spec.revision, 3);
 }
 
 #[test]
 fn a_shard_of_another_kind_is_named() {
     let index = format!("{HEAD}shards: [{{name: a}}]\n");
-    let err = assemble(&index, |_| Ok(Some(HEAD.to_owned()))).unwrap_err();
+    let err = assemble(&index, |_| Ok(vec![HEAD.to_owned()])).unwrap_err();
     assert!(
         matches!(&err, LoadError::Shard { name, source: ConfigError::WrongKind { .. } } if name == "a"),
         "{err}"

@@ -66,7 +66,7 @@ impl ConfigSource {
                     name: name.to_owned(),
                 })
             })),
-            Some(Ok(text)) => Ok(text),
+            Some(Ok(text)) => Ok(text.into_iter().collect()),
             Some(Err(source)) => Err(read_error(name, dir.join(name), source)),
         })?;
         Ok(self.apply_overrides(loaded))

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Resource as _, ResourceExt as _};
 use tokio_stream::wrappers::WatchStream;
@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 use crds::v1alpha1::{RegistryCredential, RegistryCredentialStatus, reasons};
 
 use super::status::{Phase, apply_status, event_on_change, now, ready_reason, same_conditions};
-use super::{Context, backoff};
+use super::{AWAIT_DOCUMENT_FALLBACK, Context, backoff, woken_by_document};
 use crate::resolve::{self, Key, Verdict};
 use crate::secrets::{CredentialState, docker_config_json};
 use kube::runtime::reflector::ObjectRef;
@@ -65,6 +65,7 @@ pub async fn controller(
                 .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
         )
         .reconcile_all_on(WatchStream::new(ctx.decisions.clone()).map(|_| ()))
+        .reconcile_on(woken_by_document(&ctx, |ctx| &ctx.awaiting_credentials))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()))
@@ -87,8 +88,14 @@ async fn reconcile(credential: Arc<RegistryCredential>, ctx: Arc<Context>) -> Re
         }
     })
     .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // A second cleanup pass on a cached copy of an object already gone: nothing to do.
+        Err(FinalizerError::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     result
 }
@@ -114,6 +121,13 @@ fn owner_reference(c: &RegistryCredential) -> OwnerReference {
 
 /// Issues what the credential may have, delivers it and reports its state.
 async fn apply(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
+    if project_terminating(c, ctx) {
+        // Its Kubernetes namespace is being deleted, and the credential with it (cleanup
+        // follows): nothing can be delivered there any more.
+        return Ok(Action::await_change());
+    }
+    // Waiting before the document is read: a document written from here on wakes it again.
+    ctx.awaiting_credentials.wait(c);
     let namespaces = ctx.stores.namespace_index(&ctx.settings);
     let orgs = ctx.stores.organisations();
     let verdict = match resolve::credential(&ctx.settings, &orgs, &namespaces, c, Timestamp::now())
@@ -171,8 +185,11 @@ async fn apply(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
     }
     ctx.render.notify_one();
     Ok(match phase {
-        Phase::Converging(_) => Action::requeue(Duration::from_millis(300)),
-        _ => Action::requeue(next_check(c, state.as_ref())),
+        Phase::Converging(_) => Action::requeue(AWAIT_DOCUMENT_FALLBACK),
+        _ => {
+            ctx.awaiting_credentials.done(c);
+            Action::requeue(next_check(c, state.as_ref()))
+        }
     })
 }
 
@@ -226,7 +243,7 @@ async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<Verdict> {
     let state = match current {
         None => {
             let request = rotation_request.clone();
-            let state = off_runtime(move || CredentialState::issue(now, request)).await?;
+            let state = off_runtime(ctx, move || CredentialState::issue(now, request)).await?;
             let secret = state_secret(c, ctx, &state_name, &state);
             match own.create(&PostParams::default(), &secret).await {
                 Ok(_) => state,
@@ -243,7 +260,7 @@ async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<Verdict> {
         }
         Some(state) if state.rotation_due(now, period, rotation_request.as_deref()) => {
             let request = rotation_request.clone();
-            let next = off_runtime(move || state.rotate(now, request)).await?;
+            let next = off_runtime(ctx, move || state.rotate(now, request)).await?;
             let mut secret = state_secret(c, ctx, &state_name, &next);
             secret.metadata.resource_version = existing.and_then(|s| s.metadata.resource_version);
             // A conflicting write (409) is retried by the controller with fresh state.
@@ -338,6 +355,10 @@ async fn deliver(
             name: Some(name.to_owned()),
             namespace: Some(ns.to_owned()),
             labels: Some(labels(&ctx.settings.region, uid_str(c))),
+            annotations: Some(BTreeMap::from([(
+                CONTENT_HASH_ANNOTATION.to_owned(),
+                content_hash,
+            )])),
             owner_references: Some(vec![owner_reference(c)]),
             ..ObjectMeta::default()
         },
@@ -345,13 +366,39 @@ async fn deliver(
         data: Some(data),
         ..Secret::default()
     };
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&secret),
-    )
-    .await?;
-    Ok(Verdict::Served)
+    match api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+    {
+        Ok(_) => Ok(Verdict::Served),
+        // The namespace began terminating after the cache last saw it: the credential goes
+        // with it, so this is not retried.
+        Err(kube::Error::Api(e)) if is_namespace_terminating(&e) => Ok(Verdict::Served),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the credential's Kubernetes namespace is being deleted (as the cache sees it).
+fn project_terminating(c: &RegistryCredential, ctx: &Context) -> bool {
+    let ns = c.metadata.namespace.as_deref().unwrap_or_default();
+    ctx.stores
+        .projects
+        .get(&ObjectRef::new(ns))
+        .is_some_and(|p| p.metadata.deletion_timestamp.is_some())
+}
+
+/// Whether an API refusal says the namespace is being terminated.
+fn is_namespace_terminating(status: &kube::core::Status) -> bool {
+    status.code == 403
+        && status.details.as_ref().is_some_and(|d| {
+            d.causes
+                .iter()
+                .any(|cause| cause.reason == "NamespaceTerminating")
+        })
 }
 
 /// Revokes the credential: its state and its Secret go (the renderer drops it from the
@@ -380,10 +427,18 @@ async fn cleanup(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// Runs CPU-heavy work (argon2 hashing) on the blocking pool, not on a runtime thread.
+/// Runs CPU-heavy work (argon2 hashing, ~19 MiB each) on the blocking pool, not on a runtime
+/// thread, and at most as many at once as there are cores: a thousand new credentials hash
+/// one after the other instead of taking a thread and its memory each.
 async fn off_runtime<T: Send + 'static>(
+    ctx: &Context,
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    let _permit = ctx
+        .hashing
+        .acquire()
+        .await
+        .map_err(|e| Error::Crypto(format!("hashing closed: {e}")))?;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Crypto(format!("hashing task failed: {e}")))?

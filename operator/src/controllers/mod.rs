@@ -14,7 +14,8 @@ pub mod renderer;
 pub mod status;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -86,8 +87,68 @@ impl Stores {
     }
 }
 
+/// Objects whose `Ready` waits for a document that contains them. The controller reconciles
+/// them again as soon as a new document is written, instead of polling.
+#[derive(Debug)]
+pub struct AwaitingDocument<K: kube::Resource<DynamicType = ()>> {
+    refs: Mutex<HashSet<ObjectRef<K>>>,
+}
+
+impl<K: kube::Resource<DynamicType = ()>> Default for AwaitingDocument<K> {
+    fn default() -> Self {
+        Self {
+            refs: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()>> AwaitingDocument<K>
+where
+    ObjectRef<K>: Hash + Eq,
+{
+    /// Records that `object` waits for the next document.
+    pub fn wait(&self, object: &K) {
+        self.lock().insert(ObjectRef::from_obj(object));
+    }
+
+    /// Records that `object` no longer waits.
+    pub fn done(&self, object: &K) {
+        self.lock().remove(&ObjectRef::from_obj(object));
+    }
+
+    /// Every waiting object, forgotten until it waits again.
+    pub fn take(&self) -> Vec<ObjectRef<K>> {
+        self.lock().drain().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<ObjectRef<K>>> {
+        self.refs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The objects of `awaiting` each time a new document is written: the controller's
+/// `reconcile_on` stream.
+pub fn woken_by_document<K>(
+    ctx: &Arc<Context>,
+    awaiting: fn(&Context) -> &AwaitingDocument<K>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Send + Sync + 'static,
+    ObjectRef<K>: Hash + Eq,
+{
+    use futures::StreamExt as _;
+    let ctx = Arc::clone(ctx);
+    tokio_stream::wrappers::WatchStream::from_changes(ctx.published.clone())
+        .flat_map(move |_| futures::stream::iter(awaiting(&ctx).take()))
+}
+
+/// How long an object waiting for the document waits before it is looked at anyway (it is
+/// normally reconciled as soon as a new document is written).
+pub const AWAIT_DOCUMENT_FALLBACK: Duration = Duration::from_secs(5);
+
 /// Shared by every reconcile.
-#[derive(Clone)]
 pub struct Context {
     /// The API client.
     pub client: Client,
@@ -102,6 +163,12 @@ pub struct Context {
     pub decisions: watch::Receiver<u64>,
     /// Wakes the renderer.
     pub render: Arc<Notify>,
+    /// Permits for argon2 hashing (one per core).
+    pub hashing: tokio::sync::Semaphore,
+    /// Namespaces waiting for a document that serves them.
+    pub awaiting_namespaces: AwaitingDocument<RegistryNamespace>,
+    /// Credentials waiting for a document that contains them.
+    pub awaiting_credentials: AwaitingDocument<RegistryCredential>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Events, deduplicated.
@@ -149,6 +216,11 @@ pub async fn run(
         published,
         decisions,
         render: Arc::clone(&render),
+        hashing: tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ),
+        awaiting_namespaces: AwaitingDocument::default(),
+        awaiting_credentials: AwaitingDocument::default(),
         metrics,
     });
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crds::v1alpha1::{RegistryNamespace, RegistryNamespaceStatus};
 
 use super::status::{Phase, apply_status, event_on_change, now, ready_reason, same_conditions};
-use super::{Context, backoff};
+use super::{AWAIT_DOCUMENT_FALLBACK, Context, backoff, woken_by_document};
 use crate::resolve::Key;
 use crate::{Error, Result};
 
@@ -29,6 +29,7 @@ pub async fn controller(
     let api = Api::<RegistryNamespace>::all(ctx.client.clone());
     Controller::new(api, watcher::Config::default().any_semantic())
         .reconcile_all_on(WatchStream::new(ctx.decisions.clone()).map(|_| ()))
+        .reconcile_on(woken_by_document(&ctx, |ctx| &ctx.awaiting_namespaces))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()))
@@ -71,6 +72,8 @@ async fn apply(ns: &RegistryNamespace, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_millis(200)));
     };
     let name = ns.registry_name().to_owned();
+    // Waiting before the document is read: a document written from here on wakes it again.
+    ctx.awaiting_namespaces.wait(ns);
     let in_document = ctx.published.borrow().namespaces.contains(&name)
         && index.served_name(&key) == Some(name.as_str());
     let phase = Phase::of(
@@ -99,7 +102,10 @@ async fn apply(ns: &RegistryNamespace, ctx: &Context) -> Result<Action> {
         event_on_change(ctx, ns, ready_reason(&previous.conditions), &phase).await;
     }
     Ok(match phase {
-        Phase::Converging(_) => Action::requeue(Duration::from_millis(300)),
-        _ => Action::requeue(Duration::from_secs(300)),
+        Phase::Converging(_) => Action::requeue(AWAIT_DOCUMENT_FALLBACK),
+        _ => {
+            ctx.awaiting_namespaces.done(ns);
+            Action::requeue(Duration::from_secs(300))
+        }
     })
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -45,6 +45,8 @@ pub const REVISION_ANNOTATION: &str = "registry.thalassa.cloud/revision";
 pub const SHARD_OF_LABEL: &str = "registry.thalassa.cloud/config-shard-of";
 /// Debounce: changes arriving within this time are rendered together.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Shard Secrets written at once.
+const SHARD_WRITES: usize = 4;
 /// Rendered even without a change, to catch anything missed.
 const RESYNC: Duration = Duration::from_secs(60);
 
@@ -344,6 +346,7 @@ impl Writer {
             // Refuse to write what the data plane would refuse.
             rendered.merged()?;
             let mut bytes = 0;
+            let mut writes = Vec::new();
             for (name, shard) in &rendered.shards {
                 let text = serde_norway::to_string(shard).expect("shards serialize");
                 bytes += text.len();
@@ -363,16 +366,20 @@ impl Writer {
                 }
                 let mut labels = self.labels();
                 labels.insert(SHARD_OF_LABEL.into(), settings.config_secret.clone());
-                self.write(
-                    &own,
-                    name,
-                    text,
-                    labels,
-                    &shard.revision.to_string(),
-                    &digest,
-                )
-                .await?;
+                writes.push((name.clone(), text, labels, shard.revision.to_string()));
             }
+            // Shards are independent of each other: a few are written at once.
+            let this = &*self;
+            futures::stream::iter(writes.into_iter().map(|(name, text, labels, revision)| {
+                let (own, digest) = (&own, &digest);
+                async move {
+                    this.write(own, &name, text, labels, &revision, digest)
+                        .await
+                }
+            }))
+            .buffer_unordered(SHARD_WRITES)
+            .try_collect::<Vec<()>>()
+            .await?;
             let text = rendered.index.spec_to_yaml();
             bytes += text.len();
             let revision = self.revision.to_string();
