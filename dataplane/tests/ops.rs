@@ -172,6 +172,9 @@ fn unknown_config_field_stops_serve_naming_the_field() {
     assert!(stderr.contains("line 4"), "{stderr}");
 }
 
+/// A federation whose issuer is plain HTTP on a host that is not loopback.
+const PLAIN_HTTP_ISSUER: &str = "namespaces: [{name: acme}]\nfederations:\n- {issuer: \"http://issuer.example.com\", audience: registry, scope: containerRegistry, namespaces: [acme]}\n";
+
 #[test]
 fn check_config_validates_documents() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,6 +210,34 @@ fn check_config_validates_documents() {
         "{stderr}"
     );
     assert!(stderr.contains("namespaces[2].name"), "{stderr}");
+
+    let plain = dir.path().join("plain.yaml");
+    std::fs::write(&plain, format!("{HEAD}{PLAIN_HTTP_ISSUER}")).unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["check-config"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("federations[0].issuer") && stderr.contains("only for loopback issuers"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &plain,
+        format!(
+            "{HEAD}{}",
+            PLAIN_HTTP_ISSUER.replace("issuer.example.com", "127.0.0.1:5556")
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["check-config"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
 
     let other = dir.path().join("other.yaml");
     std::fs::write(
@@ -305,6 +336,25 @@ async fn config_reloads_live_and_ignores_invalid_documents() {
     wait_for("new configuration refused", 1);
     assert!(
         server.log().contains("unknown field `nam`"),
+        "{}",
+        server.log()
+    );
+
+    // An OIDC issuer over plain HTTP off loopback: anyone on the path could serve keys.
+    std::fs::write(
+        &path,
+        format!(
+            "{HEAD}region: one
+storage: {{filesystem: {{root: {}}}}}
+{PLAIN_HTTP_ISSUER}",
+            root.display()
+        ),
+    )
+    .unwrap();
+    wait_for("new configuration refused", 2);
+    assert!(
+        server.log().contains("federations[0].issuer")
+            && server.log().contains("only for loopback issuers"),
         "{}",
         server.log()
     );

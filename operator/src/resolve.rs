@@ -276,6 +276,16 @@ pub fn credential(
             format!("spec.rotationPeriod {period:?} is not a duration (write e.g. 720h)"),
         ));
     }
+    // The admission rule admits https:// issuers the data plane still refuses (a query, a
+    // fragment, credentials): refuse this object here rather than the region's document.
+    if let Some(wi) = &credential.spec.workload_identity
+        && let Err(message) = crds::config::check_issuer(&wi.issuer)
+    {
+        return Err(Verdict::refused(
+            reasons::INVALID_SPEC,
+            format!("spec.workloadIdentity.issuer {message}"),
+        ));
+    }
     let mut granted = Vec::with_capacity(credential.spec.namespaces.len());
     for name in &credential.spec.namespaces {
         let permitted = namespaces.served.get(name).is_some_and(|ns| {

@@ -49,6 +49,7 @@ pub use names::{
 };
 pub use settings::*;
 pub use spec::*;
+pub use validate::{check_issuer, is_loopback_http};
 pub use values::{HumanDuration, Timestamp};
 
 /// The only `apiVersion` accepted by this release.

@@ -435,3 +435,41 @@ fn the_operator_part_alone_carries_no_process_settings() {
     let back = Config::from_yaml_str(&text).unwrap();
     assert_eq!(back.spec, c.spec);
 }
+
+#[test]
+fn federation_issuers_are_https_or_loopback_http() {
+    let federation = |issuer: &str| {
+        format!(
+            "federations:\n- {{issuer: \"{issuer}\", audience: registry, scope: containerRegistry}}\n"
+        )
+    };
+    for good in [
+        "https://token.actions.example.com",
+        "https://issuer.example.com:8443/tenant/7",
+        "http://127.0.0.1:8080",
+        "http://127.1.2.3",
+        "http://localhost:9000/issuer",
+        "http://[::1]:5556",
+    ] {
+        let doc = format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n{}",
+            federation(good)
+        );
+        Config::from_yaml_str(&doc).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    for (bad, says) in [
+        ("http://issuer.example.com", "loopback"),
+        ("http://10.0.0.1:8080", "loopback"),
+        ("http://127.0.0.1.example.com", "loopback"),
+        ("http://localhost.example.com", "loopback"),
+        ("ftp://issuer.example.com", "\"ftp\""),
+        ("issuer.example.com", "absolute"),
+        ("https://user:pw@issuer.example.com", "credentials"),
+        ("https://issuer.example.com/?tenant=1", "query"),
+        ("https://issuer.example.com/#x", "fragment"),
+    ] {
+        let p = invalid(&federation(bad));
+        assert_eq!(p[0].path, "federations[0].issuer", "{bad}");
+        assert!(p[0].message.contains(says), "{bad}: {}", p[0]);
+    }
+}

@@ -138,11 +138,8 @@ impl Config {
         }
 
         for (i, f) in self.spec.federations.iter().enumerate() {
-            if !f.issuer.starts_with("https://") && !f.issuer.starts_with("http://") {
-                problem(
-                    format!("federations[{i}].issuer"),
-                    format!("must be an https:// URL, found {:?}", f.issuer),
-                );
+            if let Err(message) = check_issuer(&f.issuer) {
+                problem(format!("federations[{i}].issuer"), message);
             }
             if f.audience.is_empty() {
                 problem(
@@ -276,5 +273,58 @@ fn check_secret_hash(hash: &str) -> Result<(), String> {
              `dataplane hash-secret`; secrets are never stored in plain text"
                 .into(),
         )
+    }
+}
+
+/// Checks an OIDC issuer URL: `https://`, or plain `http://` on a loopback address only (an
+/// issuer's discovery document and JWKS decide whose tokens are believed, so anyone on a plain
+/// HTTP path could serve their own keys and mint identities). OIDC issuers carry no query or
+/// fragment.
+pub fn check_issuer(issuer: &str) -> Result<(), String> {
+    let url = url::Url::parse(issuer)
+        .map_err(|e| format!("must be an absolute https:// URL ({e}), found {issuer:?}"))?;
+    if url.host().is_none() {
+        return Err(format!("must name a host, found {issuer:?}"));
+    }
+    let loopback = is_loopback(&url);
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "must be an https:// URL, found {issuer:?}: plain http:// is allowed only for \
+                 loopback issuers (localhost, 127.0.0.0/8, [::1]), since anyone on the path \
+                 could serve their own signing keys"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "must be an https:// URL, found the scheme {other:?} in {issuer:?}"
+            ));
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("must not carry credentials, found {issuer:?}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "must not have a query or fragment (OIDC issuers have neither), found {issuer:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `text` is a plain `http://` URL whose host is a loopback address (`localhost`,
+/// 127.0.0.0/8 or `[::1]`): the one case where an OIDC fetch may go without TLS.
+pub fn is_loopback_http(text: &str) -> bool {
+    url::Url::parse(text).is_ok_and(|url| url.scheme() == "http" && is_loopback(&url))
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }

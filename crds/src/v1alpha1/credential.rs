@@ -134,7 +134,8 @@ pub struct WorkloadIdentity {
     pub ca_bundle: Option<String>,
 }
 
-/// A claim must hold one of the listed values.
+/// A top-level claim must hold one of the listed values: a string exactly (or by prefix), a
+/// number or boolean by its JSON text (`42`, `true`), an array when any element matches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimRule {

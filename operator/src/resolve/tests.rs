@@ -236,3 +236,29 @@ fn the_object_serving_a_name_keeps_it_against_a_newcomer_of_the_same_second() {
         reasons::CONFLICT
     );
 }
+
+#[test]
+fn a_federation_whose_issuer_the_data_plane_refuses_is_invalid_not_rendered() {
+    let ns = rns("acme-a", "proj", 0, NamespaceScope::Project);
+    let index = NamespaceIndex::build(&settings(), &orgs(), [&ns]);
+    let mut c = cred("acme-a", "ci", &["proj"]);
+    let federation = |issuer: &str| crds::v1alpha1::WorkloadIdentity {
+        issuer: issuer.into(),
+        audience: "registry".into(),
+        claim_rules: Vec::new(),
+        ca_bundle: None,
+    };
+    c.spec.workload_identity = Some(federation("https://ci.example.com/?tenant=1"));
+    let err = credential(&settings(), &orgs(), &index, &c, at(0)).unwrap_err();
+    assert_eq!(reason(&err), reasons::INVALID_SPEC);
+    let Verdict::Refused { message, .. } = &err else {
+        unreachable!()
+    };
+    assert!(
+        message.contains("spec.workloadIdentity.issuer"),
+        "{message}"
+    );
+    assert!(message.contains("query"), "{message}");
+    c.spec.workload_identity = Some(federation("https://ci.example.com"));
+    credential(&settings(), &orgs(), &index, &c, at(0)).unwrap();
+}

@@ -245,10 +245,14 @@ impl KeyFetcher {
         }
         let jwks_uri = discovery.jwks_uri;
         let secure = jwks_uri.starts_with("https://");
-        let plain_allowed = issuer.starts_with("http://") && jwks_uri.starts_with("http://");
+        // Plain HTTP only where the document allows it: a loopback issuer whose keys are on
+        // loopback too.
+        let plain_allowed =
+            crds::config::is_loopback_http(issuer) && crds::config::is_loopback_http(&jwks_uri);
         if !secure && !plain_allowed {
             return Err(discovery_error(format!(
-                "jwks_uri {jwks_uri:?} is not an https:// URL"
+                "jwks_uri {jwks_uri:?} is not an https:// URL (plain http:// only from a \
+                 loopback issuer to a loopback address)"
             )));
         }
         // Kubernetes answers 406 to a JWKS request that accepts only `application/json`.
