@@ -167,8 +167,24 @@ impl Applier {
     /// and leaves the running one in force.
     pub fn apply(&self, source: Source, document: Loaded) -> Result<Applied, ApplyError> {
         let Loaded { mut config, stated } = document;
-        let storage_kept = stated.storage && config.settings.storage != self.settings.storage;
-        let uploads_kept = stated.uploads && config.settings.uploads != self.settings.uploads;
+        let running = &self.settings;
+        let kept: Vec<&str> = [
+            (
+                stated.storage && config.settings.storage != running.storage,
+                "storage",
+            ),
+            (
+                stated.uploads && config.settings.uploads != running.uploads,
+                "uploads",
+            ),
+            (
+                stated.connections && config.settings.connections != running.connections,
+                "connections",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(differs, name)| differs.then_some(name))
+        .collect();
         config.settings = self.settings.clone();
         let revision = config.spec.revision;
         let index = match self.auth.build_index(Arc::new(config)) {
@@ -196,17 +212,14 @@ impl Applier {
             federations = summary.2,
             "{what}: revision {revision} in force"
         );
-        if storage_kept || uploads_kept {
-            let which = match (storage_kept, uploads_kept) {
-                (true, true) => "storage and uploads",
-                (true, false) => "storage",
-                _ => "uploads",
-            };
+        if !kept.is_empty() {
+            let which = kept.join(", ");
             tracing::warn!(
                 source = source.as_str(),
                 revision,
-                "the document's {which} settings differ from the running ones: process \
-                 settings take effect after a restart; the running ones are kept until then"
+                "the document's process settings ({which}) differ from the running ones: \
+                 process settings take effect after a restart; the running ones are kept until \
+                 then"
             );
         }
         if mode == Mode::Closed {
@@ -220,7 +233,7 @@ impl Applier {
         Ok(Applied {
             revision,
             previous,
-            settings_kept: storage_kept || uploads_kept,
+            settings_kept: !kept.is_empty(),
         })
     }
 

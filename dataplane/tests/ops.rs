@@ -428,3 +428,169 @@ async fn abandoned_upload_sessions_expire() {
     }
     assert!(server.log().contains("removed abandoned upload session"));
 }
+
+/// Sends `head` and all of `body` before reading anything (as Python's `http.client` does),
+/// then reads the response to the end.
+fn send_whole_then_read(addr: &str, head: &str, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .write_all(body)
+        .expect("the server reads the whole body before it answers");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("a response, not a reset");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[test]
+fn oversized_bodies_get_their_413_even_from_clients_that_send_everything_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Dataplane::start(dir.path(), &[]);
+    let addr = server.host();
+
+    // A manifest over the 4 MiB limit, declared.
+    let manifest = vec![b' '; 5 * 1024 * 1024];
+    let response = send_whole_then_read(
+        &addr,
+        &format!(
+            "PUT /v2/ops/big/manifests/v1 HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+             Content-Length: {}\r\n\r\n",
+            manifest.len()
+        ),
+        &manifest,
+    );
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("\"SIZE_INVALID\""), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+
+    // The same, chunked: no length to refuse it by, so the limit is found while reading.
+    let mut chunked = Vec::new();
+    for chunk in manifest.chunks(64 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend_from_slice(chunk);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let response = send_whole_then_read(
+        &addr,
+        &format!(
+            "PUT /v2/ops/big/manifests/v1 HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        ),
+        &chunked,
+    );
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("\"SIZE_INVALID\""), "{response}");
+
+    // Routes that expect no body, or a small one, have a limit too.
+    let big = vec![b'a'; 1024 * 1024];
+    let response = send_whole_then_read(
+        &addr,
+        &format!(
+            "GET /v2/ops/big/tags/list HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        ),
+        &big,
+    );
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("\"SIZE_INVALID\""), "{response}");
+    let response = send_whole_then_read(
+        &addr,
+        &format!(
+            "POST /token HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        ),
+        &big,
+    );
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("invalid_request"), "{response}");
+
+    // A small body on a GET is read and the connection stays usable.
+    let response = send_whole_then_read(
+        &addr,
+        &format!(
+            "GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5\r\n\r\nhello\
+             GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        ),
+        b"",
+    );
+    assert_eq!(response.matches("HTTP/1.1 200").count(), 2, "{response}");
+}
+
+#[test]
+fn slow_clients_are_disconnected_after_the_configured_timeouts() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{HEAD}storage: {{filesystem: {{root: {}}}}}\n\
+             connections: {{headerTimeout: 1s, idleTimeout: 1s}}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--config"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([path.display().to_string()])
+        .collect();
+    let server = Dataplane::start_args(&args).unwrap();
+    let closed_within = |stream: &mut std::net::TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    };
+
+    // Half a request's headers, then nothing.
+    let mut stream = std::net::TcpStream::connect(server.host()).unwrap();
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n")
+        .unwrap();
+    assert!(closed_within(&mut stream), "headers never finished");
+
+    // A blob upload whose body stops after 10 of 100 bytes.
+    let mut stream = std::net::TcpStream::connect(server.host()).unwrap();
+    stream
+        .write_all(
+            b"POST /v2/ops/slow/blobs/uploads/?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000 HTTP/1.1\r\n\
+              Host: registry\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .unwrap();
+    assert!(closed_within(&mut stream), "the body stalled");
+
+    // The server still serves.
+    let mut stream = std::net::TcpStream::connect(server.host()).unwrap();
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}

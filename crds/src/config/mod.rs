@@ -176,6 +176,8 @@ struct Document {
     storage: Option<StorageConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uploads: Option<UploadsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connections: Option<ConnectionsConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     namespaces: Vec<NamespaceConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -204,6 +206,7 @@ impl From<Document> for Config {
             settings: ProcessSettings {
                 storage: d.storage.unwrap_or_default(),
                 uploads: d.uploads.unwrap_or_default(),
+                connections: d.connections.unwrap_or_default(),
             },
             spec: RegionSpec {
                 region: d.region,
@@ -224,6 +227,7 @@ impl From<Config> for Document {
         let mut document = Self::from(c.spec);
         document.storage = Some(c.settings.storage);
         document.uploads = Some(c.settings.uploads);
+        document.connections = Some(c.settings.connections);
         document
     }
 }
@@ -237,6 +241,7 @@ impl From<RegionSpec> for Document {
             revision: c.revision,
             storage: None,
             uploads: None,
+            connections: None,
             namespaces: c.namespaces,
             credentials: c.credentials,
             federations: c.federations,

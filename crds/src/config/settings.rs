@@ -1,5 +1,5 @@
 //! Process settings: what a data-plane process is started with and keeps until it restarts
-//! (storage, uploads). A reload never changes them.
+//! (storage, uploads, connection limits). A reload never changes them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct ProcessSettings {
     pub storage: StorageConfig,
     /// Upload session settings.
     pub uploads: UploadsConfig,
+    /// Limits on slow or idle client connections.
+    pub connections: ConnectionsConfig,
 }
 
 /// Storage backend settings: exactly one of the fields is set.
@@ -120,6 +122,45 @@ impl Default for UploadsConfig {
     fn default() -> Self {
         Self {
             session_timeout: default_session_timeout(),
+        }
+    }
+}
+
+/// How long a request's headers may take to arrive, by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request body or a response may go without moving a byte, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Limits on what one client connection may hold the server for (against slow-loris style
+/// clients that open connections and then send, or read, nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Time for a request's headers to arrive in full, counted from when the connection opens
+    /// or goes idle after a response: a kept-alive connection with no next request is closed
+    /// after it too (default 30s; at most 10m).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// Time a request body may go without a byte arriving, or a response without the client
+    /// taking a byte, before the connection is closed (default 60s; at most 1h). An upload
+    /// that keeps moving is never cut, however long it runs.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(DEFAULT_HEADER_TIMEOUT)
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(DEFAULT_IDLE_TIMEOUT)
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }

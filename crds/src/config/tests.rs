@@ -473,3 +473,36 @@ fn federation_issuers_are_https_or_loopback_http() {
         assert!(p[0].message.contains(says), "{bad}: {}", p[0]);
     }
 }
+
+#[test]
+fn connection_limits_have_defaults_and_bounds() {
+    let c = Config::from_yaml_str(
+        "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.settings.connections.header_timeout.0,
+        DEFAULT_HEADER_TIMEOUT
+    );
+    assert_eq!(c.settings.connections.idle_timeout.0, DEFAULT_IDLE_TIMEOUT);
+    let c = Config::from_yaml_str(
+        "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+         connections: {headerTimeout: 5s, idleTimeout: 2m}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.settings.connections.header_timeout.0,
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        c.settings.connections.idle_timeout.0,
+        Duration::from_secs(120)
+    );
+    let p = invalid("connections: {headerTimeout: 0s, idleTimeout: 2h}\n");
+    let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["connections.headerTimeout", "connections.idleTimeout"]
+    );
+    assert!(p[1].message.contains("1h"), "{}", p[1]);
+}

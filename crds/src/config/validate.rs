@@ -68,6 +68,26 @@ impl Config {
             );
         }
 
+        let connections = &self.settings.connections;
+        for (path, value, max, max_text) in [
+            (
+                "connections.headerTimeout",
+                connections.header_timeout.0,
+                Duration::from_secs(600),
+                "10m",
+            ),
+            (
+                "connections.idleTimeout",
+                connections.idle_timeout.0,
+                Duration::from_secs(3600),
+                "1h",
+            ),
+        ] {
+            if value < Duration::from_secs(1) || value > max {
+                problem(path.into(), format!("must be between 1s and {max_text}"));
+            }
+        }
+
         let mut declared = BTreeSet::new();
         for (i, ns) in self.spec.namespaces.iter().enumerate() {
             let path = format!("namespaces[{i}].name");

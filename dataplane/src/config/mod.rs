@@ -42,6 +42,7 @@ impl Loaded {
             stated: StatedSettings {
                 storage: true,
                 uploads: true,
+                connections: true,
             },
         }
     }
@@ -54,6 +55,8 @@ pub struct StatedSettings {
     pub storage: bool,
     /// The document has an `uploads` section.
     pub uploads: bool,
+    /// The document has a `connections` section.
+    pub connections: bool,
 }
 
 impl StatedSettings {
@@ -66,6 +69,7 @@ impl StatedSettings {
         Self {
             storage: has("storage"),
             uploads: has("uploads"),
+            connections: has("connections"),
         }
     }
 }

@@ -4,11 +4,10 @@ use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
-use bytes::BytesMut;
-use futures_util::StreamExt;
 
 use super::auth::Action;
 use super::blobs::parse_digest;
+use super::body::{self, BodyError};
 use super::error::{ApiError, ErrorCode};
 use super::{
     CONTENT_DIGEST_HEADER, Ctx, OCI_SUBJECT_HEADER, OCI_TAG_HEADER, empty, headers, route,
@@ -69,43 +68,20 @@ pub(super) async fn put(
 ) -> Result<Response, ApiError> {
     ctx.access.require(name, Action::Push)?;
     let reference = parse_reference(reference, true)?;
-    let too_large = || {
-        ApiError::from(RegistryError::ManifestTooLarge {
-            limit: MAX_MANIFEST_SIZE,
-        })
-    };
-    let declared = headers::content_length(&ctx.headers)
-        .map_err(|()| ApiError::new(ErrorCode::SizeInvalid, "Content-Length is not a number"))?;
-    if declared.is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
-        return Err(too_large());
-    }
-    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
-                ErrorCode::ManifestInvalid,
-                format!("request body failed: {e}"),
-            )
+    let buf = body::read_whole(body, &ctx.headers, MAX_MANIFEST_SIZE)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => ApiError::from(RegistryError::ManifestTooLarge {
+                limit: MAX_MANIFEST_SIZE,
+            }),
+            BodyError::BadLength => ApiError::new(ErrorCode::SizeInvalid, e.to_string()),
+            BodyError::Failed(_) => ApiError::new(ErrorCode::ManifestInvalid, e.to_string()),
         })?;
-        if buf.len() + chunk.len() > MAX_MANIFEST_SIZE {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    if let Some(n) = declared
-        && n != buf.len() as u64
-    {
-        return Err(ApiError::new(
-            ErrorCode::SizeInvalid,
-            format!("body holds {} bytes, Content-Length says {n}", buf.len()),
-        ));
-    }
     let content_type = ctx.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let target = put_target(ctx, name, &reference)?;
     let put = ctx
         .registry
-        .manifest_put(name, &target, content_type, buf.freeze())
+        .manifest_put(name, &target, content_type, buf)
         .await?;
     let mut r = empty(StatusCode::CREATED);
     set_header(

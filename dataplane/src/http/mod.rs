@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod blobs;
+pub mod body;
 pub mod error;
 mod headers;
 mod listing;
@@ -239,6 +240,23 @@ async fn dispatch(
                 .into_response();
         }
     };
+    // Uploads stream their bodies into storage and a manifest has its own limit; any other
+    // body is small, and read (so that the connection can be reused) before the request is
+    // handled.
+    let streams_body = matches!(
+        (&route, &method),
+        (Route::UploadStart(_), &Method::POST)
+            | (Route::Upload(..), &Method::PATCH | &Method::PUT)
+            | (Route::Manifest(..), &Method::PUT)
+    );
+    let body = if streams_body {
+        body
+    } else {
+        match body::read_whole(body, &headers, body::SMALL_BODY_LIMIT).await {
+            Ok(_) => Body::empty(),
+            Err(e) => return closing(body_error(e)).into_response(),
+        }
+    };
     let ctx = Ctx {
         registry: Arc::clone(&state.registry),
         access,
@@ -267,7 +285,28 @@ async fn dispatch(
             format!("method {method} is not supported on this endpoint"),
         )),
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    match result {
+        Ok(response) => response,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => closing(e).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The error for a body that could not be read whole.
+fn body_error(e: body::BodyError) -> ApiError {
+    match e {
+        body::BodyError::TooLarge { .. } => ApiError::new(ErrorCode::SizeInvalid, e.to_string())
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE),
+        body::BodyError::BadLength | body::BodyError::Failed(_) => {
+            ApiError::new(ErrorCode::SizeInvalid, e.to_string())
+        }
+    }
+}
+
+/// `e`, answered with `Connection: close`: after a refused body the connection is not reused
+/// (what is left of the body may still be on its way).
+fn closing(e: ApiError) -> ApiError {
+    e.with_header(axum::http::header::CONNECTION, "close")
 }
 
 /// `GET /v2/`: the API version check.

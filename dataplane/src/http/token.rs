@@ -18,15 +18,16 @@
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONNECTION, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
 use super::auth::basic_credentials;
+use super::body::{self, BodyError};
 use super::error::{ApiError, ErrorCode};
 use crate::auth::{AccessIndex, AuthError, Identity, IssuedToken, ScopeRequest, audit};
 
@@ -91,7 +92,20 @@ pub async fn get(
 }
 
 /// `POST /token` (OAuth 2.0 form).
-pub async fn post(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let body = match body::read_whole(body, &headers, body::SMALL_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(e) => {
+            let status = match e {
+                BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let mut r = oauth_error(status, "invalid_request", &e.to_string());
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
     let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "malformed form");
     };

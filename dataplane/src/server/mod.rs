@@ -17,6 +17,9 @@
 //! they take longer than the shutdown timeout they are abandoned (upload sessions stay in
 //! storage and can be resumed).
 //!
+//! Connections ([`connections`]): HTTP/1.1, or HTTP/2 where TLS negotiated it, with the
+//! header and idle timeouts of the `connections` settings against slow clients.
+//!
 //! TLS ([`Server::with_tls`]): the same server behind rustls, with handshakes completed off
 //! the accept loop and the certificate reloaded when its files change (see [`crate::tls`]).
 //!
@@ -31,7 +34,7 @@
 //! following a Secret starts closed instead, and a document without access control applied
 //! later on such a listener denies everything (see [`crate::auth::Mode::Closed`]).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -62,6 +65,8 @@ use crate::storage::s3::{S3Settings, S3Storage};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::{self, Metrics, RouteClass};
 use crate::tls::{ReloadingCertificate, TlsError, TlsFiles, TlsListener};
+
+pub mod connections;
 
 /// How long a readiness storage check may take before the process counts as not ready.
 const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -326,23 +331,21 @@ impl Server {
             tracing::info!("listener closed; waiting for in-flight requests");
             let _ = closed_tx.send(true);
         };
-        let server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls_config {
-            Some(tls_config) => Box::pin(
-                axum::serve(TlsListener::new(listener, tls_config), app)
-                    .with_graceful_shutdown(signal)
-                    .into_future(),
-            ),
+        let limits = self.settings.connections.clone();
+        let server: Pin<Box<dyn Future<Output = ()> + Send>> = match tls_config {
+            Some(tls_config) => Box::pin(connections::serve(
+                TlsListener::new(listener, tls_config),
+                app,
+                limits,
+                signal,
+            )),
             None => {
                 let listener = listener.tap_io(|tcp| {
                     // Small responses (manifests, status codes) must not wait for Nagle's
                     // algorithm.
                     let _ = tcp.set_nodelay(true);
                 });
-                Box::pin(
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(signal)
-                        .into_future(),
-                )
+                Box::pin(connections::serve(listener, app, limits, signal))
             }
         };
 
@@ -359,7 +362,7 @@ impl Server {
         }
         let timeout = self.options.shutdown_timeout;
         let result = tokio::select! {
-            result = server => result.map_err(ServeError::from),
+            () = server => Ok(()),
             _ = async {
                 let _ = closed_rx.wait_for(|closed| *closed).await;
                 tokio::time::sleep(timeout).await;
