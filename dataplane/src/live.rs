@@ -181,6 +181,10 @@ impl Applier {
                 stated.connections && config.settings.connections != running.connections,
                 "connections",
             ),
+            (
+                stated.logins && config.settings.logins != running.logins,
+                "logins",
+            ),
         ]
         .into_iter()
         .filter_map(|(differs, name)| differs.then_some(name))

@@ -178,6 +178,8 @@ struct Document {
     uploads: Option<UploadsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     connections: Option<ConnectionsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logins: Option<LoginLimits>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     namespaces: Vec<NamespaceConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -207,6 +209,7 @@ impl From<Document> for Config {
                 storage: d.storage.unwrap_or_default(),
                 uploads: d.uploads.unwrap_or_default(),
                 connections: d.connections.unwrap_or_default(),
+                logins: d.logins.unwrap_or_default(),
             },
             spec: RegionSpec {
                 region: d.region,
@@ -228,6 +231,7 @@ impl From<Config> for Document {
         document.storage = Some(c.settings.storage);
         document.uploads = Some(c.settings.uploads);
         document.connections = Some(c.settings.connections);
+        document.logins = Some(c.settings.logins);
         document
     }
 }
@@ -242,6 +246,7 @@ impl From<RegionSpec> for Document {
             storage: None,
             uploads: None,
             connections: None,
+            logins: None,
             namespaces: c.namespaces,
             credentials: c.credentials,
             federations: c.federations,

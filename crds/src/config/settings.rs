@@ -1,5 +1,5 @@
 //! Process settings: what a data-plane process is started with and keeps until it restarts
-//! (storage, uploads, connection limits). A reload never changes them.
+//! (storage, uploads, connection and login limits). A reload never changes them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +23,8 @@ pub struct ProcessSettings {
     pub uploads: UploadsConfig,
     /// Limits on slow or idle client connections.
     pub connections: ConnectionsConfig,
+    /// Limits on failed logins.
+    pub logins: LoginLimits,
 }
 
 /// Storage backend settings: exactly one of the fields is set.
@@ -161,6 +163,56 @@ impl Default for ConnectionsConfig {
         Self {
             header_timeout: default_header_timeout(),
             idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// Limits on failed logins (wrong secrets, unknown ids), counted per source address (IPv6 per
+/// /64) and per credential id. A source over its limit is refused at once, before any secret
+/// is checked: `429 TOO_MANY_REQUESTS` with `Retry-After`. A credential over its limit is
+/// refused only to sources that failed recently themselves, so a flood cannot lock its honest
+/// clients out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginLimits {
+    /// Failures allowed per source address (default 10 per 1m).
+    #[serde(default = "default_per_source")]
+    pub per_source: LoginRate,
+    /// Failures allowed per credential id (default 30 per 1m).
+    #[serde(default = "default_per_credential")]
+    pub per_credential: LoginRate,
+}
+
+/// A number of failures and the time in which they are forgiven: a bucket of `failures`
+/// that refills steadily over `per`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginRate {
+    /// Failures allowed in a burst (1 to 1000000).
+    pub failures: u32,
+    /// The time in which that many are forgiven (1s to 24h).
+    pub per: HumanDuration,
+}
+
+fn default_per_source() -> LoginRate {
+    LoginRate {
+        failures: 10,
+        per: HumanDuration(Duration::from_secs(60)),
+    }
+}
+
+fn default_per_credential() -> LoginRate {
+    LoginRate {
+        failures: 30,
+        per: HumanDuration(Duration::from_secs(60)),
+    }
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self {
+            per_source: default_per_source(),
+            per_credential: default_per_credential(),
         }
     }
 }

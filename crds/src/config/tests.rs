@@ -506,3 +506,26 @@ fn connection_limits_have_defaults_and_bounds() {
     );
     assert!(p[1].message.contains("1h"), "{}", p[1]);
 }
+
+#[test]
+fn login_limits_have_defaults_and_bounds() {
+    let c = Config::from_yaml_str(
+        "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+         logins: {perSource: {failures: 5, per: 10m}}\n",
+    )
+    .unwrap();
+    assert_eq!(c.settings.logins.per_source.failures, 5);
+    assert_eq!(c.settings.logins.per_source.per.0, Duration::from_secs(600));
+    assert_eq!(
+        c.settings.logins.per_credential,
+        LoginLimits::default().per_credential
+    );
+    let p = invalid(
+        "logins: {perSource: {failures: 0, per: 1m}, perCredential: {failures: 3, per: 2d}}\n",
+    );
+    let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["logins.perSource.failures", "logins.perCredential.per"]
+    );
+}

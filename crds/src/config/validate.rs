@@ -88,6 +88,22 @@ impl Config {
             }
         }
 
+        let logins = &self.settings.logins;
+        for (path, rate) in [
+            ("logins.perSource", &logins.per_source),
+            ("logins.perCredential", &logins.per_credential),
+        ] {
+            if !(1..=1_000_000).contains(&rate.failures) {
+                problem(
+                    format!("{path}.failures"),
+                    "must be between 1 and 1000000".into(),
+                );
+            }
+            if rate.per.0 < Duration::from_secs(1) || rate.per.0 > Duration::from_secs(86_400) {
+                problem(format!("{path}.per"), "must be between 1s and 24h".into());
+            }
+        }
+
         let mut declared = BTreeSet::new();
         for (i, ns) in self.spec.namespaces.iter().enumerate() {
             let path = format!("namespaces[{i}].name");

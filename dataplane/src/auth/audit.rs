@@ -6,6 +6,8 @@
 //! `info`, allowed reads at `debug` (they are the bulk of the traffic; enable them with
 //! `RUST_LOG=audit=debug`). Secrets and tokens never appear in these events.
 
+use std::time::Duration;
+
 use super::{Action, Principal};
 use crate::oci::RepoName;
 
@@ -32,6 +34,11 @@ pub fn token_issued(principal: &Principal, granted: &str, requested: &str) {
 /// Authentication failed (bad password, refused OIDC token, invalid bearer token).
 pub fn authentication_failed(username: &str, method: &str, reason: &str) {
     tracing::warn!(target: "audit", username, method, reason, outcome = "denied", "authentication failed");
+}
+
+/// A login was refused by the limits on failed logins, before any secret was checked.
+pub fn login_throttled(username: &str, method: &str, limit: &str, retry_after: Duration) {
+    tracing::warn!(target: "audit", username, method, limit, retry_after_secs = retry_after.as_secs_f64(), outcome = "throttled", "login refused: too many failed logins");
 }
 
 /// The catalog was listed, filtered to what the caller may see.

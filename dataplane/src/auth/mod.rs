@@ -6,7 +6,8 @@
 //! [`AuthService`] and maps the answers to responses and challenges.
 //!
 //! - [`secret`]: credential secrets, stored only as salted argon2 hashes, verified in
-//!   constant time.
+//!   constant time, in a queue that serves sources without recent failures first.
+//! - [`throttle`]: limits on failed logins per source address and per credential id.
 //! - [`token`]: the registry's short-lived signed access tokens (JWT) and their keys.
 //! - [`oidc`]: workload identity, OIDC tokens of federated issuers.
 //! - [`policy`]: the one authorization rule, scope × namespace × visibility × action.
@@ -23,14 +24,16 @@ pub mod audit;
 pub mod oidc;
 pub mod policy;
 pub mod secret;
+pub mod throttle;
 pub mod token;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Config, CredentialConfig, Problem, SigningKey};
+use crate::config::{Config, CredentialConfig, LoginLimits, Problem, SigningKey};
 use crate::oci::RepoName;
 
 pub use policy::{Action, Actions, Grants, Namespaces};
@@ -150,6 +153,15 @@ pub enum AuthError {
     /// No access control is configured and the listener is public: nothing is allowed.
     #[error("access control is not configured on this registry")]
     Closed,
+    /// Too many failed logins from this source (or for this credential): refused before any
+    /// secret was checked.
+    #[error("too many failed logins from this {}; retry in {} s", .0.limit.as_str().replace("source", "address"), retry_after_secs(.0.retry_after))]
+    Throttled(throttle::Throttled),
+}
+
+/// Whole seconds to wait, rounded up (at least one): the `Retry-After` value.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl AuthError {
@@ -475,18 +487,25 @@ pub struct AuthService {
     transport: Transport,
     oidc: oidc::OidcVerifier,
     secrets: secret::SecretVerifier,
+    throttle: throttle::LoginThrottle,
     /// Signs when the configuration has no keys; the same for the life of the process, so
     /// tokens survive reloads.
     fallback_key: SigningKey,
 }
 
 impl AuthService {
-    /// The service for this transport.
+    /// The service for this transport, with the default login limits.
     pub fn new(transport: Transport) -> Arc<Self> {
+        Self::with_login_limits(transport, LoginLimits::default())
+    }
+
+    /// The service for this transport and these limits on failed logins.
+    pub fn with_login_limits(transport: Transport, limits: LoginLimits) -> Arc<Self> {
         Arc::new(Self {
             transport,
             oidc: oidc::OidcVerifier::new(),
             secrets: secret::SecretVerifier::new(),
+            throttle: throttle::LoginThrottle::new(limits),
             fallback_key: token::generate_key("local"),
         })
     }
@@ -509,13 +528,17 @@ impl AuthService {
         AccessIndex::waiting(config, &self.fallback_key)
     }
 
-    /// Authenticates a user name and password: an access credential, or an OIDC token under
-    /// [`OIDC_USERNAME`].
+    /// Authenticates a user name and password from `source` (the peer address, when known):
+    /// an access credential, or an OIDC token under [`OIDC_USERNAME`]. Failed secret checks
+    /// count against the source and the id ([`throttle`]); over the limits the login is
+    /// refused ([`AuthError::Throttled`]) before any secret is checked, except one that
+    /// matched recently.
     pub async fn authenticate_password(
         &self,
         index: &AccessIndex,
         username: &str,
         password: &str,
+        source: Option<IpAddr>,
         now: SystemTime,
     ) -> Result<Identity, AuthError> {
         if index.mode == Mode::Closed {
@@ -532,7 +555,29 @@ impl AuthService {
                     .collect()
             })
             .unwrap_or_default();
-        let matched = self.secrets.matching(password, &hashes).await;
+        let matched = match self.secrets.remembered(password, &hashes) {
+            Some(i) => Some(i),
+            None => {
+                let priority = self
+                    .throttle
+                    .admit(source, Some(username), Instant::now())
+                    .map_err(AuthError::Throttled)?;
+                let matched = self
+                    .secrets
+                    .matching(password, &hashes, priority)
+                    .await
+                    .map_err(|secret::Busy| {
+                        AuthError::Throttled(throttle::Throttled {
+                            retry_after: Duration::from_secs(1),
+                            limit: throttle::Limit::Source,
+                        })
+                    })?;
+                if matched.is_none() {
+                    self.throttle.failed(source, Some(username), Instant::now());
+                }
+                matched
+            }
+        };
         let (Some(credential), Some(matched)) = (credential, matched) else {
             return Err(AuthError::InvalidCredentials);
         };

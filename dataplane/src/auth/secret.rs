@@ -2,26 +2,27 @@
 //! constant time.
 //!
 //! Verifying an argon2 hash is deliberately expensive (tens of milliseconds and ~19 MiB), so
-//! [`SecretVerifier`] bounds how many run at once and remembers recent successes for a short
-//! while under a keyed digest (never the secret itself), which keeps clients that send Basic
+//! [`SecretVerifier`] runs at most one per core at once, lets checks from sources without
+//! recent failures go first ([`Priority`]), and remembers recent successes for a short while
+//! under a keyed digest (never the secret itself), which keeps clients that send Basic
 //! authentication on every request fast.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
+
+use super::throttle::Priority;
 
 /// How long a successful verification is remembered.
 const REMEMBER_FOR: Duration = Duration::from_secs(60);
 /// Most remembered verifications; the memory is cleared when full.
 const REMEMBER_AT_MOST: usize = 4096;
-/// Most argon2 verifications running at once (each takes ~19 MiB and a core).
-const CONCURRENT_VERIFICATIONS: usize = 2;
 
 /// Why a secret could not be hashed.
 #[derive(Debug, thiserror::Error)]
@@ -64,50 +65,71 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_secret(&generate_secret()).unwrap_or_default())
 }
 
-/// Verifies secrets against hashes with bounded concurrency and a short memory of successes.
+/// A check refused because too many checks from suspect sources are already waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many secret checks are waiting; retry later")]
+pub struct Busy;
+
+/// Verifies secrets against hashes: a short memory of successes, then a queue of argon2
+/// checks with one turn per core, in which [`Priority::Clean`] checks always go first and
+/// [`Priority::Suspect`] ones never take every core.
 #[derive(Debug)]
 pub struct SecretVerifier {
     /// Random per process: remembered entries are digests keyed with it.
     key: [u8; 32],
     remembered: Mutex<HashMap<[u8; 32], Instant>>,
-    permits: Semaphore,
+    queue: Arc<CheckQueue>,
 }
 
 impl Default for SecretVerifier {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_turns(cores)
+    }
+}
+
+impl SecretVerifier {
+    /// A verifier with an empty memory and one turn per available core.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A verifier running at most `turns` checks at once (at least one).
+    pub fn with_turns(turns: usize) -> Self {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
         Self {
             key,
             remembered: Mutex::new(HashMap::new()),
-            permits: Semaphore::new(CONCURRENT_VERIFICATIONS),
+            queue: Arc::new(CheckQueue::new(turns.max(1))),
         }
     }
-}
 
-impl SecretVerifier {
-    /// A verifier with an empty memory.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Returns the index of the first hash in `hashes` that `secret` matches. With no hashes
-    /// (unknown credential) a decoy is verified so that the answer takes as long as a
-    /// wrong secret would.
-    pub async fn matching(&self, secret: &str, hashes: &[&str]) -> Option<usize> {
+    /// The index of the first hash in `hashes` that `secret` matched recently, if any.
+    pub fn remembered(&self, secret: &str, hashes: &[&str]) -> Option<usize> {
         let now = Instant::now();
-        let fingerprints: Vec<[u8; 32]> =
-            hashes.iter().map(|h| self.fingerprint(secret, h)).collect();
-        {
-            let remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = fingerprints
-                .iter()
-                .position(|f| remembered.get(f).is_some_and(|until| *until > now))
-            {
-                return Some(i);
-            }
+        let remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        hashes.iter().position(|h| {
+            remembered
+                .get(&self.fingerprint(secret, h))
+                .is_some_and(|until| *until > now)
+        })
+    }
+
+    /// Returns the index of the first hash in `hashes` that `secret` matches, checking in
+    /// turn at `priority` unless the match is remembered. With no hashes (unknown
+    /// credential) a decoy is verified so that the answer takes as long as a wrong secret
+    /// would.
+    pub async fn matching(
+        &self,
+        secret: &str,
+        hashes: &[&str],
+        priority: Priority,
+    ) -> Result<Option<usize>, Busy> {
+        if let Some(i) = self.remembered(secret, hashes) {
+            return Ok(Some(i));
         }
-        let _permit = self.permits.acquire().await.ok()?;
+        let _turn = self.queue.turn(priority).await?;
         let secret_owned = secret.to_owned();
         let owned: Vec<String> = if hashes.is_empty() {
             vec![decoy_hash().to_owned()]
@@ -120,13 +142,19 @@ impl SecretVerifier {
         .await
         .ok()
         .flatten()
-        .filter(|_| !hashes.is_empty())?;
+        .filter(|_| !hashes.is_empty());
+        let Some(found) = found else {
+            return Ok(None);
+        };
         let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
         if remembered.len() >= REMEMBER_AT_MOST {
             remembered.clear();
         }
-        remembered.insert(fingerprints[found], Instant::now() + REMEMBER_FOR);
-        Some(found)
+        remembered.insert(
+            self.fingerprint(secret, hashes[found]),
+            Instant::now() + REMEMBER_FOR,
+        );
+        Ok(Some(found))
     }
 
     fn fingerprint(&self, secret: &str, hash: &str) -> [u8; 32] {
@@ -136,6 +164,130 @@ impl SecretVerifier {
         h.update(hash.as_bytes());
         h.update(secret.as_bytes());
         h.finalize().into()
+    }
+}
+
+/// Most suspect checks waiting for a turn; more are refused ([`Busy`]).
+const MAX_SUSPECT_WAITING: usize = 64;
+
+/// Turns to run argon2 checks: `turns` at once, clean checks first, suspect ones on at most
+/// `turns - 1` of them (one is always left for clean checks when there are two or more).
+#[derive(Debug)]
+struct CheckQueue {
+    suspect_cap: usize,
+    state: Mutex<QueueState>,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    free: usize,
+    suspect_running: usize,
+    clean: VecDeque<oneshot::Sender<Turn>>,
+    suspect: VecDeque<oneshot::Sender<Turn>>,
+}
+
+/// A turn to run one check; the next waiting check gets it when this is dropped.
+#[derive(Debug)]
+struct Turn {
+    queue: Arc<CheckQueue>,
+    priority: Priority,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        CheckQueue::release(&self.queue, self.priority);
+    }
+}
+
+impl CheckQueue {
+    fn new(turns: usize) -> Self {
+        Self {
+            suspect_cap: turns.saturating_sub(1).max(1),
+            state: Mutex::new(QueueState {
+                free: turns,
+                suspect_running: 0,
+                clean: VecDeque::new(),
+                suspect: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Waits for a turn at `priority`.
+    async fn turn(self: &Arc<Self>, priority: Priority) -> Result<Turn, Busy> {
+        let waiting = {
+            let mut state = self.lock();
+            let may_run = state.free > 0
+                && match priority {
+                    Priority::Clean => true,
+                    Priority::Suspect => {
+                        state.clean.is_empty() && state.suspect_running < self.suspect_cap
+                    }
+                };
+            if may_run {
+                state.free -= 1;
+                if priority == Priority::Suspect {
+                    state.suspect_running += 1;
+                }
+                return Ok(Turn {
+                    queue: Arc::clone(self),
+                    priority,
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            match priority {
+                Priority::Clean => state.clean.push_back(tx),
+                Priority::Suspect => {
+                    state.suspect.retain(|w| !w.is_closed());
+                    if state.suspect.len() >= MAX_SUSPECT_WAITING {
+                        return Err(Busy);
+                    }
+                    state.suspect.push_back(tx);
+                }
+            }
+            rx
+        };
+        waiting.await.map_err(|_| Busy)
+    }
+
+    /// Gives the turn of a finished check to the next waiting one.
+    fn release(queue: &Arc<Self>, priority: Priority) {
+        let next = {
+            let mut state = queue.lock();
+            state.free += 1;
+            if priority == Priority::Suspect {
+                state.suspect_running -= 1;
+            }
+            loop {
+                let (waiter, priority) = if let Some(w) = state.clean.pop_front() {
+                    (w, Priority::Clean)
+                } else if state.suspect_running < queue.suspect_cap
+                    && let Some(w) = state.suspect.pop_front()
+                {
+                    (w, Priority::Suspect)
+                } else {
+                    break None;
+                };
+                if waiter.is_closed() {
+                    continue;
+                }
+                state.free -= 1;
+                if priority == Priority::Suspect {
+                    state.suspect_running += 1;
+                }
+                break Some((waiter, priority));
+            }
+        };
+        if let Some((waiter, priority)) = next {
+            // A waiter that went away in the meantime drops the turn, which releases it.
+            let _ = waiter.send(Turn {
+                queue: Arc::clone(queue),
+                priority,
+            });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -168,13 +320,77 @@ mod tests {
         let old = hash_secret("old").unwrap();
         let new = hash_secret("new").unwrap();
         let v = SecretVerifier::new();
-        assert_eq!(v.matching("new", &[&old, &new]).await, Some(1));
-        assert_eq!(v.matching("old", &[&old, &new]).await, Some(0));
-        assert_eq!(v.matching("other", &[&old, &new]).await, None);
-        assert_eq!(v.matching("new", &[]).await, None, "unknown credential");
+        let check = |secret: &'static str, hashes: Vec<String>| {
+            let v = &v;
+            async move {
+                let hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
+                v.matching(secret, &hashes, Priority::Clean).await.unwrap()
+            }
+        };
+        assert_eq!(check("new", vec![old.clone(), new.clone()]).await, Some(1));
+        assert_eq!(check("old", vec![old.clone(), new.clone()]).await, Some(0));
+        assert_eq!(check("other", vec![old.clone(), new.clone()]).await, None);
+        assert_eq!(check("new", vec![]).await, None, "unknown credential");
         // Remembered: a hash the secret no longer matches in that position is not confused.
-        assert_eq!(v.matching("new", &[&new]).await, Some(0));
-        assert_eq!(v.matching("new", &[&old]).await, None);
+        assert_eq!(check("new", vec![new.clone()]).await, Some(0));
+        assert_eq!(check("new", vec![old.clone()]).await, None);
         assert_eq!(v.remembered.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn clean_checks_go_first_and_suspect_ones_never_take_every_turn() {
+        let queue = Arc::new(CheckQueue::new(2));
+        // One suspect check runs; a second suspect one must wait although a turn is free.
+        let first = queue.turn(Priority::Suspect).await.unwrap();
+        let second = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.turn(Priority::Suspect).await.map(|t| t.priority) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(queue.lock().suspect.len(), 1);
+        // A clean check takes the free turn at once.
+        let clean = queue.turn(Priority::Clean).await.unwrap();
+        // With both turns in use, a clean check queued after the suspect one...
+        let late_clean = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.turn(Priority::Clean).await.map(|t| t.priority) }
+        });
+        tokio::task::yield_now().await;
+        // ...gets the next turn that frees up, before the suspect one.
+        drop(clean);
+        assert_eq!(late_clean.await.unwrap(), Ok(Priority::Clean));
+        drop(first);
+        assert_eq!(second.await.unwrap(), Ok(Priority::Suspect));
+        assert_eq!(queue.lock().free, 2);
+    }
+
+    #[tokio::test]
+    async fn suspect_waiters_are_bounded_and_abandoned_waits_give_their_turn_back() {
+        let queue = Arc::new(CheckQueue::new(2));
+        let running = queue.turn(Priority::Suspect).await.unwrap();
+        let mut waiters = Vec::new();
+        for _ in 0..MAX_SUSPECT_WAITING {
+            let queue = Arc::clone(&queue);
+            waiters.push(tokio::spawn(async move {
+                queue.turn(Priority::Suspect).await.map(drop)
+            }));
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(queue.turn(Priority::Suspect).await.unwrap_err(), Busy);
+        // Abandoned waits (their clients went away) leave the queue.
+        for w in &waiters {
+            w.abort();
+        }
+        for w in waiters {
+            let _ = w.await;
+        }
+        drop(running);
+        assert_eq!(queue.lock().free, 2);
+        let a = queue.turn(Priority::Suspect).await.unwrap();
+        let b = queue.turn(Priority::Clean).await.unwrap();
+        drop((a, b));
+        assert_eq!(queue.lock().free, 2);
     }
 }

@@ -62,7 +62,7 @@ credentials:
         .expect("the index builds");
     assert_eq!(index.mode(), Mode::Enforced);
     let identity = auth
-        .authenticate_password(&index, "ci", "s", SystemTime::now())
+        .authenticate_password(&index, "ci", "s", None, SystemTime::now())
         .await
         .unwrap();
     let requested = ScopeRequest::parse_all([

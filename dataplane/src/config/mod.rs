@@ -43,6 +43,7 @@ impl Loaded {
                 storage: true,
                 uploads: true,
                 connections: true,
+                logins: true,
             },
         }
     }
@@ -57,6 +58,8 @@ pub struct StatedSettings {
     pub uploads: bool,
     /// The document has a `connections` section.
     pub connections: bool,
+    /// The document has a `logins` section.
+    pub logins: bool,
 }
 
 impl StatedSettings {
@@ -70,6 +73,7 @@ impl StatedSettings {
             storage: has("storage"),
             uploads: has("uploads"),
             connections: has("connections"),
+            logins: has("logins"),
         }
     }
 }

@@ -11,10 +11,11 @@
 //! to fetch a token); a caller authenticated with Basic credentials that do not allow the
 //! action gets `403 DENIED`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, HOST, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
@@ -26,7 +27,9 @@ use super::AppState;
 use super::error::{ApiError, ErrorCode};
 pub use crate::auth::Action;
 use crate::auth::token::Claims;
-use crate::auth::{AccessIndex, Actions, AuthService, Grants, Mode, Principal, Transport, audit};
+use crate::auth::{
+    AccessIndex, Actions, AuthError, AuthService, Grants, Mode, Principal, Transport, audit,
+};
 use crate::oci::RepoName;
 
 /// What the caller proved, and therefore how its rights are computed.
@@ -340,6 +343,7 @@ impl Access {
         auth: &AuthService,
         index: Arc<AccessIndex>,
         headers: &HeaderMap,
+        source: Option<IpAddr>,
     ) -> Result<Self, AuthRejection> {
         let challenge = Challenge::for_request(auth.transport(), headers);
         let anonymous = |index: Arc<AccessIndex>, challenge: Challenge| Access {
@@ -385,7 +389,7 @@ impl Access {
                 )));
             };
             return match auth
-                .authenticate_password(&index, &user, &password, SystemTime::now())
+                .authenticate_password(&index, &user, &password, source, SystemTime::now())
                 .await
             {
                 Ok(identity) => Ok(Access {
@@ -397,6 +401,9 @@ impl Access {
                     index,
                     challenge,
                 }),
+                Err(AuthError::Throttled(t)) => Err(AuthRejection::Response(
+                    super::token::throttled(&user, "basic", &AuthError::Throttled(t), &t),
+                )),
                 Err(e) => {
                     audit::authentication_failed(&user, "basic", &e.to_string());
                     if e.is_transient() {
@@ -427,7 +434,32 @@ impl FromRequestParts<AppState> for Access {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Access::authenticate(state.auth(), state.live().current(), &parts.headers).await
+        let Peer(source) = Peer::of(parts);
+        Access::authenticate(state.auth(), state.live().current(), &parts.headers, source).await
+    }
+}
+
+/// The peer's address, when the connection server recorded it ([`ConnectInfo`]); requests
+/// handed to the router directly (tests, embedding) have none.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<IpAddr>);
+
+impl Peer {
+    fn of(parts: &Parts) -> Self {
+        Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        )
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(parts))
     }
 }
 

@@ -88,7 +88,7 @@ impl AppState {
         config: Config,
         transport: Transport,
     ) -> Result<Self, ApplyError> {
-        let auth = AuthService::new(transport);
+        let auth = AuthService::with_login_limits(transport, config.settings.logins.clone());
         let (applier, live) = Applier::new(
             Arc::clone(&auth),
             config.settings.clone(),

@@ -26,10 +26,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::auth::basic_credentials;
+use super::auth::{Peer, basic_credentials};
 use super::body::{self, BodyError};
 use super::error::{ApiError, ErrorCode};
-use crate::auth::{AccessIndex, AuthError, Identity, IssuedToken, ScopeRequest, audit};
+use crate::auth::{
+    AccessIndex, AuthError, Identity, IssuedToken, ScopeRequest, audit, retry_after_secs,
+};
 
 /// The OAuth grant type of a token exchange.
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -53,6 +55,7 @@ fn scopes(params: &[(String, String)]) -> Vec<ScopeRequest> {
 /// `GET /token`.
 pub async fn get(
     State(state): State<AppState>,
+    Peer(source): Peer,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -68,7 +71,7 @@ pub async fn get(
         Some(value) => match basic_credentials(value) {
             Some((user, password)) => {
                 let identity = auth
-                    .authenticate_password(&index, &user, &password, now)
+                    .authenticate_password(&index, &user, &password, source, now)
                     .await;
                 (user, identity)
             }
@@ -92,7 +95,12 @@ pub async fn get(
 }
 
 /// `POST /token` (OAuth 2.0 form).
-pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn post(
+    State(state): State<AppState>,
+    Peer(source): Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let body = match body::read_whole(body, &headers, body::SMALL_BODY_LIMIT).await {
         Ok(body) => body,
         Err(e) => {
@@ -117,7 +125,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
     let identity = match grant_type {
         "password" => {
             let password = param(&params, "password").unwrap_or_default();
-            auth.authenticate_password(&index, &username, password, now)
+            auth.authenticate_password(&index, &username, password, source, now)
                 .await
         }
         "refresh_token" => {
@@ -141,6 +149,19 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
     };
     let identity = match identity {
         Ok(identity) => identity,
+        Err(AuthError::Throttled(t)) => {
+            audit::login_throttled(&username, grant_type, t.limit.as_str(), t.retry_after);
+            let mut r = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                &AuthError::Throttled(t).to_string(),
+            );
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(t.retry_after)),
+            );
+            return r;
+        }
         Err(e) => {
             audit::authentication_failed(&username, grant_type, &e.to_string());
             if e.is_transient() {
@@ -227,11 +248,31 @@ fn granted_summary(issued: &IssuedToken) -> String {
 }
 
 fn failed(username: &str, method: &str, e: &AuthError) -> Response {
+    if let AuthError::Throttled(t) = e {
+        return throttled(username, method, e, t);
+    }
     audit::authentication_failed(username, method, &e.to_string());
     if e.is_transient() {
         return unavailable(e);
     }
     unauthorized(&e.to_string())
+}
+
+/// `429 TOOMANYREQUESTS` with `Retry-After`, for a login refused by the failure limits
+/// (audited).
+pub(super) fn throttled(
+    username: &str,
+    method: &str,
+    e: &AuthError,
+    t: &crate::auth::throttle::Throttled,
+) -> Response {
+    audit::login_throttled(username, method, t.limit.as_str(), t.retry_after);
+    ApiError::new(ErrorCode::TooManyRequests, e.to_string())
+        .with_header(
+            axum::http::header::RETRY_AFTER,
+            retry_after_secs(t.retry_after).to_string(),
+        )
+        .into_response()
 }
 
 /// `503 UNAVAILABLE` with `Retry-After`, for failures the client should retry.

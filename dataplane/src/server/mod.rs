@@ -256,7 +256,7 @@ impl Server {
             public: !is_loopback(addr),
         };
         let metrics = Arc::new(Metrics::new());
-        let auth = AuthService::new(transport);
+        let auth = AuthService::with_login_limits(transport, self.settings.logins.clone());
         let (applier, live) = Applier::new(
             Arc::clone(&auth),
             self.settings.clone(),
