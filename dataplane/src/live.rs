@@ -4,9 +4,9 @@
 //! Every document, whatever its source (the file, the Kubernetes Secret, the first document
 //! of a process, `dataplane check-config`), goes through [`Applier::apply`]:
 //!
-//! 1. The process settings (storage, uploads) are the running ones: a document that states
-//!    other settings is applied with the running ones, and a warning says they take effect
-//!    only after a restart.
+//! 1. The process settings (storage, uploads, connections, logins) are the running ones: a
+//!    document that states other settings is applied with the running ones, and a warning
+//!    says they take effect only after a restart.
 //! 2. Everything requests need is built in full ([`AuthService::build_index`]): namespace and
 //!    credential indexes, the token keys (every key must load, sign and verify), the
 //!    federations (issuer URLs, CA bundles).

@@ -21,8 +21,8 @@
 //! configuration declares no access control. With `--config-secret` the document comes from
 //! a Kubernetes Secret (in-cluster, or through `KUBECONFIG`): the server starts with nothing
 //! in force (not ready, every request denied) until the first document is applied, and takes
-//! its process settings (storage, uploads) from `--config FILE` (which may then hold nothing
-//! else), `--root`, or the defaults.
+//! its process settings (storage, uploads, connections, logins) from `--config FILE` (which
+//! may then hold nothing else), `--root`, or the defaults.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,7 +77,7 @@ enum Command {
 struct ServeArgs {
     /// Configuration document (YAML), reloaded when it or a shard file it names changes.
     /// Without it: filesystem storage under ./registry-data. With --config-secret: the process
-    /// settings only (storage, uploads), read once.
+    /// settings only (storage, uploads, connections, logins), read once.
     #[arg(long, env = "DATAPLANE_CONFIG")]
     config: Option<PathBuf>,
     /// Follow the configuration document in this Kubernetes Secret (data key `config.yaml`)
@@ -314,8 +314,8 @@ fn secret_process_settings(args: &ServeArgs) -> anyhow::Result<ProcessSettings> 
     if !owned.is_empty() {
         anyhow::bail!(
             "{}: with --config-secret the configuration file holds only the process settings \
-             (storage, uploads); it also sets {}, which come from the Secret: remove them \
-             from the file",
+             (storage, uploads, connections, logins); it also sets {}, which come from the \
+             Secret: remove them from the file",
             args.config
                 .as_deref()
                 .map_or_else(|| "--config".into(), |p| p.display().to_string()),

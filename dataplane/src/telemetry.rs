@@ -49,6 +49,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
+use crate::http::route::{Endpoint, shape};
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -148,43 +150,27 @@ impl RouteClass {
         RouteClass::Other,
     ];
 
-    /// Classifies a request path, reading the `/v2/` API path from the right the way the
-    /// router does (repository names contain `/` and may have components such as `blobs`).
+    /// Classifies a request path with the router's own grammar ([`crate::http::route::shape`]).
     pub fn of(path: &str) -> Self {
         match path {
             "/healthz" | "/readyz" => return RouteClass::Health,
             "/metrics" => return RouteClass::Metrics,
             "/token" => return RouteClass::Token,
-            "/v2" | "/v2/" => return RouteClass::Base,
-            "/v2/_catalog" => return RouteClass::Catalog,
+            "/v2" => return RouteClass::Base,
             _ => {}
         }
         let Some(rest) = path.strip_prefix("/v2/") else {
             return RouteClass::Other;
         };
-        let segments: Vec<&str> = rest.split('/').collect();
-        let n = segments.len();
-        // The `from_end`-th segment from the right, provided at least one segment (the
-        // repository name) stays before it.
-        let at = |from_end: usize| -> Option<&str> {
-            (n > from_end + 1).then(|| segments[n - 1 - from_end])
-        };
-        if at(1) == Some("tags") && at(0) == Some("list") {
-            return RouteClass::Tags;
-        }
-        // `.../blobs/uploads/` (with the trailing slash the last segment is empty),
-        // `.../blobs/uploads` or `.../blobs/uploads/<id>`.
-        if at(2) == Some("blobs") && at(1) == Some("uploads") {
-            return RouteClass::BlobUpload;
-        }
-        if at(1) == Some("blobs") && at(0) == Some("uploads") {
-            return RouteClass::BlobUpload;
-        }
-        match at(1) {
-            Some("blobs") => RouteClass::Blob,
-            Some("manifests") => RouteClass::Manifest,
-            Some("referrers") => RouteClass::Referrers,
-            _ => RouteClass::Other,
+        match shape(rest).map(|s| s.endpoint) {
+            Some(Endpoint::Base) => RouteClass::Base,
+            Some(Endpoint::Catalog) => RouteClass::Catalog,
+            Some(Endpoint::Tags) => RouteClass::Tags,
+            Some(Endpoint::Manifest) => RouteClass::Manifest,
+            Some(Endpoint::Blob) => RouteClass::Blob,
+            Some(Endpoint::UploadStart | Endpoint::Upload) => RouteClass::BlobUpload,
+            Some(Endpoint::Referrers) => RouteClass::Referrers,
+            None => RouteClass::Other,
         }
     }
 

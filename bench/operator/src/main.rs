@@ -150,8 +150,19 @@ impl BenchRegion {
             &Readiness::Http(format!("http://127.0.0.1:{metrics}/healthz")),
             Duration::from_secs(30),
         )?;
+        // The pushes below retry every 20 ms with a credential the data plane may not serve
+        // yet: each refusal is a failed login, and the limits on those would make the bench
+        // measure them rather than the operator. They are lifted for the bench.
+        let dataplane_settings = dir.join("dataplane.yaml");
+        std::fs::write(
+            &dataplane_settings,
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+             logins: {perSource: {failures: 1000000, per: 1s}, perCredential: {failures: 1000000, per: 1s}}\n",
+        )?;
         let mut dp = Command::new(release_bin("dataplane")?);
-        dp.args(["serve", "--listen", &host, "--root"])
+        dp.args(["serve", "--listen", &host, "--config"])
+            .arg(&dataplane_settings)
+            .arg("--root")
             .arg(dir.join("data"))
             .args([
                 "--config-secret",

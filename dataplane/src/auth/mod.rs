@@ -558,20 +558,22 @@ impl AuthService {
         let matched = match self.secrets.remembered(password, &hashes) {
             Some(i) => Some(i),
             None => {
-                let priority = self
-                    .throttle
-                    .admit(source, Some(username), Instant::now())
-                    .map_err(AuthError::Throttled)?;
-                let matched = self
-                    .secrets
-                    .matching(password, &hashes, priority)
-                    .await
-                    .map_err(|secret::Busy| {
-                        AuthError::Throttled(throttle::Throttled {
-                            retry_after: Duration::from_secs(1),
-                            limit: throttle::Limit::Source,
-                        })
-                    })?;
+                let admit = || {
+                    self.throttle
+                        .admit(source, Some(username), Instant::now())
+                        .map_err(AuthError::Throttled)
+                };
+                let priority = admit()?;
+                let turn = self.secrets.turn(priority).await.map_err(|secret::Busy| {
+                    AuthError::Throttled(throttle::Throttled {
+                        retry_after: Duration::from_secs(1),
+                        limit: throttle::Limit::Source,
+                    })
+                })?;
+                // Checks queued before this one may have spent the source's failures while
+                // it waited: admit it again before the argon2 work.
+                admit()?;
+                let matched = self.secrets.check(turn, password, &hashes).await;
                 if matched.is_none() {
                     self.throttle.failed(source, Some(username), Instant::now());
                 }

@@ -58,6 +58,42 @@ pub fn verify_secret(secret: &str, hash: &str) -> bool {
     }
 }
 
+/// [`verify_secret`] with argon2's working memory in `memory`, grown to what the hash's
+/// parameters need and kept for the next check: repeated checks allocate nothing large (a
+/// fresh 19 MiB per check would stay cached in the allocator of every thread that ran one).
+fn verify_secret_with_memory(secret: &str, hash: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(expected), Some(salt)) = (parsed.hash, parsed.salt) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from).transpose() {
+        Ok(version) => version.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(secret.as_bytes(), salt, &mut out, &mut memory[..blocks])
+        .is_ok()
+        // `Output` compares in constant time.
+        && argon2::password_hash::Output::new(&out).is_ok_and(|out| out == expected)
+}
+
 /// A hash no secret matches, verified instead when a credential id is unknown so that unknown
 /// ids and wrong secrets take the same time.
 fn decoy_hash() -> &'static str {
@@ -116,10 +152,51 @@ impl SecretVerifier {
         })
     }
 
-    /// Returns the index of the first hash in `hashes` that `secret` matches, checking in
-    /// turn at `priority` unless the match is remembered. With no hashes (unknown
-    /// credential) a decoy is verified so that the answer takes as long as a wrong secret
-    /// would.
+    /// Waits for a turn to run a check at `priority`.
+    pub async fn turn(&self, priority: Priority) -> Result<Turn, Busy> {
+        self.queue.turn(priority).await
+    }
+
+    /// Returns the index of the first hash in `hashes` that `secret` matches, checked in
+    /// `turn`, and remembers a match. With no hashes (unknown credential) a decoy is verified
+    /// so that the answer takes as long as a wrong secret would.
+    pub async fn check(&self, mut turn: Turn, secret: &str, hashes: &[&str]) -> Option<usize> {
+        let secret_owned = secret.to_owned();
+        let owned: Vec<String> = if hashes.is_empty() {
+            vec![decoy_hash().to_owned()]
+        } else {
+            hashes.iter().map(|h| (*h).to_owned()).collect()
+        };
+        let mut memory = std::mem::take(&mut turn.memory);
+        let checked = tokio::task::spawn_blocking(move || {
+            let found = owned
+                .iter()
+                .position(|h| verify_secret_with_memory(&secret_owned, h, &mut memory));
+            (found, memory)
+        })
+        .await;
+        let found = match checked {
+            Ok((found, memory)) => {
+                turn.memory = memory;
+                found
+            }
+            Err(_) => None,
+        }
+        .filter(|_| !hashes.is_empty());
+        drop(turn);
+        let found = found?;
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        if remembered.len() >= REMEMBER_AT_MOST {
+            remembered.clear();
+        }
+        remembered.insert(
+            self.fingerprint(secret, hashes[found]),
+            Instant::now() + REMEMBER_FOR,
+        );
+        Some(found)
+    }
+
+    /// [`Self::remembered`], else a [`Self::check`] in the next turn at `priority`.
     pub async fn matching(
         &self,
         secret: &str,
@@ -129,32 +206,8 @@ impl SecretVerifier {
         if let Some(i) = self.remembered(secret, hashes) {
             return Ok(Some(i));
         }
-        let _turn = self.queue.turn(priority).await?;
-        let secret_owned = secret.to_owned();
-        let owned: Vec<String> = if hashes.is_empty() {
-            vec![decoy_hash().to_owned()]
-        } else {
-            hashes.iter().map(|h| (*h).to_owned()).collect()
-        };
-        let found = tokio::task::spawn_blocking(move || {
-            owned.iter().position(|h| verify_secret(&secret_owned, h))
-        })
-        .await
-        .ok()
-        .flatten()
-        .filter(|_| !hashes.is_empty());
-        let Some(found) = found else {
-            return Ok(None);
-        };
-        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
-        if remembered.len() >= REMEMBER_AT_MOST {
-            remembered.clear();
-        }
-        remembered.insert(
-            self.fingerprint(secret, hashes[found]),
-            Instant::now() + REMEMBER_FOR,
-        );
-        Ok(Some(found))
+        let turn = self.turn(priority).await?;
+        Ok(self.check(turn, secret, hashes).await)
     }
 
     fn fingerprint(&self, secret: &str, hash: &str) -> [u8; 32] {
@@ -181,21 +234,34 @@ struct CheckQueue {
 #[derive(Debug)]
 struct QueueState {
     free: usize,
+    /// The working memory of the free turns (allocated by the first check that needs it).
+    memories: Vec<Vec<argon2::Block>>,
     suspect_running: usize,
     clean: VecDeque<oneshot::Sender<Turn>>,
     suspect: VecDeque<oneshot::Sender<Turn>>,
 }
 
-/// A turn to run one check; the next waiting check gets it when this is dropped.
-#[derive(Debug)]
-struct Turn {
+/// A turn to run one check, with the argon2 working memory that goes with it; the next
+/// waiting check gets both when this is dropped.
+pub struct Turn {
     queue: Arc<CheckQueue>,
     priority: Priority,
+    memory: Vec<argon2::Block>,
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("priority", &self.priority)
+            .field("memory_blocks", &self.memory.len())
+            .finish()
+    }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        CheckQueue::release(&self.queue, self.priority);
+        let memory = std::mem::take(&mut self.memory);
+        CheckQueue::release(&self.queue, self.priority, memory);
     }
 }
 
@@ -205,6 +271,7 @@ impl CheckQueue {
             suspect_cap: turns.saturating_sub(1).max(1),
             state: Mutex::new(QueueState {
                 free: turns,
+                memories: (0..turns).map(|_| Vec::new()).collect(),
                 suspect_running: 0,
                 clean: VecDeque::new(),
                 suspect: VecDeque::new(),
@@ -228,9 +295,11 @@ impl CheckQueue {
                 if priority == Priority::Suspect {
                     state.suspect_running += 1;
                 }
+                let memory = state.memories.pop().unwrap_or_default();
                 return Ok(Turn {
                     queue: Arc::clone(self),
                     priority,
+                    memory,
                 });
             }
             let (tx, rx) = oneshot::channel();
@@ -249,15 +318,15 @@ impl CheckQueue {
         waiting.await.map_err(|_| Busy)
     }
 
-    /// Gives the turn of a finished check to the next waiting one.
-    fn release(queue: &Arc<Self>, priority: Priority) {
+    /// Gives the turn of a finished check (and its memory) to the next waiting one.
+    fn release(queue: &Arc<Self>, priority: Priority, memory: Vec<argon2::Block>) {
         let next = {
             let mut state = queue.lock();
             state.free += 1;
             if priority == Priority::Suspect {
                 state.suspect_running -= 1;
             }
-            loop {
+            let next = loop {
                 let (waiter, priority) = if let Some(w) = state.clean.pop_front() {
                     (w, Priority::Clean)
                 } else if state.suspect_running < queue.suspect_cap
@@ -275,13 +344,19 @@ impl CheckQueue {
                     state.suspect_running += 1;
                 }
                 break Some((waiter, priority));
+            };
+            if next.is_none() {
+                state.memories.push(memory);
+                return;
             }
+            next.map(|(waiter, priority)| (waiter, priority, memory))
         };
-        if let Some((waiter, priority)) = next {
+        if let Some((waiter, priority, memory)) = next {
             // A waiter that went away in the meantime drops the turn, which releases it.
             let _ = waiter.send(Turn {
                 queue: Arc::clone(queue),
                 priority,
+                memory,
             });
         }
     }
@@ -313,6 +388,36 @@ mod tests {
         let a = generate_secret();
         assert_eq!(a.len(), 43);
         assert_ne!(a, generate_secret());
+    }
+
+    #[test]
+    fn checks_with_reused_memory_agree_with_the_reference_verifier() {
+        let small = {
+            let params = argon2::Params::new(4096, 1, 1, None).unwrap();
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password(b"s3cret", &salt)
+                .unwrap()
+                .to_string()
+        };
+        let default = hash_secret("s3cret").unwrap();
+        let mut memory = Vec::new();
+        // The default parameters grow the memory; the smaller ones then use part of it.
+        for hash in [&default, &small, &default] {
+            for secret in ["s3cret", "s3cret!", ""] {
+                assert_eq!(
+                    verify_secret_with_memory(secret, hash, &mut memory),
+                    verify_secret(secret, hash),
+                    "{secret:?} against {hash}"
+                );
+            }
+        }
+        assert_eq!(memory.len(), 19 * 1024, "one block per KiB of m=19456");
+        assert!(!verify_secret_with_memory(
+            "s3cret",
+            "not a phc string",
+            &mut memory
+        ));
     }
 
     #[tokio::test]

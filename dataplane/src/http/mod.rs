@@ -28,15 +28,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_LENGTH, LOCATION};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::TryStreamExt;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
 
 use self::auth::Access;
 use self::error::{ApiError, ErrorCode};
@@ -120,27 +118,11 @@ impl AppState {
     }
 }
 
-/// The `/v2/` API as a router, with its request-id, trace, panic and API-version layers.
-/// Health and metrics endpoints are not part of it.
+/// The `/v2/` API and the token endpoint as a router, with its panic and API-version layers.
+/// Request ids, the request's span and the access log are the server's
+/// ([`crate::server`]): one of each per request, for the API and the operational endpoints.
 pub fn build_app(state: AppState) -> Router {
     let layers = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
-                let request_id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                tracing::debug_span!(
-                    "request",
-                    method = %req.method(),
-                    path = %req.uri().path(),
-                    request_id,
-                )
-            }),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(SetResponseHeaderLayer::overriding(
             API_VERSION_HEADER,

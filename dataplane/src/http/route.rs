@@ -34,37 +34,99 @@ pub enum RouteError {
     Name(NameError),
 }
 
-/// Parses the part of the path after `/v2/`.
-pub fn parse(rest: &str) -> Result<Route, RouteError> {
+/// The kind of endpoint a `/v2/` path addresses, known from its shape alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v2/`
+    Base,
+    /// `/v2/_catalog`
+    Catalog,
+    /// `/v2/<name>/tags/list`
+    Tags,
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest,
+    /// `/v2/<name>/blobs/<digest>`
+    Blob,
+    /// `/v2/<name>/blobs/uploads/`
+    UploadStart,
+    /// `/v2/<name>/blobs/uploads/<id>`
+    Upload,
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers,
+}
+
+/// A path taken apart by the grammar, the repository name not yet parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape<'a> {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Everything before the endpoint's own segments (empty for `Base` and `Catalog`).
+    pub name: &'a str,
+    /// The last segment when it is a parameter (reference, digest, upload id), else empty.
+    pub param: &'a str,
+}
+
+/// The one `/v2/` grammar, applied to the part of the path after `/v2/`: which endpoint it
+/// addresses, read from the right (names contain `/`, and may contain endpoint words such as
+/// `blobs`). `None` when the path is no endpoint. The router ([`parse`]) and the metric
+/// labels ([`crate::telemetry::RouteClass`]) both use it.
+pub fn shape(rest: &str) -> Option<Shape<'_>> {
+    let bare = |endpoint| Shape {
+        endpoint,
+        name: "",
+        param: "",
+    };
     match rest {
-        "" => return Ok(Route::Base),
-        "_catalog" => return Ok(Route::Catalog),
+        "" => return Some(bare(Endpoint::Base)),
+        "_catalog" => return Some(bare(Endpoint::Catalog)),
         _ => {}
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let n = segments.len();
-    let name_of = |k: usize| -> Result<RepoName, RouteError> {
-        if n <= k {
-            return Err(RouteError::NotFound);
-        }
-        segments[..n - k]
-            .join("/")
-            .parse()
-            .map_err(RouteError::Name)
+    let mut from_right = rest.rsplitn(4, '/');
+    let s0 = from_right.next().unwrap_or_default();
+    let (s1, s2, s3) = (from_right.next(), from_right.next(), from_right.next());
+    // The name before the last `k` segments, if there are more than `k` segments.
+    let name = |k: usize| -> Option<&str> {
+        let more = [s1, s2, s3].get(k - 1).copied().flatten().is_some();
+        let tail: usize = [Some(s0), s1, s2][..k]
+            .iter()
+            .map(|s| s.map_or(0, str::len) + 1)
+            .sum();
+        more.then(|| &rest[..rest.len() - tail])
     };
-    let tail = |k: usize| -> &[&str] { &segments[n.saturating_sub(k)..] };
-    match (tail(3), tail(2)) {
-        ([_, "blobs", "uploads"], _) => Ok(Route::UploadStart(name_of(2)?)),
-        (["blobs", "uploads", ""], _) => Ok(Route::UploadStart(name_of(3)?)),
-        (["blobs", "uploads", id], _) => Ok(Route::Upload(name_of(3)?, (*id).to_owned())),
-        (_, ["tags", "list"]) => Ok(Route::Tags(name_of(2)?)),
-        (_, ["manifests", r]) if !r.is_empty() => Ok(Route::Manifest(name_of(2)?, (*r).to_owned())),
-        (_, ["blobs", d]) if !d.is_empty() => Ok(Route::Blob(name_of(2)?, (*d).to_owned())),
-        (_, ["referrers", d]) if !d.is_empty() => {
-            Ok(Route::Referrers(name_of(2)?, (*d).to_owned()))
-        }
-        _ => Err(RouteError::NotFound),
+    let with = |endpoint, k, param| {
+        name(k).map(|name| Shape {
+            endpoint,
+            name,
+            param,
+        })
+    };
+    match (s2, s1, s0) {
+        (_, Some("blobs"), "uploads") => with(Endpoint::UploadStart, 2, ""),
+        (Some("blobs"), Some("uploads"), "") => with(Endpoint::UploadStart, 3, ""),
+        (Some("blobs"), Some("uploads"), id) => with(Endpoint::Upload, 3, id),
+        (_, Some("tags"), "list") => with(Endpoint::Tags, 2, ""),
+        (_, Some("manifests"), r) if !r.is_empty() => with(Endpoint::Manifest, 2, r),
+        (_, Some("blobs"), d) if !d.is_empty() => with(Endpoint::Blob, 2, d),
+        (_, Some("referrers"), d) if !d.is_empty() => with(Endpoint::Referrers, 2, d),
+        _ => None,
     }
+}
+
+/// Parses the part of the path after `/v2/`.
+pub fn parse(rest: &str) -> Result<Route, RouteError> {
+    let shape = shape(rest).ok_or(RouteError::NotFound)?;
+    let name = || shape.name.parse::<RepoName>().map_err(RouteError::Name);
+    let param = shape.param.to_owned();
+    Ok(match shape.endpoint {
+        Endpoint::Base => Route::Base,
+        Endpoint::Catalog => Route::Catalog,
+        Endpoint::Tags => Route::Tags(name()?),
+        Endpoint::Manifest => Route::Manifest(name()?, param),
+        Endpoint::Blob => Route::Blob(name()?, param),
+        Endpoint::UploadStart => Route::UploadStart(name()?),
+        Endpoint::Upload => Route::Upload(name()?, param),
+        Endpoint::Referrers => Route::Referrers(name()?, param),
+    })
 }
 
 /// Parses a digest path or query parameter.

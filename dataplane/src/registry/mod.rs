@@ -6,9 +6,13 @@
 //! storage to publish content only once the digest has been verified. Every repository-scoped
 //! existence check goes through the repository's links, so content held by another repository
 //! is indistinguishable from absent content.
+//!
+//! Work no request does (removing abandoned uploads; later garbage collection) lives in
+//! [`jobs`], started once by the server.
 
 mod blob;
 mod error;
+pub mod jobs;
 mod listing;
 mod manifest;
 mod upload;

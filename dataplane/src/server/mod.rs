@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -58,8 +58,7 @@ use crate::auth::{AuthService, Transport};
 use crate::config::{Config, ConfigReloader, Loaded, ProcessSettings, SecretSource, StorageConfig};
 use crate::http::{AppState, build_app};
 use crate::live::{Applier, ApplyError, LiveConfig, Source};
-use crate::oci::RepoName;
-use crate::registry::Registry;
+use crate::registry::{Registry, jobs};
 use crate::storage::fs::FsStorage;
 use crate::storage::s3::{S3Settings, S3Storage};
 use crate::storage::{Storage, StorageError};
@@ -306,11 +305,11 @@ impl Server {
                 move |_| on_error.source_failed(Source::Secret),
             )));
         }
-        tasks.push(tokio::spawn(expire_uploads(
-            storage.clone(),
-            self.settings.uploads.session_timeout.0,
-            stop_rx.clone(),
-        )));
+        tasks.extend(jobs::spawn(
+            Arc::clone(&storage),
+            &self.settings,
+            stopped(stop_rx.clone()),
+        ));
         let tls = certificate.is_some();
         let tls_config = certificate.map(|(certificate, tls_config)| {
             tasks.push(tokio::spawn(
@@ -480,58 +479,10 @@ async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
     )
 }
 
-/// Removes upload sessions started more than `max_age` before `now`; returns how many.
-/// Sessions that vanish meanwhile (finished or cancelled by their client) are not errors.
-pub async fn expire_upload_sessions(
-    storage: &dyn Storage,
-    max_age: Duration,
-    now: SystemTime,
-) -> Result<usize, StorageError> {
-    let mut removed = 0;
-    for upload in storage.uploads().await? {
-        let age = now.duration_since(upload.started_at).unwrap_or_default();
-        if age <= max_age {
-            continue;
-        }
-        let Ok(repo) = upload.repository.parse::<RepoName>() else {
-            tracing::warn!(id = %upload.id, repository = %upload.repository,
-                "upload session names an invalid repository; leaving it");
-            continue;
-        };
-        match storage.upload_delete(&repo, &upload.id).await {
-            Ok(()) => {
-                removed += 1;
-                tracing::info!(id = %upload.id, repository = %repo, ?age, "removed abandoned upload session");
-            }
-            Err(StorageError::NotFound) => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(removed)
-}
-
-/// Periodically removes abandoned upload sessions older than `max_age`, at an interval
-/// derived from it (half of it, between 1 s and 60 s), until `stop` flips.
-async fn expire_uploads(
-    storage: Arc<dyn Storage>,
-    max_age: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let interval = (max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        if let Err(err) = expire_upload_sessions(&*storage, max_age, SystemTime::now()).await {
-            tracing::warn!(error = %err, "expiring abandoned upload sessions failed");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::RepoName;
     use crate::storage::memory::MemoryStorage;
     use tower::ServiceExt;
 
@@ -642,38 +593,6 @@ mod tests {
             .await
             .unwrap();
         assert!(response.headers().contains_key("x-request-id"));
-    }
-
-    #[tokio::test]
-    async fn expires_only_old_sessions() {
-        let storage = MemoryStorage::new();
-        let repo: RepoName = "a/b".parse().unwrap();
-        let session = storage.upload_create(&repo).await.unwrap();
-        let max_age = Duration::from_secs(1800);
-
-        // Younger than the timeout: kept.
-        let removed = expire_upload_sessions(&storage, max_age, SystemTime::now())
-            .await
-            .unwrap();
-        assert_eq!(removed, 0);
-        assert!(storage.upload_info(&repo, &session.id).await.is_ok());
-
-        // An hour later: removed, and a second sweep finds nothing more.
-        let later = SystemTime::now() + Duration::from_secs(3600);
-        let removed = expire_upload_sessions(&storage, max_age, later)
-            .await
-            .unwrap();
-        assert_eq!(removed, 1);
-        assert!(matches!(
-            storage.upload_info(&repo, &session.id).await,
-            Err(StorageError::NotFound)
-        ));
-        assert_eq!(
-            expire_upload_sessions(&storage, max_age, later)
-                .await
-                .unwrap(),
-            0
-        );
     }
 
     #[test]

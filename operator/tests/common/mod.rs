@@ -16,6 +16,10 @@ use kube::api::{Patch, PatchParams};
 use testkit::cluster::{Cluster, TestNamespace};
 use testkit::process::{ChildGuard, Readiness, free_port};
 
+/// The data plane's process settings in the tests (see `spawn_dataplane`).
+const DATAPLANE_SETTINGS: &str = "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+    logins: {perSource: {failures: 1000000, per: 1s}, perCredential: {failures: 1000000, per: 1s}}\n";
+
 /// The cluster of this test binary, started on first use; stopped by the harness watchdog
 /// when the test process exits.
 pub fn cluster() -> &'static Cluster {
@@ -193,8 +197,15 @@ impl Region {
 
     fn spawn_dataplane(&self, port: u16) -> ChildGuard {
         let root = self.dir.path().join("data");
+        // The process settings. The tests poll pushes and logins with credentials the data
+        // plane does not serve yet (or any more), far faster than any client would: the limits
+        // on failed logins would refuse those polls, so they are lifted here.
+        let settings = self.dir.path().join("dataplane.yaml");
+        std::fs::write(&settings, DATAPLANE_SETTINGS).unwrap();
         let mut cmd = Command::new(workspace_bin("dataplane"));
-        cmd.args(["serve", "--listen", &self.host, "--root"])
+        cmd.args(["serve", "--listen", &self.host, "--config"])
+            .arg(&settings)
+            .arg("--root")
             .arg(&root)
             .args([
                 "--config-secret",
