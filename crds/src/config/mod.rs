@@ -23,8 +23,8 @@
 //! ```
 //!
 //! The document has two parts with different owners ([`Config::settings`] and
-//! [`Config::spec`]): the process settings (storage, uploads), fixed for the life of a
-//! process, and the operator-owned region spec (region, revision, namespaces, credentials,
+//! [`Config::spec`]): the process settings (storage, uploads, connections, logins), fixed
+//! for the life of a process, and the operator-owned region spec (region, revision, namespaces, credentials,
 //! federations, tokens, retention, shards), which a reload replaces.
 //!
 //! Layer rule: this module is pure vocabulary plus parsing ([`Config::from_yaml_str`]) and

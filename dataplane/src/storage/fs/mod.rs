@@ -96,7 +96,7 @@ pub const TAG_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Above this many remembered tags the memory starts over.
 const TAG_CACHE_ENTRIES: usize = 16_384;
 
-/// A [`Storage`] backend on a local filesystem directory.
+/// A [`Storage`](super::Storage) backend on a local filesystem directory.
 ///
 /// Cheap to share behind an `Arc`; all blocking filesystem work runs on tokio's blocking pool.
 pub struct FsStorage {
