@@ -145,12 +145,19 @@ check_manifest_get() {
 # (2 threads); WRK_ARGS are added to wrk's (e.g. `-H 'Authorization: ...'`).
 # Prints "REQ_PER_SEC P50_MS P99_MS SERVER_CPU_US_PER_REQ".
 wrk_manifest() {
-  local repo=$1 tag=$2 secs=$3 out ticks0 ticks1 hz
+  local repo=$1 tag=$2 secs=$3
   shift 3
+  wrk_get "$REG_URL/v2/$repo/manifests/$tag" "$secs" -H "Accept: $OCI_MANIFEST_TYPE" "$@"
+}
+
+# wrk_get URL SECONDS [WRK_ARGS...]: GETs of URL at 64 connections (2 threads), the server
+# being the process REG_PID. Prints "REQ_PER_SEC P50_MS P99_MS SERVER_CPU_US_PER_REQ".
+wrk_get() {
+  local url=$1 secs=$2 out ticks0 ticks1 hz
+  shift 2
   hz="$(getconf CLK_TCK)"
   ticks0="$(registry_cpu_ticks)"
-  out="$(wrk -t2 -c64 -d"${secs}s" --latency -H "Accept: $OCI_MANIFEST_TYPE" "$@" \
-    "$REG_URL/v2/$repo/manifests/$tag" 2>&1)" || {
+  out="$(wrk -t2 -c64 -d"${secs}s" --latency "$@" "$url" 2>&1)" || {
     echo "wrk failed: $(tail -n 1 <<<"$out")" >&2
     return 1
   }

@@ -119,15 +119,9 @@ async fn readyz(http: &reqwest::Client, base: &str) -> (u16, String) {
 
 /// The value of the metric line starting with `series` (0 when absent).
 async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
+    common::metrics_text(http, base)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }

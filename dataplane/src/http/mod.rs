@@ -10,7 +10,7 @@ pub mod auth;
 mod blobs;
 pub mod body;
 pub mod error;
-mod headers;
+pub(crate) mod headers;
 mod listing;
 mod manifests;
 pub mod route;

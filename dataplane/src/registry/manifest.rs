@@ -418,6 +418,7 @@ impl Registry {
         };
         let media_type = meta.media_type.clone();
         self.storage.blob_put(&digest, body.clone()).await?;
+        self.manifests.insert(&digest, &body);
         self.storage.manifest_link(repo, &digest, &meta).await?;
         if let Some(subject) = &parsed.subject {
             let mut descriptor = Map::new();

@@ -254,7 +254,7 @@ impl Server {
             tls: certificate.is_some(),
             public: !is_loopback(addr),
         };
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
         let auth = AuthService::with_login_limits(transport, self.settings.logins.clone());
         let (applier, live) = Applier::new(
             Arc::clone(&auth),
@@ -268,6 +268,8 @@ impl Server {
             Some(storage) => storage,
             None => open_storage(&self.settings.storage).await?,
         };
+        storage.register_metrics(metrics.registry_mut());
+        let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(storage.clone()));
         let shutting_down = Arc::new(AtomicBool::new(false));
         let app = router(

@@ -364,4 +364,10 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Succeeds when the backend can serve requests (readiness).
     async fn check(&self) -> Result<()>;
+
+    /// Registers the backend's own metrics (requests to a bucket, caches) in `registry`
+    /// before serving; the default has none.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let _ = registry;
+    }
 }

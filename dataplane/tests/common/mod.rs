@@ -336,6 +336,18 @@ pub async fn put_manifest(
     Ok(response.status())
 }
 
+/// The server's `/metrics` text.
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("reading /metrics")
+}
+
 /// `GET`s a URL; returns the status, the `Docker-Content-Digest` header and the body.
 pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Option<String>, Vec<u8>) {
     let response = client.get(url).send().await.expect("GET");

@@ -18,7 +18,7 @@ pub(super) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// A JWT split into its parts, signature not yet verified.
 #[derive(Debug)]
-pub(super) struct UnverifiedToken<'a> {
+pub(crate) struct UnverifiedToken<'a> {
     /// `base64url(header) "." base64url(payload)`: what the signature covers.
     pub signing_input: &'a str,
     /// The base64url signature.
@@ -35,7 +35,7 @@ pub(super) struct UnverifiedToken<'a> {
 
 /// Splits `token` and decodes its header and payload. Refuses anything that is not a
 /// compact JWS with an asymmetric algorithm (`none` and HMAC included).
-pub(super) fn parse(token: &str) -> Result<UnverifiedToken<'_>, OidcError> {
+pub(crate) fn parse(token: &str) -> Result<UnverifiedToken<'_>, OidcError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(OidcError::Malformed);
     }

@@ -14,7 +14,7 @@
 //! to show the client; issuer-side details are kept in fields for logs.
 
 mod fetch;
-mod jwt;
+pub(crate) mod jwt;
 mod keys;
 
 #[cfg(test)]

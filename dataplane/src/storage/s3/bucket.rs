@@ -1,5 +1,6 @@
 //! Thin typed wrappers over the S3 calls the backend makes, with one error mapping.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io;
 use std::ops::Range;
@@ -64,6 +65,8 @@ pub(super) enum Condition<'a> {
 pub(super) struct Object {
     pub(super) data: Bytes,
     pub(super) etag: String,
+    /// The object's user metadata (`x-amz-meta-*`, names without the prefix).
+    pub(super) metadata: HashMap<String, String>,
 }
 
 /// A listing page's worth of results, accumulated over every page.
@@ -177,7 +180,7 @@ impl Bucket {
 
     /// Reads a small object whole, with its ETag.
     pub(super) async fn get(&self, key: &str) -> CallResult<Object> {
-        let out = self
+        let mut out = self
             .client
             .get_object()
             .bucket(&self.name)
@@ -186,6 +189,7 @@ impl Bucket {
             .await
             .map_err(|e| self.failure("GetObject", key, e))?;
         let etag = out.e_tag().unwrap_or_default().to_owned();
+        let metadata = out.metadata.take().unwrap_or_default();
         let data = out
             .body
             .collect()
@@ -197,7 +201,11 @@ impl Bucket {
                 )))
             })?
             .into_bytes();
-        Ok(Object { data, etag })
+        Ok(Object {
+            data,
+            etag,
+            metadata,
+        })
     }
 
     /// Reads a small object whole, or `None` if it does not exist.
@@ -244,11 +252,23 @@ impl Bucket {
         data: Bytes,
         condition: Condition<'_>,
     ) -> CallResult<String> {
+        self.put_with_metadata(key, data, condition, None).await
+    }
+
+    /// [`Bucket::put`], with user metadata stored alongside (`x-amz-meta-*`).
+    pub(super) async fn put_with_metadata(
+        &self,
+        key: &str,
+        data: Bytes,
+        condition: Condition<'_>,
+        metadata: Option<HashMap<String, String>>,
+    ) -> CallResult<String> {
         let mut request = self
             .client
             .put_object()
             .bucket(&self.name)
             .key(key)
+            .set_metadata(metadata)
             .body(S3Body::from(data));
         match condition {
             Condition::None => {}

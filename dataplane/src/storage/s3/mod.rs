@@ -85,9 +85,12 @@
 //! fails quickly while the bucket is unreachable.
 
 mod bucket;
+mod cache;
 mod keys;
+mod requests;
 mod upload;
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,8 +102,10 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
-use self::bucket::{Bucket, Condition, FAN_OUT, Failure};
+use self::bucket::{Bucket, Condition, FAN_OUT, Failure, Object};
+use self::cache::{Fact, FactCache};
 use self::keys::Keys;
+use self::requests::RequestCounts;
 use super::buffers::BufferPool;
 use super::{
     ByteStream, Checkpoint, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo,
@@ -165,11 +170,20 @@ impl std::fmt::Debug for S3Credentials {
     }
 }
 
+/// User metadata of a tag record naming the media type of the manifest it points at.
+const TAG_MEDIA_TYPE: &str = "manifest-media-type";
+/// User metadata of a tag record giving the size of the manifest it points at.
+const TAG_SIZE: &str = "manifest-size";
+
 /// A [`Storage`] backend on an S3 bucket, shareable by any number of replicas.
 #[derive(Debug, Clone)]
 pub struct S3Storage {
     bucket: Bucket,
     keys: Keys,
+    /// Immutable facts already read or written (see [`cache`]).
+    facts: Arc<FactCache>,
+    /// Requests sent and cache lookups, for metrics and tests.
+    counts: RequestCounts,
     /// Buffers for the parts appends stream to the bucket.
     parts: Arc<BufferPool>,
     /// Lifetime of presigned download URLs, when downloads are redirected.
@@ -225,8 +239,10 @@ impl S3Storage {
             loader = loader.endpoint_url(endpoint);
         }
         let shared = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.force_path_style);
+        let counts = RequestCounts::default();
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(settings.force_path_style)
+            .interceptor(counts.interceptor());
         if shared.region().is_none() {
             if settings.endpoint.is_none() {
                 return Err(StorageError::Backend(
@@ -244,9 +260,44 @@ impl S3Storage {
                 name: settings.bucket,
             },
             keys: Keys::new(&settings.prefix),
+            facts: Arc::new(FactCache::default()),
+            counts,
             parts: BufferPool::new(upload::PART_SIZE, IDLE_PART_BUFFERS),
             redirect_ttl: settings.redirect_ttl,
         })
+    }
+
+    /// The cached fact about `key`, counting the lookup.
+    fn cached(&self, key: &str) -> Option<Fact> {
+        let fact = self.facts.get(key);
+        self.counts.lookup(fact.is_some());
+        fact
+    }
+
+    /// Removes a record that may be cached; returns whether it existed.
+    async fn remove_cached(&self, key: &str) -> Result<bool> {
+        let removed = self.remove(key).await;
+        self.facts.forget(key);
+        removed
+    }
+
+    /// The user metadata a tag record pointing at `digest` carries: the revision record of the
+    /// manifest, when `repo` has it and it fits in metadata (visible ASCII).
+    async fn tag_metadata(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<HashMap<String, String>>> {
+        let Some(meta) = self.manifest_meta(repo, digest).await? else {
+            return Ok(None);
+        };
+        if !meta.media_type.bytes().all(|b| b.is_ascii_graphic()) {
+            return Ok(None);
+        }
+        Ok(Some(HashMap::from([
+            (TAG_MEDIA_TYPE.to_owned(), meta.media_type),
+            (TAG_SIZE.to_owned(), meta.size.to_string()),
+        ])))
     }
 
     /// Removes a record; returns whether it existed.
@@ -296,6 +347,23 @@ fn corrupt(key: &str, what: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(format!("corrupt S3 record {key}: {what}"))
 }
 
+/// The digest a tag record (body: the digest as text) points at.
+fn tag_digest(key: &str, object: &Object) -> Result<Digest> {
+    let text = std::str::from_utf8(&object.data).map_err(|e| corrupt(key, e))?;
+    text.trim().parse().map_err(|e| corrupt(key, e))
+}
+
+/// The revision record carried by a tag record's metadata; `None` for records written
+/// without it (by earlier versions, or for a manifest whose record was missing).
+fn tag_meta(object: &Object) -> Option<ManifestMeta> {
+    let media_type = object.metadata.get(TAG_MEDIA_TYPE)?;
+    let size = object.metadata.get(TAG_SIZE)?.parse().ok()?;
+    Some(ManifestMeta {
+        media_type: media_type.clone(),
+        size,
+    })
+}
+
 /// A short random pause before retrying a lost compare-and-swap, growing with `attempt`.
 async fn backoff(attempt: u32) {
     let jitter = (uuid::Uuid::new_v4().as_u128() % 20) as u64;
@@ -306,7 +374,15 @@ async fn backoff(attempt: u32) {
 #[async_trait::async_trait]
 impl Storage for S3Storage {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        self.bucket.head(&self.keys.blob(digest)).await
+        let key = self.keys.blob(digest);
+        if let Some(Fact::Size(size)) = self.cached(&key) {
+            return Ok(Some(size));
+        }
+        let size = self.bucket.head(&key).await?;
+        if let Some(size) = size {
+            self.facts.put(&key, Fact::Size(size));
+        }
+        Ok(size)
     }
 
     async fn blob_download_url(&self, digest: &Digest) -> Result<Option<String>> {
@@ -369,12 +445,17 @@ impl Storage for S3Storage {
 
     async fn blob_put(&self, digest: &Digest, data: Bytes) -> Result<()> {
         let key = self.keys.blob(digest);
+        let size = data.len() as u64;
         for attempt in 0..CAS_ATTEMPTS {
             match self.bucket.put(&key, data.clone(), Condition::Absent).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.facts.put(&key, Fact::Size(size));
+                    return Ok(());
+                }
                 // Content-addressed: an existing object holds the same bytes.
                 Err(Failure::Precondition) => {
                     if self.bucket.head(&key).await?.is_some() {
+                        self.facts.put(&key, Fact::Size(size));
                         return Ok(());
                     }
                     // A conflicting write was still in progress; try again.
@@ -389,7 +470,10 @@ impl Storage for S3Storage {
     }
 
     async fn blob_delete(&self, digest: &Digest) -> Result<()> {
-        self.bucket.delete(&self.keys.blob(digest)).await
+        let key = self.keys.blob(digest);
+        let deleted = self.bucket.delete(&key).await;
+        self.facts.forget(&key);
+        deleted
     }
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
@@ -397,20 +481,26 @@ impl Storage for S3Storage {
         self.bucket
             .put(&key, Bytes::new(), Condition::None)
             .await
-            .map(drop)
-            .map_err(StorageError::from)
+            .map_err(StorageError::from)?;
+        self.facts.put(&key, Fact::Present);
+        Ok(())
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        Ok(self
-            .bucket
-            .head(&self.keys.layer_link(repo, digest))
-            .await?
-            .is_some())
+        let key = self.keys.layer_link(repo, digest);
+        if self.cached(&key) == Some(Fact::Present) {
+            return Ok(true);
+        }
+        let linked = self.bucket.head(&key).await?.is_some();
+        if linked {
+            self.facts.put(&key, Fact::Present);
+        }
+        Ok(linked)
     }
 
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        self.remove(&self.keys.layer_link(repo, digest)).await
+        self.remove_cached(&self.keys.layer_link(repo, digest))
+            .await
     }
 
     async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo> {
@@ -448,7 +538,9 @@ impl Storage for S3Storage {
     }
 
     async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
-        self.session_commit(repo, id, digest).await
+        let size = self.session_commit(repo, id, digest).await?;
+        self.facts.put(&self.keys.blob(digest), Fact::Size(size));
+        Ok(size)
     }
 
     async fn upload_delete(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
@@ -470,8 +562,9 @@ impl Storage for S3Storage {
         self.bucket
             .put(&key, Bytes::from(body), Condition::None)
             .await
-            .map(drop)
-            .map_err(StorageError::from)
+            .map_err(StorageError::from)?;
+        self.facts.put(&key, Fact::Manifest(meta.clone()));
+        Ok(())
     }
 
     async fn manifest_meta(
@@ -480,27 +573,50 @@ impl Storage for S3Storage {
         digest: &Digest,
     ) -> Result<Option<ManifestMeta>> {
         let key = self.keys.manifest_link(repo, digest);
-        match self.bucket.get_optional(&key).await? {
-            None => Ok(None),
-            Some(object) => serde_json::from_slice(&object.data)
-                .map(Some)
-                .map_err(|e| corrupt(&key, e)),
+        if let Some(Fact::Manifest(meta)) = self.cached(&key) {
+            return Ok(Some(meta));
         }
+        let Some(object) = self.bucket.get_optional(&key).await? else {
+            return Ok(None);
+        };
+        let meta: ManifestMeta =
+            serde_json::from_slice(&object.data).map_err(|e| corrupt(&key, e))?;
+        self.facts.put(&key, Fact::Manifest(meta.clone()));
+        Ok(Some(meta))
     }
 
     async fn manifest_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        self.remove(&self.keys.manifest_link(repo, digest)).await
+        self.remove_cached(&self.keys.manifest_link(repo, digest))
+            .await
     }
 
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
         let key = self.keys.tag(repo, tag);
         match self.bucket.get_optional(&key).await? {
             None => Ok(None),
-            Some(object) => {
-                let text = std::str::from_utf8(&object.data).map_err(|e| corrupt(&key, e))?;
-                text.trim().parse().map(Some).map_err(|e| corrupt(&key, e))
-            }
+            Some(object) => tag_digest(&key, &object).map(Some),
         }
+    }
+
+    /// One request: the tag record carries its manifest's revision record in its metadata.
+    /// A record without it (written by an earlier version) costs a second read.
+    async fn tag_manifest(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(Digest, ManifestMeta)>> {
+        let key = self.keys.tag(repo, tag);
+        let Some(object) = self.bucket.get_optional(&key).await? else {
+            return Ok(None);
+        };
+        let digest = tag_digest(&key, &object)?;
+        if let Some(meta) = tag_meta(&object) {
+            return Ok(Some((digest, meta)));
+        }
+        Ok(self
+            .manifest_meta(repo, &digest)
+            .await?
+            .map(|meta| (digest, meta)))
     }
 
     /// Compare-and-swap: reads the tag's version, then writes with `If-Match` (or
@@ -510,14 +626,24 @@ impl Storage for S3Storage {
     async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
         let key = self.keys.tag(repo, tag);
         let value = Bytes::from(digest.to_string());
+        let metadata = self.tag_metadata(repo, digest).await?;
         for attempt in 0..CAS_ATTEMPTS {
             let current = self.bucket.get_optional(&key).await?;
             let condition = match &current {
-                Some(object) if object.data == value => return Ok(()),
+                Some(object)
+                    if object.data == value
+                        && (metadata.is_none() || tag_meta(object).is_some()) =>
+                {
+                    return Ok(());
+                }
                 Some(object) => Condition::Matches(&object.etag),
                 None => Condition::Absent,
             };
-            match self.bucket.put(&key, value.clone(), condition).await {
+            match self
+                .bucket
+                .put_with_metadata(&key, value.clone(), condition, metadata.clone())
+                .await
+            {
                 Ok(_) => return Ok(()),
                 // Changed (412) or deleted (404 on `If-Match`) since it was read.
                 Err(Failure::Precondition | Failure::NotFound) => backoff(attempt).await,
@@ -539,10 +665,11 @@ impl Storage for S3Storage {
     ) -> Result<Option<Digest>> {
         let key = self.keys.tag(repo, tag);
         let value = Bytes::from(digest.to_string());
+        let metadata = self.tag_metadata(repo, digest).await?;
         for attempt in 0..CAS_ATTEMPTS {
             match self
                 .bucket
-                .put(&key, value.clone(), Condition::Absent)
+                .put_with_metadata(&key, value.clone(), Condition::Absent, metadata.clone())
                 .await
             {
                 Ok(_) => return Ok(None),
@@ -641,6 +768,10 @@ impl Storage for S3Storage {
             .collect::<Result<Vec<_>>>()?;
         names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(names)
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.counts.register(registry);
     }
 
     async fn check(&self) -> Result<()> {
