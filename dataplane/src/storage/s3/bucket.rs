@@ -81,7 +81,12 @@ pub(super) struct Listing {
 /// One bucket, through one SDK client.
 #[derive(Debug, Clone)]
 pub(super) struct Bucket {
+    /// The client for transfers (blobs, segments, parts, copies).
     pub(super) client: Client,
+    /// The client for small records (see `S3Storage::build`).
+    pub(super) records: Client,
+    /// Reads of small records around the SDK, when the bucket's URL is unambiguous.
+    pub(super) direct: Option<std::sync::Arc<super::direct::DirectReads>>,
     pub(super) name: String,
 }
 
@@ -162,8 +167,11 @@ impl Bucket {
 
     /// Size of an object, or `None` if it does not exist.
     pub(super) async fn head(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        if let Some(direct) = &self.direct {
+            return direct.head(key).await;
+        }
         match self
-            .client
+            .records
             .head_object()
             .bucket(&self.name)
             .key(key)
@@ -178,10 +186,22 @@ impl Bucket {
         }
     }
 
-    /// Reads a small object whole, with its ETag.
+    /// Reads a small record whole, with its ETag.
     pub(super) async fn get(&self, key: &str) -> CallResult<Object> {
-        let mut out = self
-            .client
+        if let Some(direct) = &self.direct {
+            return direct.get(key).await;
+        }
+        self.get_with(&self.records, key).await
+    }
+
+    /// Reads a small part of a blob's bytes whole (an upload's short tail), with the
+    /// transfer client's checksum validation.
+    pub(super) async fn get_data(&self, key: &str) -> CallResult<Object> {
+        self.get_with(&self.client, key).await
+    }
+
+    async fn get_with(&self, client: &Client, key: &str) -> CallResult<Object> {
+        let mut out = client
             .get_object()
             .bucket(&self.name)
             .key(key)
@@ -264,7 +284,7 @@ impl Bucket {
         metadata: Option<HashMap<String, String>>,
     ) -> CallResult<String> {
         let mut request = self
-            .client
+            .records
             .put_object()
             .bucket(&self.name)
             .key(key)
@@ -285,7 +305,7 @@ impl Bucket {
     /// Deletes an object; deleting an absent key succeeds.
     pub(super) async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self
-            .client
+            .records
             .delete_object()
             .bucket(&self.name)
             .key(key)
@@ -440,8 +460,9 @@ fn body_stream(body: S3Body, key: String) -> ByteStream {
     ))
 }
 
-/// Percent-encodes a key for `x-amz-copy-source`, keeping `/` and unreserved characters.
-fn encode_key(key: &str) -> String {
+/// Percent-encodes a key for `x-amz-copy-source` and request paths (S3 signs the path
+/// encoded once), keeping `/` and unreserved characters.
+pub(super) fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for byte in key.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {

@@ -86,6 +86,7 @@
 
 mod bucket;
 mod cache;
+mod direct;
 mod keys;
 mod requests;
 mod upload;
@@ -97,7 +98,10 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
+};
 use aws_sdk_s3::presigning::PresigningConfig;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -254,9 +258,45 @@ impl S3Storage {
             config = config.region(Region::new(DEFAULT_REGION));
         }
         let config = config.build();
+        let region = config
+            .region()
+            .map_or(DEFAULT_REGION, |r| r.as_ref())
+            .to_owned();
+        // Small records (tags, links, revision records, session records) go through a client
+        // without what only large transfers need: no stalled-stream watchdog on bodies of a
+        // few bytes, no checksum computed or validated for them (each is checked by its
+        // reader: digests parse, records deserialize).
+        let records = config
+            .to_builder()
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        let direct = match (
+            direct::BucketUrl::new(
+                settings.endpoint.as_deref(),
+                &settings.bucket,
+                &region,
+                settings.force_path_style,
+            ),
+            shared.credentials_provider(),
+        ) {
+            (Some(url), Some(provider)) => Some(Arc::new(direct::DirectReads::new(
+                url,
+                region,
+                provider,
+                CONNECT_TIMEOUT,
+                READ_TIMEOUT,
+                MAX_ATTEMPTS,
+                counts.clone(),
+            )?)),
+            _ => None,
+        };
         Ok(S3Storage {
             bucket: Bucket {
                 client: aws_sdk_s3::Client::from_conf(config),
+                records: aws_sdk_s3::Client::from_conf(records),
+                direct,
                 name: settings.bucket,
             },
             keys: Keys::new(&settings.prefix),

@@ -50,6 +50,15 @@ impl RequestCounts {
         self.lookups.get_or_create(&LookupLabels { result }).inc();
     }
 
+    /// Counts a request sent outside the SDK (`super::direct`).
+    pub(super) fn count(&self, operation: &str) {
+        self.requests
+            .get_or_create(&OperationLabels {
+                operation: operation.to_owned(),
+            })
+            .inc();
+    }
+
     /// An SDK interceptor counting every request the client transmits.
     pub(super) fn interceptor(&self) -> CountRequests {
         CountRequests {

@@ -123,7 +123,7 @@ impl S3Storage {
                     && let Some(tail) = &absorbed
                 {
                     let tail_key = self.keys.upload_segment(id, &tail.name);
-                    match self.bucket.get(&tail_key).await {
+                    match self.bucket.get_data(&tail_key).await {
                         Ok(object) => writer.write(object.data).await?,
                         // Replaced by a concurrent append that won.
                         Err(Failure::NotFound) => {
