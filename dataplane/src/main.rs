@@ -137,12 +137,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 30s, 2m)"))
 }
 
-/// mimalloc rather than the C library's allocator: request bodies stream through buffers of
-/// a few hundred KiB that the system allocator hands back to the kernel and faults in again on
-/// every read (a fifth of a push's CPU time was page faults and `madvise`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
