@@ -239,18 +239,15 @@ impl DirectReads {
         }
         let response = request.send().await.map_err(Sent::Transport)?;
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let length = response.content_length().unwrap_or(0);
-        let data = response.bytes().await.map_err(Sent::Transport)?;
-        if !(200..300).contains(&status) {
-            return Err(Sent::Status { status, body: data });
-        }
+        let headers = response.headers();
         let header = |name: &str| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
+        let etag = header("etag");
+        let declared_length = header("content-length").and_then(|v| v.parse().ok());
         let metadata: HashMap<String, String> = headers
             .iter()
             .filter_map(|(name, value)| {
@@ -258,17 +255,19 @@ impl DirectReads {
                 Some((name.to_owned(), value.to_str().ok()?.to_owned()))
             })
             .collect();
+        let data = response.bytes().await.map_err(Sent::Transport)?;
+        if !(200..300).contains(&status) {
+            return Err(Sent::Status { status, body: data });
+        }
         let length = if *method == reqwest::Method::HEAD {
-            header("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(length)
+            declared_length.unwrap_or(0)
         } else {
             data.len() as u64
         };
         Ok(Reply {
             object: Object {
                 data,
-                etag: header("etag").unwrap_or_default(),
+                etag: etag.unwrap_or_default(),
                 metadata,
             },
             length,

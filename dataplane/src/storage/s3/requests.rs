@@ -62,7 +62,7 @@ impl RequestCounts {
     /// An SDK interceptor counting every request the client transmits.
     pub(super) fn interceptor(&self) -> CountRequests {
         CountRequests {
-            requests: self.requests.clone(),
+            counts: self.clone(),
         }
     }
 }
@@ -70,7 +70,7 @@ impl RequestCounts {
 /// Counts each attempt of each operation just before it goes on the wire.
 #[derive(Debug)]
 pub(super) struct CountRequests {
-    requests: Family<OperationLabels, Counter>,
+    counts: RequestCounts,
 }
 
 impl Intercept for CountRequests {
@@ -87,11 +87,7 @@ impl Intercept for CountRequests {
         let operation = cfg
             .load::<Metadata>()
             .map_or("unknown", |metadata| metadata.name());
-        self.requests
-            .get_or_create(&OperationLabels {
-                operation: operation.to_owned(),
-            })
-            .inc();
+        self.counts.count(operation);
         Ok(())
     }
 }
