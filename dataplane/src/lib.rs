@@ -15,10 +15,12 @@
 //!   rule), used by [`live`] and [`http`]; pure policy over [`config`].
 //! - [`oci`] and [`config`]: vocabulary and the configuration document (with its sources: the
 //!   file and the Kubernetes Secret), used by every layer.
+//! - [`caches`]: the memory budget every in-memory cache takes its share of.
 //! - [`fuzzing`]: fuzz targets over the parsers of untrusted input, for `cargo fuzz`
 //!   (`dataplane/fuzz/`) and the property tests.
 
 pub mod auth;
+pub mod caches;
 pub mod config;
 pub mod fuzzing;
 pub mod http;

@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use dataplane::auth::{AuthService, Transport};
+use dataplane::caches::CacheMemory;
 use dataplane::config::{
     Config, ConfigReloader, ConfigSource, KIND, ProcessSettings, RegionSpec, SecretRef,
     SecretSource,
@@ -100,6 +101,11 @@ struct ServeArgs {
     /// Time between readiness turning 503 and the listener closing, on shutdown.
     #[arg(long, env = "DATAPLANE_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
     drain_delay: Duration,
+    /// Memory the in-memory caches share (manifests, tags on the filesystem, bucket facts on
+    /// S3, upload hash states): bytes, or KiB/MiB/GiB (Ki/Mi/Gi); 0 turns caching off. Size a
+    /// pod's memory limit as the process's working memory plus this.
+    #[arg(long, env = "DATAPLANE_CACHE_MEMORY", default_value_t = CacheMemory::DEFAULT)]
+    cache_memory: CacheMemory,
     /// Serve HTTPS with this PEM certificate chain (end-entity certificate first); re-read when
     /// it changes. Requires --tls-key.
     #[arg(
@@ -298,6 +304,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_options(ServeOptions {
             shutdown_timeout: args.shutdown_timeout,
             drain_delay: args.drain_delay,
+            cache_memory: args.cache_memory,
             ..ServeOptions::default()
         })
         .serve(listener, shutdown)

@@ -172,6 +172,22 @@ fn unknown_config_field_stops_serve_naming_the_field() {
     assert!(stderr.contains("line 4"), "{stderr}");
 }
 
+#[test]
+fn a_cache_memory_that_is_not_a_size_stops_serve_saying_how_to_write_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(dir.path())
+        .args(["--cache-memory", "48MB"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--cache-memory"), "{stderr}");
+    assert!(stderr.contains("\"48MB\" is not a size"), "{stderr}");
+    assert!(stderr.contains("48MiB"), "{stderr}");
+}
+
 /// A federation whose issuer is plain HTTP on a host that is not loopback.
 const PLAIN_HTTP_ISSUER: &str = "namespaces: [{name: acme}]\nfederations:\n- {issuer: \"http://issuer.example.com\", audience: registry, scope: containerRegistry, namespaces: [acme]}\n";
 

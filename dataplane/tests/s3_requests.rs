@@ -90,6 +90,49 @@ async fn push(http: &reqwest::Client, base: &str, repo: &str, blob: &[u8]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_cache_memory_every_read_asks_the_bucket() {
+    let s3 = shared_server();
+    let prefix = unique_prefix("uncached");
+    let replica =
+        S3Dataplane::start_with_args(&s3, &prefix, s3.endpoint(), &[], &["--cache-memory", "0"]);
+    let base = replica.url();
+    let http = client();
+    let repo = "team/app";
+    let config = b"{}".to_vec();
+    let layer = b"uncached layer".to_vec();
+    for blob in [&config, &layer] {
+        push(&http, &base, repo, blob).await;
+    }
+    let manifest = image_manifest(
+        (&sha256(&config), config.len()),
+        &[(&sha256(&layer), layer.len())],
+    );
+    let status = put_manifest(&http, &base, repo, "v1", &manifest)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+
+    // By digest: the revision record and the bytes, every time (cached, it would be none).
+    let by_digest = format!("{base}/v2/{repo}/manifests/{}", sha256(&manifest));
+    for _ in 0..2 {
+        let asked = requests_of(&http, &base, || async {
+            fetch(&http, reqwest::Method::GET, &by_digest, StatusCode::OK).await;
+        })
+        .await;
+        assert_eq!(asked, expect(&[("GetObject", 2)]));
+    }
+    // A blob's HEAD: its link and its size, every time.
+    let blob = format!("{base}/v2/{repo}/blobs/{}", sha256(&layer));
+    for _ in 0..2 {
+        let asked = requests_of(&http, &base, || async {
+            fetch(&http, reqwest::Method::HEAD, &blob, StatusCode::OK).await;
+        })
+        .await;
+        assert_eq!(asked, expect(&[("HeadObject", 2)]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_operation_costs_a_pinned_number_of_bucket_requests() {
     let s3 = shared_server();
     let replicas = two_replicas(&s3, "pinned");

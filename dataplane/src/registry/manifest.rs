@@ -284,14 +284,19 @@ impl PutTarget {
     }
 }
 
-/// Total bytes of manifest content kept in memory by [`ManifestCache`].
-const MANIFEST_CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// Estimated memory of one cache entry besides its bytes (the digest key, the map slot).
+const MANIFEST_ENTRY_OVERHEAD: usize = 160;
 
 /// Recently served manifest bytes by digest. Content-addressed bytes never change, so entries
 /// cannot go stale; whether a repository may see a manifest is still decided by its link in
-/// storage on every request. Read-mostly: lookups share a read lock.
-#[derive(Debug, Default)]
-pub(super) struct ManifestCache(RwLock<CacheInner>);
+/// storage on every request. Read-mostly: lookups share a read lock. Holds at most its
+/// capacity in bytes (content plus [`MANIFEST_ENTRY_OVERHEAD`] per entry), and starts over
+/// when full.
+#[derive(Debug)]
+pub(super) struct ManifestCache {
+    inner: RwLock<CacheInner>,
+    capacity: usize,
+}
 
 #[derive(Debug, Default)]
 struct CacheInner {
@@ -300,8 +305,16 @@ struct CacheInner {
 }
 
 impl ManifestCache {
+    /// A cache of at most `capacity` bytes (zero keeps nothing).
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            inner: RwLock::default(),
+            capacity,
+        }
+    }
+
     fn get(&self, digest: &Digest) -> Option<Bytes> {
-        self.0
+        self.inner
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .entries
@@ -310,11 +323,12 @@ impl ManifestCache {
     }
 
     fn insert(&self, digest: &Digest, bytes: &Bytes) {
-        if bytes.len() > MANIFEST_CACHE_BYTES / 16 || self.get(digest).is_some() {
+        let weight = bytes.len() + MANIFEST_ENTRY_OVERHEAD;
+        if weight > self.capacity / 16 || self.get(digest).is_some() {
             return;
         }
-        let mut inner = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        if inner.bytes + bytes.len() > MANIFEST_CACHE_BYTES {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if inner.bytes + weight > self.capacity {
             inner.entries.clear();
             inner.bytes = 0;
         }
@@ -323,7 +337,7 @@ impl ManifestCache {
             .insert(digest.clone(), bytes.clone())
             .is_none()
         {
-            inner.bytes += bytes.len();
+            inner.bytes += weight;
         }
     }
 }
@@ -651,23 +665,36 @@ mod tests {
 
     #[test]
     fn manifest_cache_stays_within_its_budget() {
-        let cache = ManifestCache::default();
+        const CAPACITY: usize = 1024 * 1024;
+        let cache = ManifestCache::new(CAPACITY);
         let small = Bytes::from_static(b"{}");
         let d = Digest::sha256_of(&small);
         assert!(cache.get(&d).is_none());
         cache.insert(&d, &small);
         assert_eq!(cache.get(&d), Some(small));
         // Entries too large for the cache are not kept.
-        let big = Bytes::from(vec![b'x'; MANIFEST_CACHE_BYTES / 8]);
+        let big = Bytes::from(vec![b'x'; CAPACITY / 8]);
         let big_digest = Digest::sha256_of(&big);
         cache.insert(&big_digest, &big);
         assert!(cache.get(&big_digest).is_none());
-        // Filling past the budget starts over instead of growing.
-        let chunk = MANIFEST_CACHE_BYTES / 16;
-        for i in 0..20u8 {
-            let b = Bytes::from(vec![i; chunk]);
+        // Filling past the budget starts over instead of growing, counting each entry's
+        // overhead: 10,000 small manifests of 200 bytes never hold more than the capacity.
+        for i in 0..10_000u32 {
+            let b = Bytes::from(format!("{i:0>200}"));
             cache.insert(&Digest::sha256_of(&b), &b);
+            let inner = cache.inner.read().unwrap();
+            assert!(inner.bytes <= CAPACITY);
+            assert!(inner.entries.len() * (200 + MANIFEST_ENTRY_OVERHEAD) <= CAPACITY);
         }
-        assert!(cache.0.read().unwrap().bytes <= MANIFEST_CACHE_BYTES);
+        assert!(!cache.inner.read().unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn manifest_cache_of_zero_bytes_keeps_nothing() {
+        let cache = ManifestCache::new(0);
+        let small = Bytes::from_static(b"{}");
+        let d = Digest::sha256_of(&small);
+        cache.insert(&d, &small);
+        assert!(cache.get(&d).is_none());
     }
 }

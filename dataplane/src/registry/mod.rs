@@ -19,6 +19,7 @@ mod upload;
 
 use std::sync::Arc;
 
+use crate::caches::CacheMemory;
 use crate::storage::Storage;
 
 pub use blob::{BlobRead, ByteRange};
@@ -42,12 +43,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry over `storage`.
+    /// A registry over `storage`, with caches of the default size.
     pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self::with_cache_memory(storage, CacheMemory::DEFAULT)
+    }
+
+    /// A registry over `storage` whose caches (manifests, upload hash states) take their
+    /// shares of `caches`.
+    pub fn with_cache_memory(storage: Arc<dyn Storage>, caches: CacheMemory) -> Self {
         Self {
             storage,
-            hashes: upload::HashCache::default(),
-            manifests: manifest::ManifestCache::default(),
+            hashes: upload::HashCache::new(caches.hash_states()),
+            manifests: manifest::ManifestCache::new(caches.manifest_bytes()),
         }
     }
 

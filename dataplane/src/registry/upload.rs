@@ -21,10 +21,6 @@ use super::{Registry, RegistryError, Result};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName};
 use crate::storage::{ByteStream, Checkpoint, StorageError, UploadId, UploadInfo};
 
-/// Above this many cached hash states the cache is cleared (abandoned sessions would otherwise
-/// accumulate); dropped states are simply rebuilt from storage when needed.
-const MAX_CACHED_STATES: usize = 65_536;
-
 /// The hash of the first `offset` bytes of a session.
 #[derive(Debug, Clone)]
 struct HashState {
@@ -59,21 +55,38 @@ impl HashState {
 }
 
 /// In-memory hash states of upload sessions (a cache: storage is the source of truth).
-#[derive(Debug, Default)]
-pub(super) struct HashCache(Mutex<HashMap<UploadId, HashState>>);
+///
+/// Above its capacity the cache is cleared (abandoned sessions would otherwise accumulate);
+/// dropped states are taken from the session's checkpoint, or rebuilt, when needed.
+#[derive(Debug)]
+pub(super) struct HashCache {
+    states: Mutex<HashMap<UploadId, HashState>>,
+    capacity: usize,
+}
 
 impl HashCache {
+    /// A cache of at most `capacity` states.
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            states: Mutex::default(),
+            capacity,
+        }
+    }
+
     fn take(&self, id: &UploadId) -> Option<HashState> {
-        self.0
+        self.states
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id)
     }
 
     fn put(&self, id: UploadId, state: HashState) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= MAX_CACHED_STATES {
+        let mut map = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= self.capacity {
             map.clear();
+            if self.capacity == 0 {
+                return;
+            }
         }
         map.insert(id, state);
     }

@@ -55,6 +55,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{AuthService, Transport};
+use crate::caches::CacheMemory;
 use crate::config::{Config, ConfigReloader, Loaded, ProcessSettings, SecretSource, StorageConfig};
 use crate::http::{AppState, build_app};
 use crate::live::{Applier, ApplyError, LiveConfig, Source};
@@ -123,6 +124,8 @@ pub struct ServeOptions {
     pub drain_delay: Duration,
     /// How often the configuration and TLS files are checked for changes.
     pub reload_interval: Duration,
+    /// The memory the in-memory caches share (see [`crate::caches`]).
+    pub cache_memory: CacheMemory,
 }
 
 impl Default for ServeOptions {
@@ -131,14 +134,20 @@ impl Default for ServeOptions {
             shutdown_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             reload_interval: Duration::from_secs(1),
+            cache_memory: CacheMemory::DEFAULT,
         }
     }
 }
 
-/// Opens the storage backend the settings select.
-pub async fn open_storage(storage: &StorageConfig) -> Result<Arc<dyn Storage>, ServeError> {
+/// Opens the storage backend the settings select, its cache taking its share of `caches`.
+pub async fn open_storage(
+    storage: &StorageConfig,
+    caches: CacheMemory,
+) -> Result<Arc<dyn Storage>, ServeError> {
     match (&storage.filesystem, &storage.s3) {
-        (Some(fs), _) => Ok(Arc::new(FsStorage::open(fs.root.clone()).await?)),
+        (Some(fs), _) => Ok(Arc::new(
+            FsStorage::open_with_cache_memory(fs.root.clone(), caches).await?,
+        )),
         (None, Some(s3)) => Ok(Arc::new(
             S3Storage::connect(S3Settings {
                 bucket: s3.bucket.clone(),
@@ -147,6 +156,7 @@ pub async fn open_storage(storage: &StorageConfig) -> Result<Arc<dyn Storage>, S
                 prefix: s3.prefix.clone(),
                 force_path_style: s3.force_path_style,
                 redirect_ttl: s3.redirect.as_ref().map(|r| r.ttl.0),
+                cache_memory: caches,
             })
             .await?,
         )),
@@ -266,11 +276,14 @@ impl Server {
         }
         let storage = match self.storage {
             Some(storage) => storage,
-            None => open_storage(&self.settings.storage).await?,
+            None => open_storage(&self.settings.storage, self.options.cache_memory).await?,
         };
         storage.register_metrics(metrics.registry_mut());
         let metrics = Arc::new(metrics);
-        let registry = Arc::new(Registry::new(storage.clone()));
+        let registry = Arc::new(Registry::with_cache_memory(
+            storage.clone(),
+            self.options.cache_memory,
+        ));
         let shutting_down = Arc::new(AtomicBool::new(false));
         let app = router(
             AppState::new(registry, auth, live.clone()),

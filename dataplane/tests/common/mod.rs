@@ -428,6 +428,17 @@ impl S3Dataplane {
         endpoint: &str,
         settings: &[&str],
     ) -> Self {
+        Self::start_with_args(s3, prefix, endpoint, settings, &[])
+    }
+
+    /// [`S3Dataplane::start_with`], with more arguments to `dataplane serve`.
+    pub fn start_with_args(
+        s3: &testkit::s3::S3Server,
+        prefix: &str,
+        endpoint: &str,
+        settings: &[&str],
+        extra_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         let yaml = format!(
@@ -448,13 +459,14 @@ impl S3Dataplane {
             .iter()
             .fold(yaml, |yaml, line| format!("{yaml}    {line}\n"));
         std::fs::write(&path, yaml).unwrap();
-        let args = [
+        let mut args = vec![
             "serve".to_owned(),
             "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),
             "--config".to_owned(),
             path.display().to_string(),
         ];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         let server = Dataplane::start_args_env(
             &args,
             &[

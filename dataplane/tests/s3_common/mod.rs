@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use dataplane::caches::CacheMemory;
 use dataplane::storage::s3::{S3Credentials, S3Settings, S3Storage};
 use testkit::s3::S3Server;
 
@@ -59,6 +60,7 @@ pub fn settings(server: &S3Server, prefix: &str) -> S3Settings {
         prefix: prefix.to_owned(),
         force_path_style: true,
         redirect_ttl: None,
+        cache_memory: CacheMemory::DEFAULT,
     }
 }
 

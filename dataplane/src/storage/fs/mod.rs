@@ -68,6 +68,7 @@ use self::temp_area::{TempArea, clean_stale_temp};
 use self::uploads::LockTable;
 use super::buffers::BufferPool;
 use super::{Result, StorageError};
+use crate::caches::CacheMemory;
 
 /// Size of the reads that stream a blob out (and of the largest blob read in one go).
 const READ_CHUNK: usize = 1024 * 1024;
@@ -93,8 +94,6 @@ const LOCK_SUFFIX: &str = ".lock";
 /// How long a pull by tag may be answered from memory after the records were read from disk
 /// (the staleness bound for writes by other processes sharing the root).
 pub const TAG_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Above this many remembered tags the memory starts over.
-const TAG_CACHE_ENTRIES: usize = 16_384;
 
 /// A [`Storage`](super::Storage) backend on a local filesystem directory.
 ///
@@ -125,6 +124,14 @@ impl FsStorage {
     /// Opens (creating it if needed) the storage rooted at `root`, and removes temporary files
     /// left behind by processes that are gone.
     pub async fn open(root: impl Into<PathBuf>) -> Result<FsStorage> {
+        Self::open_with_cache_memory(root, CacheMemory::DEFAULT).await
+    }
+
+    /// [`FsStorage::open`], with a tag cache of its share of `caches`.
+    pub async fn open_with_cache_memory(
+        root: impl Into<PathBuf>,
+        caches: CacheMemory,
+    ) -> Result<FsStorage> {
         let root = root.into();
         blocking(move || {
             for dir in [TMP_DIR, BLOBS_DIR, REPOSITORIES_DIR, UPLOADS_DIR] {
@@ -138,7 +145,7 @@ impl FsStorage {
                     root,
                     tmp,
                     locks: Arc::default(),
-                    tags: TagCache::default(),
+                    tags: TagCache::new(caches.tag_entries()),
                     reads: BufferPool::new(READ_CHUNK, IDLE_READ_BUFFERS),
                 }),
             })

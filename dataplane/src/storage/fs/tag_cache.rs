@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 use std::time::Instant;
 
-use super::{TAG_CACHE_ENTRIES, TAG_CACHE_TTL};
+use super::TAG_CACHE_TTL;
 use crate::oci::{Digest, RepoName, Tag};
 use crate::storage::ManifestMeta;
 
@@ -12,10 +12,11 @@ use crate::storage::ManifestMeta;
 ///
 /// Every invalidation bumps `generation`; a resolution read from disk is remembered only if no
 /// invalidation happened since the read started, so a read racing with a write through this
-/// instance cannot bring the old value back.
-#[derive(Debug, Default)]
+/// instance cannot bring the old value back. Above `capacity` entries the memory starts over.
+#[derive(Debug)]
 pub(super) struct TagCache {
     inner: RwLock<TagCacheInner>,
+    capacity: usize,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +34,14 @@ pub(super) struct CachedTag {
 }
 
 impl TagCache {
+    /// A cache of at most `capacity` tags (zero remembers nothing).
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            inner: RwLock::default(),
+            capacity,
+        }
+    }
+
     /// The remembered resolution of `tag`, if read less than [`TAG_CACHE_TTL`] ago.
     pub(super) fn get(&self, repo: &RepoName, tag: &Tag) -> Option<(Digest, ManifestMeta)> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
@@ -63,9 +72,12 @@ impl TagCache {
         if inner.generation != generation {
             return;
         }
-        if inner.entries >= TAG_CACHE_ENTRIES {
+        if inner.entries >= self.capacity {
             inner.repos.clear();
             inner.entries = 0;
+            if self.capacity == 0 {
+                return;
+            }
         }
         let cached = CachedTag {
             digest: resolved.0.clone(),
@@ -93,5 +105,65 @@ impl TagCache {
             (None, Some(_)) => inner.repos.remove(repo).map_or(0, |tags| tags.len()),
         };
         inner.entries -= removed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolution(i: usize) -> (Digest, ManifestMeta) {
+        let meta = ManifestMeta {
+            media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+            size: 2,
+        };
+        (Digest::sha256_of(i.to_string().as_bytes()), meta)
+    }
+
+    #[test]
+    fn holds_at_most_its_capacity() {
+        let cache = TagCache::new(100);
+        let repo: RepoName = "acme/app".parse().unwrap();
+        for i in 0..1_000 {
+            let tag: Tag = format!("v{i}").parse().unwrap();
+            cache.insert(
+                &repo,
+                &tag,
+                &resolution(i),
+                cache.generation(),
+                Instant::now(),
+            );
+            assert_eq!(cache.get(&repo, &tag), Some(resolution(i)));
+            let inner = cache.inner.read().unwrap();
+            let held: usize = inner.repos.values().map(HashMap::len).sum();
+            assert_eq!(held, inner.entries);
+            assert!(held <= 100, "{held} tags held");
+        }
+    }
+
+    #[test]
+    fn zero_capacity_remembers_nothing() {
+        let cache = TagCache::new(0);
+        let repo: RepoName = "acme/app".parse().unwrap();
+        let tag: Tag = "v1".parse().unwrap();
+        cache.insert(
+            &repo,
+            &tag,
+            &resolution(1),
+            cache.generation(),
+            Instant::now(),
+        );
+        assert_eq!(cache.get(&repo, &tag), None);
+    }
+
+    #[test]
+    fn a_read_racing_an_invalidation_is_not_remembered() {
+        let cache = TagCache::new(10);
+        let repo: RepoName = "acme/app".parse().unwrap();
+        let tag: Tag = "v1".parse().unwrap();
+        let started = cache.generation();
+        cache.invalidate(&repo, Some(&tag));
+        cache.insert(&repo, &tag, &resolution(1), started, Instant::now());
+        assert_eq!(cache.get(&repo, &tag), None);
     }
 }

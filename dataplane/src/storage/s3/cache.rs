@@ -13,8 +13,9 @@
 //! expires, at most [`MAX_AGE`] later. Tags move, so they are never cached: a read by tag
 //! always asks the bucket (one request, see the tag record in `super`).
 //!
-//! The cache holds at most [`CAPACITY_BYTES`] (an estimate: key, value and a fixed overhead
-//! per entry) and evicts by recency and frequency when full.
+//! The cache holds at most its share of the process's cache memory (an estimate: key, value
+//! and a fixed overhead per entry; see [`crate::caches`]) and evicts by recency and frequency
+//! when full.
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,6 @@ use quick_cache::sync::Cache;
 
 use crate::storage::ManifestMeta;
 
-/// Memory the cache may hold, estimated by [`EntryWeight`].
-pub(super) const CAPACITY_BYTES: u64 = 32 * 1024 * 1024;
 /// How long an entry is trusted: the bound on seeing another replica's removal.
 pub(super) const MAX_AGE: Duration = Duration::from_secs(30);
 /// Bookkeeping bytes counted per entry on top of key and value.
@@ -115,12 +114,6 @@ impl FactCache {
     }
 }
 
-impl Default for FactCache {
-    fn default() -> Self {
-        Self::new(CAPACITY_BYTES, MAX_AGE)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,7 +127,7 @@ mod tests {
 
     #[test]
     fn remembers_what_it_was_told_until_forgotten() {
-        let cache = FactCache::default();
+        let cache = FactCache::new(1024 * 1024, MAX_AGE);
         assert_eq!(cache.get("a"), None);
         cache.put("a", Fact::Size(3));
         cache.put(
@@ -154,7 +147,7 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let cache = FactCache::new(CAPACITY_BYTES, Duration::ZERO);
+        let cache = FactCache::new(1024 * 1024, Duration::ZERO);
         cache.put("a", Fact::Present);
         assert_eq!(cache.get("a"), None);
     }

@@ -114,6 +114,7 @@ use super::buffers::BufferPool;
 use super::{
     ByteStream, Checkpoint, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo,
 };
+use crate::caches::CacheMemory;
 use crate::oci::{Digest, RepoName, Tag};
 
 pub use self::upload::{PART_SIZE, PARTS_IN_FLIGHT};
@@ -154,6 +155,8 @@ pub struct S3Settings {
     /// Lifetime of presigned download URLs; `Some` makes [`Storage::blob_download_url`]
     /// hand them out, `None` keeps downloads streaming through the server.
     pub redirect_ttl: Option<Duration>,
+    /// The cache memory whose share holds the bucket's immutable facts.
+    pub cache_memory: CacheMemory,
 }
 
 /// Static credentials, for callers that do not use the AWS default chain (tests, tools).
@@ -300,7 +303,10 @@ impl S3Storage {
                 name: settings.bucket,
             },
             keys: Keys::new(&settings.prefix),
-            facts: Arc::new(FactCache::default()),
+            facts: Arc::new(FactCache::new(
+                settings.cache_memory.s3_fact_bytes(),
+                cache::MAX_AGE,
+            )),
             counts,
             parts: BufferPool::new(upload::PART_SIZE, IDLE_PART_BUFFERS),
             redirect_ttl: settings.redirect_ttl,
