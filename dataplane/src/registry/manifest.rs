@@ -683,8 +683,13 @@ mod tests {
             let b = Bytes::from(format!("{i:0>200}"));
             cache.insert(&Digest::sha256_of(&b), &b);
             let inner = cache.inner.read().unwrap();
-            assert!(inner.bytes <= CAPACITY);
-            assert!(inner.entries.len() * (200 + MANIFEST_ENTRY_OVERHEAD) <= CAPACITY);
+            let held: usize = inner
+                .entries
+                .values()
+                .map(|b| b.len() + MANIFEST_ENTRY_OVERHEAD)
+                .sum();
+            assert_eq!(held, inner.bytes);
+            assert!(held <= CAPACITY, "{held} bytes held");
         }
         assert!(!cache.inner.read().unwrap().entries.is_empty());
     }
