@@ -49,7 +49,9 @@ pub fn upload_content_range(value: &str) -> Option<(u64, u64)> {
     let (start, end) = v.split_once('-')?;
     let start: u64 = start.trim().parse().ok()?;
     let end: u64 = end.trim().parse().ok()?;
-    (end >= start).then(|| (start, end - start + 1))
+    // `0-18446744073709551615` would be 2^64 bytes long: not a length, so not a range.
+    let length = end.checked_sub(start)?.checked_add(1)?;
+    Some((start, length))
 }
 
 /// Whether a manifest stored with `media_type` may be served to a client sending these
@@ -121,6 +123,12 @@ mod tests {
         assert_eq!(upload_content_range("bytes 100-199/*"), Some((100, 100)));
         assert_eq!(upload_content_range("5-4"), None);
         assert_eq!(upload_content_range("junk"), None);
+        // A range spanning every u64 offset has no u64 length (found by the `ranges` fuzz target).
+        assert_eq!(upload_content_range("0-18446744073709551615"), None);
+        assert_eq!(
+            upload_content_range("1-18446744073709551615"),
+            Some((1, u64::MAX))
+        );
     }
 
     #[test]
