@@ -143,6 +143,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 30s, 2m)"))
 }
 
+/// jemalloc rather than the C library's allocator: under a long mixed load (requests on the
+/// async workers, filesystem work on up to hundreds of blocking threads) glibc's per-thread
+/// arenas keep freed memory, and the process grows long after its live heap stopped growing.
+/// jemalloc returns unused pages to the system after a few seconds.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

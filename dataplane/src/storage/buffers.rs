@@ -1,10 +1,10 @@
 //! Reusable memory for the large buffers that blobs stream through.
 //!
 //! Blob bytes pass through buffers of a fixed size: the parts an S3 append uploads, the
-//! chunks a filesystem read hands to the HTTP layer. Made and freed by the hundred per GiB
-//! from several threads, buffers this size fragment the C allocator's per-thread arenas (the
-//! process keeps far more memory than it uses) or are mapped, faulted in and zeroed afresh
-//! every time. Here they are anonymous memory maps reused through a small pool: a buffer goes
+//! batches a filesystem append writes, the chunks a filesystem read hands to the HTTP
+//! layer. Made and freed by the hundred per GiB from several threads, buffers this size
+//! fragment the C allocator's per-thread arenas (the process keeps far more memory than it
+//! uses) or are mapped, faulted in and zeroed afresh every time. Here they are anonymous memory maps reused through a small pool: a buffer goes
 //! back to its pool when the last reference to its bytes is dropped (a frozen buffer is a
 //! [`Bytes`] that the HTTP layer or the S3 SDK may hold for a while), and beyond
 //! [`BufferPool::new`]'s `keep` idle ones the memory goes back to the system at once.

@@ -74,10 +74,10 @@ use crate::caches::CacheMemory;
 const READ_CHUNK: usize = 1024 * 1024;
 /// Read buffers kept for reuse while no read needs them (a streaming read holds about two).
 const IDLE_READ_BUFFERS: usize = 4;
-/// An append hands the received chunks to a blocking write once this many bytes are queued.
-const WRITE_BATCH_BYTES: usize = 1024 * 1024;
-/// ... or once this many chunks are queued.
-const WRITE_BATCH_CHUNKS: usize = 256;
+/// An append copies what it receives into buffers of this size and writes each once full.
+const WRITE_BUFFER: usize = 1024 * 1024;
+/// Write buffers kept for reuse while no append needs them (an append holds about two).
+const IDLE_WRITE_BUFFERS: usize = 4;
 
 const TMP_DIR: &str = "_tmp";
 const BLOBS_DIR: &str = "blobs";
@@ -109,6 +109,8 @@ struct Inner {
     tags: TagCache,
     /// Buffers of [`READ_CHUNK`] bytes for streaming reads.
     reads: Arc<BufferPool>,
+    /// Buffers of [`WRITE_BUFFER`] bytes for appends.
+    writes: Arc<BufferPool>,
 }
 
 impl fmt::Debug for FsStorage {
@@ -147,6 +149,7 @@ impl FsStorage {
                     locks: Arc::default(),
                     tags: TagCache::new(caches.tag_entries()),
                     reads: BufferPool::new(READ_CHUNK, IDLE_READ_BUFFERS),
+                    writes: BufferPool::new(WRITE_BUFFER, IDLE_WRITE_BUFFERS),
                 }),
             })
         })

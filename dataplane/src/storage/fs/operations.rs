@@ -17,7 +17,7 @@ use super::uploads::Append;
 use super::walk::walk_repositories;
 use super::{
     FsStorage, Inner, LAYERS_DIR, MANIFESTS_DIR, READ_CHUNK, REPOSITORIES_DIR, TAGS_DIR,
-    UPLOAD_DATA, UPLOAD_INFO, WRITE_BATCH_BYTES, WRITE_BATCH_CHUNKS, not_found,
+    UPLOAD_DATA, UPLOAD_INFO, not_found,
 };
 use crate::oci::{Digest, RepoName, Tag};
 use crate::storage::{
@@ -191,29 +191,49 @@ impl Storage for FsStorage {
             });
         }
         let mut append = Append::new(file, current, lock);
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
+        // The body's chunks are copied into pooled buffers at once, so the HTTP layer reuses its
+        // read buffer instead of allocating (and the kernel faulting in) fresh memory for every
+        // read while a batch waits for its write.
+        let pool = &self.inner.writes;
+        let mut buffer = match pool.take() {
+            Ok(buffer) => buffer,
+            Err(e) => {
+                append.rollback().await;
+                return Err(StorageError::Io(e));
+            }
+        };
         while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(chunk) if chunk.is_empty() => {}
-                Ok(chunk) => {
-                    batch_bytes += chunk.len();
-                    batch.push(chunk);
-                    if batch_bytes >= WRITE_BATCH_BYTES || batch.len() >= WRITE_BATCH_CHUNKS {
-                        batch_bytes = 0;
-                        if let Err(e) = append.write(std::mem::take(&mut batch), false).await {
-                            append.rollback().await;
-                            return Err(StorageError::Io(e));
-                        }
-                    }
-                }
+            let mut rest = match chunk {
+                Ok(chunk) => chunk,
                 Err(e) => {
                     append.rollback().await;
                     return Err(StorageError::Body(e));
                 }
+            };
+            while !rest.is_empty() {
+                let taken = buffer.fill(&rest);
+                let _ = rest.split_to(taken);
+                if buffer.is_full() {
+                    let full = match pool.take() {
+                        Ok(next) => std::mem::replace(&mut buffer, next),
+                        Err(e) => {
+                            append.rollback().await;
+                            return Err(StorageError::Io(e));
+                        }
+                    };
+                    if let Err(e) = append.write(vec![full.freeze()], false).await {
+                        append.rollback().await;
+                        return Err(StorageError::Io(e));
+                    }
+                }
             }
         }
-        append.finish(batch).await
+        let last = if buffer.is_empty() {
+            Vec::new()
+        } else {
+            vec![buffer.freeze()]
+        };
+        append.finish(last).await
     }
 
     async fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<ByteStream> {
