@@ -113,12 +113,10 @@ impl BenchRegion {
         let cluster = Cluster::start("opbench")?;
         let crds = testkit::tools::repo_root().join("crds/yaml");
         cluster.kubectl_ok(["apply", "--server-side", "-f", crds.to_str().unwrap()])?;
-        cluster.kubectl_ok([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/registrycredentials.registry.thalassa.cloud",
-        ])?;
+        cluster.wait_crd_established(
+            "registrycredentials.registry.thalassa.cloud",
+            Duration::from_secs(30),
+        )?;
         let client = cluster.client().await?;
         let system = cluster.test_namespace().await?;
         let project = cluster.test_namespace().await?;

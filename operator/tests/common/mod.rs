@@ -32,12 +32,10 @@ pub fn cluster() -> &'static Cluster {
             .expect("the CRDs apply");
         for crd in ["registrynamespaces", "registrycredentials"] {
             cluster
-                .kubectl_ok([
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=30s",
-                    &format!("crd/{crd}.registry.thalassa.cloud"),
-                ])
+                .wait_crd_established(
+                    &format!("{crd}.registry.thalassa.cloud"),
+                    Duration::from_secs(30),
+                )
                 .expect("the CRDs are established");
         }
         cluster

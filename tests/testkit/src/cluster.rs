@@ -299,6 +299,29 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Waits until the CustomResourceDefinition `name` is `Established`, polling its status
+    /// (`kubectl wait --for=condition=Established` right after the create can fail instead of
+    /// waiting, while the CRD has no conditions yet).
+    pub fn wait_crd_established(&self, name: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let crd = format!("crd/{name}");
+        loop {
+            let status = self.kubectl_ok([
+                "get",
+                crd.as_str(),
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#,
+            ]);
+            if matches!(&status, Ok(s) if s.trim() == "True") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout(timeout, format!("{crd} established")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A ten-minute token of ServiceAccount `account` in `namespace` for `audience`, from the
     /// TokenRequest API (`kubectl create token`).
     pub fn service_account_token(

@@ -78,12 +78,7 @@ async fn apiserver_accepts_a_crd_and_validates_its_custom_resources() {
     let out = cluster.apply(WIDGET_CRD).expect("apply CRD");
     assert!(out.contains("widgets.harness.example.com"), "{out}");
     cluster
-        .kubectl_ok([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/widgets.harness.example.com",
-        ])
+        .wait_crd_established("widgets.harness.example.com", Duration::from_secs(60))
         .expect("CRD established");
 
     let out = cluster
