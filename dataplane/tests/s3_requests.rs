@@ -89,6 +89,19 @@ async fn push(http: &reqwest::Client, base: &str, repo: &str, blob: &[u8]) {
     assert_eq!(status, StatusCode::CREATED);
 }
 
+/// Pushes the blobs of a one-layer image (config `{}` and `layer`) through `base`; returns the
+/// image manifest, not yet pushed.
+async fn push_image_blobs(http: &reqwest::Client, base: &str, repo: &str, layer: &[u8]) -> Vec<u8> {
+    let config = b"{}";
+    for blob in [&config[..], layer] {
+        push(http, base, repo, blob).await;
+    }
+    image_manifest(
+        (&sha256(config), config.len()),
+        &[(&sha256(layer), layer.len())],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_cache_memory_every_read_asks_the_bucket() {
     let s3 = shared_server();
@@ -98,15 +111,8 @@ async fn with_no_cache_memory_every_read_asks_the_bucket() {
     let base = replica.url();
     let http = client();
     let repo = "team/app";
-    let config = b"{}".to_vec();
     let layer = b"uncached layer".to_vec();
-    for blob in [&config, &layer] {
-        push(&http, &base, repo, blob).await;
-    }
-    let manifest = image_manifest(
-        (&sha256(&config), config.len()),
-        &[(&sha256(&layer), layer.len())],
-    );
+    let manifest = push_image_blobs(&http, &base, repo, &layer).await;
     let status = put_manifest(&http, &base, repo, "v1", &manifest)
         .await
         .unwrap();
@@ -142,15 +148,8 @@ async fn each_operation_costs_a_pinned_number_of_bucket_requests() {
     let get = reqwest::Method::GET;
     let head = reqwest::Method::HEAD;
 
-    let config = b"{}".to_vec();
     let layer = b"layer bytes".to_vec();
-    for blob in [&config, &layer] {
-        push(&http, &a, repo, blob).await;
-    }
-    let manifest = image_manifest(
-        (&sha256(&config), config.len()),
-        &[(&sha256(&layer), layer.len())],
-    );
+    let manifest = push_image_blobs(&http, &a, repo, &layer).await;
     let digest = sha256(&manifest);
 
     // The push: manifest bytes, revision record, and the tag's compare-and-swap (read, write);

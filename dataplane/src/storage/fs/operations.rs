@@ -195,45 +195,34 @@ impl Storage for FsStorage {
         // read buffer instead of allocating (and the kernel faulting in) fresh memory for every
         // read while a batch waits for its write.
         let pool = &self.inner.writes;
-        let mut buffer = match pool.take() {
-            Ok(buffer) => buffer,
-            Err(e) => {
-                append.rollback().await;
-                return Err(StorageError::Io(e));
-            }
-        };
-        while let Some(chunk) = body.next().await {
-            let mut rest = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    append.rollback().await;
-                    return Err(StorageError::Body(e));
-                }
-            };
-            while !rest.is_empty() {
-                let taken = buffer.fill(&rest);
-                let _ = rest.split_to(taken);
-                if buffer.is_full() {
-                    let full = match pool.take() {
-                        Ok(next) => std::mem::replace(&mut buffer, next),
-                        Err(e) => {
-                            append.rollback().await;
-                            return Err(StorageError::Io(e));
-                        }
-                    };
-                    if let Err(e) = append.write(vec![full.freeze()], false).await {
-                        append.rollback().await;
-                        return Err(StorageError::Io(e));
+        let received = async {
+            let mut buffer = pool.take().map_err(StorageError::Io)?;
+            while let Some(chunk) = body.next().await {
+                let mut rest = chunk.map_err(StorageError::Body)?;
+                while !rest.is_empty() {
+                    let taken = buffer.fill(&rest);
+                    let _ = rest.split_to(taken);
+                    if buffer.is_full() {
+                        let next = pool.take().map_err(StorageError::Io)?;
+                        let full = std::mem::replace(&mut buffer, next);
+                        append
+                            .write(vec![full.freeze()], false)
+                            .await
+                            .map_err(StorageError::Io)?;
                     }
                 }
             }
+            Ok::<_, StorageError>(buffer)
         }
-        let last = if buffer.is_empty() {
-            Vec::new()
-        } else {
-            vec![buffer.freeze()]
-        };
-        append.finish(last).await
+        .await;
+        match received {
+            Ok(buffer) if buffer.is_empty() => append.finish(Vec::new()).await,
+            Ok(buffer) => append.finish(vec![buffer.freeze()]).await,
+            Err(e) => {
+                append.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     async fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<ByteStream> {
