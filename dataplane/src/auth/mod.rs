@@ -253,6 +253,8 @@ pub struct AccessIndex {
     namespaces: Namespaces,
     immutable_tags: HashMap<String, Vec<String>>,
     credentials: HashMap<String, usize>,
+    /// Verified for an unknown credential id: the parameters of the configured hashes.
+    decoy: String,
     keys: KeySet,
     verified: Mutex<HashMap<String, Arc<Claims>>>,
 }
@@ -318,6 +320,11 @@ impl AccessIndex {
                 .enumerate()
                 .map(|(i, c)| (c.id.clone(), i))
                 .collect(),
+            decoy: spec
+                .credentials
+                .iter()
+                .find_map(|c| secret::decoy_like(&c.secret_hash))
+                .unwrap_or_else(|| secret::default_decoy().to_owned()),
             keys,
             mode,
             in_force: true,
@@ -336,6 +343,7 @@ impl AccessIndex {
             namespaces: Namespaces::default(),
             immutable_tags: HashMap::new(),
             credentials: HashMap::new(),
+            decoy: secret::default_decoy().to_owned(),
             keys,
             verified: Mutex::new(HashMap::new()),
         }
@@ -573,7 +581,10 @@ impl AuthService {
                 // Checks queued before this one may have spent the source's failures while
                 // it waited: admit it again before the argon2 work.
                 admit()?;
-                let matched = self.secrets.check(turn, password, &hashes).await;
+                let matched = self
+                    .secrets
+                    .check(turn, password, &hashes, &index.decoy)
+                    .await;
                 if matched.is_none() {
                     self.throttle.failed(source, Some(username), Instant::now());
                 }

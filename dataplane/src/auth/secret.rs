@@ -94,11 +94,34 @@ fn verify_secret_with_memory(secret: &str, hash: &str, memory: &mut Vec<argon2::
         && argon2::password_hash::Output::new(&out).is_ok_and(|out| out == expected)
 }
 
-/// A hash no secret matches, verified instead when a credential id is unknown so that unknown
-/// ids and wrong secrets take the same time.
-fn decoy_hash() -> &'static str {
+/// A hash with the default parameters that no secret matches: the decoy when the
+/// configuration has no credential to take the parameters from ([`decoy_like`]).
+pub fn default_decoy() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| hash_secret(&generate_secret()).unwrap_or_default())
+}
+
+/// A hash that no secret matches, with the algorithm, version and parameters of `hash` and
+/// a random salt and output of the same lengths; `None` when `hash` is not an argon2 PHC
+/// string. Verified instead of a real hash when a credential id is unknown, it costs what a
+/// wrong secret for a known id costs, so the time of an answer does not tell whether an id
+/// exists (a decoy with other parameters than the stored hashes would).
+pub fn decoy_like(hash: &str) -> Option<String> {
+    let parsed = PasswordHash::new(hash).ok()?;
+    argon2::Algorithm::try_from(parsed.algorithm).ok()?;
+    argon2::Params::try_from(&parsed).ok()?;
+    let mut salt_bytes = [0u8; 64];
+    let salt_len = parsed.salt?.decode_b64(&mut salt_bytes).ok()?.len();
+    OsRng.fill_bytes(&mut salt_bytes[..salt_len]);
+    let salt = SaltString::encode_b64(&salt_bytes[..salt_len]).ok()?;
+    let mut output = vec![0u8; parsed.hash?.len()];
+    OsRng.fill_bytes(&mut output);
+    let decoy = PasswordHash {
+        salt: Some(salt.as_salt()),
+        hash: Some(argon2::password_hash::Output::new(&output).ok()?),
+        ..parsed
+    };
+    Some(decoy.to_string())
 }
 
 /// A check refused because too many checks from suspect sources are already waiting.
@@ -158,12 +181,18 @@ impl SecretVerifier {
     }
 
     /// Returns the index of the first hash in `hashes` that `secret` matches, checked in
-    /// `turn`, and remembers a match. With no hashes (unknown credential) a decoy is verified
-    /// so that the answer takes as long as a wrong secret would.
-    pub async fn check(&self, mut turn: Turn, secret: &str, hashes: &[&str]) -> Option<usize> {
+    /// `turn`, and remembers a match. With no hashes (unknown credential) `decoy` is verified
+    /// instead so that the answer takes as long as a wrong secret would ([`decoy_like`]).
+    pub async fn check(
+        &self,
+        mut turn: Turn,
+        secret: &str,
+        hashes: &[&str],
+        decoy: &str,
+    ) -> Option<usize> {
         let secret_owned = secret.to_owned();
         let owned: Vec<String> = if hashes.is_empty() {
-            vec![decoy_hash().to_owned()]
+            vec![decoy.to_owned()]
         } else {
             hashes.iter().map(|h| (*h).to_owned()).collect()
         };
@@ -196,7 +225,8 @@ impl SecretVerifier {
         Some(found)
     }
 
-    /// [`Self::remembered`], else a [`Self::check`] in the next turn at `priority`.
+    /// [`Self::remembered`], else a [`Self::check`] in the next turn at `priority` (an
+    /// unknown credential against [`default_decoy`]).
     pub async fn matching(
         &self,
         secret: &str,
@@ -207,7 +237,7 @@ impl SecretVerifier {
             return Ok(Some(i));
         }
         let turn = self.turn(priority).await?;
-        Ok(self.check(turn, secret, hashes).await)
+        Ok(self.check(turn, secret, hashes, default_decoy()).await)
     }
 
     fn fingerprint(&self, secret: &str, hash: &str) -> [u8; 32] {
@@ -388,6 +418,41 @@ mod tests {
         let a = generate_secret();
         assert_eq!(a.len(), 43);
         assert_ne!(a, generate_secret());
+    }
+
+    #[test]
+    fn a_decoy_has_the_parameters_of_its_model_and_matches_nothing() {
+        let params = argon2::Params::new(64, 3, 1, None).unwrap();
+        let model = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"s3cret", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        let decoy = decoy_like(&model).unwrap();
+        let (m, d) = (
+            PasswordHash::new(&model).unwrap(),
+            PasswordHash::new(&decoy).unwrap(),
+        );
+        assert_eq!(d.algorithm, m.algorithm);
+        assert_eq!(d.version, m.version);
+        assert_eq!(d.params, m.params, "{decoy} costs what {model} costs");
+        assert_eq!(d.salt.unwrap().len(), m.salt.unwrap().len());
+        assert_ne!(d.salt, m.salt);
+        assert_eq!(d.hash.unwrap().len(), m.hash.unwrap().len());
+        assert_ne!(d.hash, m.hash);
+        assert!(!verify_secret("s3cret", &decoy));
+        assert_ne!(
+            decoy_like(&model).unwrap(),
+            decoy,
+            "fresh randomness each time"
+        );
+        for bad in [
+            "not a phc string",
+            "$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA",
+            "",
+        ] {
+            assert_eq!(decoy_like(bad), None, "{bad}");
+        }
+        assert!(default_decoy().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
     }
 
     #[test]

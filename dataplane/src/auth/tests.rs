@@ -83,3 +83,38 @@ credentials:
     let verified = index.verify_access_token(&issued.token).unwrap();
     assert_eq!(*verified, issued.claims);
 }
+
+#[tokio::test]
+async fn unknown_ids_are_checked_against_a_decoy_that_costs_what_the_stored_hashes_cost() {
+    use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+    let params = argon2::Params::new(32, 1, 1, None).unwrap();
+    let cheap = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(b"s", &SaltString::from_b64("c2FsdHNhbHQ").unwrap())
+        .unwrap()
+        .to_string();
+    let yaml = format!(
+        "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: DataPlaneConfig\n\
+         namespaces: [{{name: acme, visibility: private}}]\n\
+         credentials: [{{id: ci, secretHash: \"{cheap}\", scope: containerRegistry, namespaces: [acme]}}]\n"
+    );
+    let auth = AuthService::new(Transport::default());
+    let index = auth
+        .build_index(Arc::new(Config::from_yaml_str(&yaml).unwrap()))
+        .unwrap();
+    let decoy = PasswordHash::new(&index.decoy).unwrap();
+    assert_eq!(decoy.params, PasswordHash::new(&cheap).unwrap().params);
+    let unknown = auth
+        .authenticate_password(&index, "nobody", "s", None, SystemTime::now())
+        .await;
+    assert!(
+        matches!(unknown, Err(AuthError::InvalidCredentials)),
+        "{unknown:?}"
+    );
+
+    let without = auth.build_index(Arc::new(Config::default())).unwrap();
+    assert_eq!(
+        without.decoy,
+        secret::default_decoy(),
+        "no credential: default parameters"
+    );
+}

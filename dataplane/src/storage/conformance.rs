@@ -59,6 +59,7 @@ macro_rules! storage_conformance_tests {
             manifest_link_meta_unlink,
             tags_sorted_and_deleted,
             tags_per_repository,
+            tag_pages_and_tags_of_a_digest,
             referrers_add_list_remove,
             repositories_listing,
             check_succeeds,
@@ -823,6 +824,62 @@ pub async fn tags_per_repository(s: Backend) {
     assert_eq!(s.tags(&nested).await.unwrap(), vec![tag("two")]);
     assert_eq!(s.tag_get(&a, &tag("two")).await.unwrap(), None);
     assert!(s.tags(&repo("tagsrepo/none")).await.unwrap().is_empty());
+}
+
+/// `tags_after` answers pages in lexical order, from after any name (present or not), never
+/// longer than asked; `tags_of` finds exactly the tags that point at a digest.
+pub async fn tag_pages_and_tags_of_a_digest(s: Backend) {
+    let (r, other) = (repo("pages/repo"), repo("pages/repo/nested"));
+    let (d1, d2) = (Digest::sha256_of(b"p1"), Digest::sha256_of(b"p2"));
+    let names = ["v2", "latest", "V1", "_x", "a.b-c", "v10", "v1", "z"];
+    for name in names {
+        let d = if name.starts_with('v') { &d1 } else { &d2 };
+        s.tag_set(&r, &tag(name), d).await.unwrap();
+    }
+    s.tag_set(&other, &tag("v3"), &d1).await.unwrap();
+    let page = |after: Option<&'static str>, limit: usize| {
+        let (s, r) = (Arc::clone(&s), r.clone());
+        async move {
+            s.tags_after(&r, after, limit)
+                .await
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None, 3).await, ["V1", "_x", "a.b-c"]);
+    assert_eq!(page(Some("a.b-c"), 3).await, ["latest", "v1", "v10"]);
+    assert_eq!(page(Some("v10"), 3).await, ["v2", "z"]);
+    assert_eq!(page(Some("z"), 3).await, Vec::<String>::new());
+    assert_eq!(
+        page(Some("m"), 2).await,
+        ["v1", "v10"],
+        "after a name that is no tag"
+    );
+    assert_eq!(page(None, usize::MAX).await.len(), names.len());
+    assert!(page(None, 0).await.is_empty());
+    assert!(
+        s.tags_after(&repo("pages/none"), None, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let of = |d: Digest| {
+        let (s, r) = (Arc::clone(&s), r.clone());
+        async move { s.tags_of(&r, &d).await.unwrap() }
+    };
+    assert_eq!(
+        of(d1.clone()).await,
+        [tag("v1"), tag("v10"), tag("v2")],
+        "not the nested repo's v3"
+    );
+    assert_eq!(
+        of(d2).await,
+        [tag("V1"), tag("_x"), tag("a.b-c"), tag("latest"), tag("z")]
+    );
+    assert!(of(Digest::sha256_of(b"none")).await.is_empty());
 }
 
 /// Referrers are recorded per subject and repository, listed by referrer digest.
