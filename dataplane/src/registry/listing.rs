@@ -40,12 +40,22 @@ fn paginate<T>(sorted: Vec<T>, page: &Page, key: impl Fn(&T) -> &str) -> Listing
 impl Registry {
     /// A page of `repo`'s tags; [`RegistryError::NameUnknown`] for an unknown repository.
     pub async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Listing<Tag>> {
-        let mut tags = self.storage.tags(repo).await?;
-        if tags.is_empty() && !self.storage.repositories().await?.contains(repo) {
+        let n = page.n.map_or(usize::MAX, |n| n.min(MAX_PAGE_SIZE));
+        // One more than the page tells whether another page follows.
+        let mut tags = self
+            .storage
+            .tags_after(repo, page.last.as_deref(), n.saturating_add(1))
+            .await?;
+        if tags.is_empty()
+            && (page.last.is_none() || self.storage.tags_after(repo, None, 1).await?.is_empty())
+            && !self.storage.repositories().await?.contains(repo)
+        {
             return Err(RegistryError::NameUnknown);
         }
         tags.sort();
-        Ok(paginate(tags, page, Tag::as_str))
+        let more = n > 0 && tags.len() > n;
+        tags.truncate(n);
+        Ok(Listing { items: tags, more })
     }
 
     /// A page of the repositories for which `visible` holds.

@@ -555,10 +555,8 @@ impl Registry {
             Err(RegistryError::ManifestUnknown) => None,
             Err(e) => return Err(e),
         };
-        for tag in self.storage.tags(repo).await? {
-            if self.storage.tag_get(repo, &tag).await?.as_ref() == Some(digest) {
-                self.storage.tag_delete(repo, &tag).await?;
-            }
+        for tag in self.storage.tags_of(repo, digest).await? {
+            self.storage.tag_delete(repo, &tag).await?;
         }
         if let Some(subject) = subject {
             self.storage.referrer_remove(repo, &subject, digest).await?;

@@ -382,6 +382,42 @@ impl Storage for MemoryStorage {
             .unwrap_or_default())
     }
 
+    async fn tags_after(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Tag>> {
+        Ok(self
+            .state()
+            .repos
+            .get(repo)
+            .map(|r| {
+                r.tags
+                    .keys()
+                    .filter(|t| after.is_none_or(|after| t.as_str() > after))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>> {
+        Ok(self
+            .state()
+            .repos
+            .get(repo)
+            .map(|r| {
+                r.tags
+                    .iter()
+                    .filter(|(_, d)| *d == digest)
+                    .map(|(t, _)| t.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     async fn referrer_add(
         &self,
         repo: &RepoName,

@@ -335,6 +335,33 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// All tags of `repo`, sorted lexically (empty if the repository does not exist).
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>>;
 
+    /// At most `limit` tags of `repo` that sort lexically after `after` (all of them with
+    /// `None`), sorted: one page of the tags list, which a backend answers holding no more
+    /// than the page (the default reads every tag).
+    async fn tags_after(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Tag>> {
+        let mut tags = self.tags(repo).await?;
+        tags.retain(|t| after.is_none_or(|after| t.as_str() > after));
+        tags.truncate(limit);
+        Ok(tags)
+    }
+
+    /// The tags of `repo` that point at `digest`, sorted (deleting a manifest by digest
+    /// deletes them). The default asks [`Storage::tag_get`] for every tag.
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>> {
+        let mut pointing = Vec::new();
+        for tag in self.tags(repo).await? {
+            if self.tag_get(repo, &tag).await?.as_ref() == Some(digest) {
+                pointing.push(tag);
+            }
+        }
+        Ok(pointing)
+    }
+
     // ---- Referrers: manifests whose `subject` is a given digest.
 
     /// Records `referrer` (a descriptor, as JSON) as pointing at `subject` in `repo`.

@@ -104,18 +104,31 @@ pub(super) fn corrupt(path: &Path, what: impl fmt::Display) -> StorageError {
 
 /// Entries of a directory, empty if it does not exist.
 pub(super) fn read_dir_names(dir: &Path) -> io::Result<Vec<(String, fs::FileType)>> {
+    let mut out = Vec::new();
+    for_each_dir_entry(dir, |name, kind| {
+        out.push((name, kind));
+        Ok::<_, io::Error>(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `visit` with the name and type of each entry of a directory as it is read, holding
+/// no list of them (nothing if the directory does not exist).
+pub(super) fn for_each_dir_entry<E: From<io::Error>>(
+    dir: &Path,
+    mut visit: impl FnMut(String, fs::FileType) -> Result<(), E>,
+) -> Result<(), E> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
     };
-    let mut out = Vec::new();
     for entry in entries {
         let entry = entry?;
         // Names we did not write (not UTF-8) are not ours; skip them.
         if let Ok(name) = entry.file_name().into_string() {
-            out.push((name, entry.file_type()?));
+            visit(name, entry.file_type()?)?;
         }
     }
-    Ok(out)
+    Ok(())
 }

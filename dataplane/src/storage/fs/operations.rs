@@ -1,5 +1,6 @@
 //! The [`Storage`] operations of [`FsStorage`].
 
+use std::collections::BinaryHeap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -10,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::layout::read_dir_names;
+use super::layout::{for_each_dir_entry, read_dir_names};
 use super::publish::{TempPath, sync_dir};
 use super::reads::{Opened, check_range, file_stream, parse_digest_parts};
 use super::uploads::Append;
@@ -444,6 +445,57 @@ impl Storage for FsStorage {
                 .collect();
             tags.sort();
             Ok(tags)
+        })
+        .await
+    }
+
+    async fn tags_after(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Tag>> {
+        let (repo, after) = (repo.clone(), after.map(str::to_owned));
+        self.run(move |inner| {
+            // The `limit` smallest names after `after`, largest on top: a page of a big
+            // repository holds no more than the page.
+            let mut page = BinaryHeap::new();
+            for_each_dir_entry(&inner.repo_dir(&repo).join(TAGS_DIR), |name, kind| {
+                if !kind.is_file() || after.as_deref().is_some_and(|after| name.as_str() <= after) {
+                    return Ok::<_, StorageError>(());
+                }
+                let Ok(tag) = name.parse::<Tag>() else {
+                    return Ok(());
+                };
+                if page.len() < limit {
+                    page.push(tag);
+                } else if page.peek().is_some_and(|largest| tag < *largest) {
+                    page.pop();
+                    page.push(tag);
+                }
+                Ok(())
+            })?;
+            Ok(page.into_sorted_vec())
+        })
+        .await
+    }
+
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>> {
+        let (repo, digest) = (repo.clone(), digest.clone());
+        // One trip to the blocking pool for the whole scan, and the tag cache left alone.
+        self.run(move |inner| {
+            let mut pointing = Vec::new();
+            for_each_dir_entry(&inner.repo_dir(&repo).join(TAGS_DIR), |name, kind| {
+                let Ok(tag) = name.parse::<Tag>() else {
+                    return Ok::<_, StorageError>(());
+                };
+                if kind.is_file() && inner.read_tag(&repo, &tag)?.as_ref() == Some(&digest) {
+                    pointing.push(tag);
+                }
+                Ok(())
+            })?;
+            pointing.sort();
+            Ok(pointing)
         })
         .await
     }

@@ -369,6 +369,44 @@ impl Bucket {
         Ok(listing)
     }
 
+    /// At most `limit` keys under `prefix` that sort after `start_after` (a whole key), in
+    /// the bucket's order (bytewise), asking for no more pages than that takes.
+    pub(super) async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        while keys.len() < limit {
+            let page = i32::try_from(limit - keys.len()).map_or(1000, |left| left.min(1000));
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.name)
+                .prefix(prefix)
+                .set_start_after(start_after.map(str::to_owned))
+                .max_keys(page)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| StorageError::from(self.failure("ListObjectsV2", prefix, e)))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .map(str::to_owned),
+            );
+            match out.next_continuation_token() {
+                Some(next) if out.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        keys.truncate(limit);
+        Ok(keys)
+    }
+
     /// Aborts every pending multipart upload whose key starts with `prefix`.
     pub(super) async fn abort_multipart_uploads(&self, prefix: &str) -> Result<(), StorageError> {
         let mut pending = Vec::new();

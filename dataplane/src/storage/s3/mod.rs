@@ -136,6 +136,8 @@ const CAS_ATTEMPTS: u32 = 8;
 /// Part buffers kept for reuse when no append needs them (one append's worth: the part being
 /// filled and the one in flight).
 const IDLE_PART_BUFFERS: usize = 1 + upload::PARTS_IN_FLIGHT;
+/// Tag records read at once when a manifest deleted by digest takes its tags with it.
+const TAG_READS_AT_ONCE: usize = 16;
 
 /// Where the S3 backend keeps its data. Credentials are not part of it: they come from the
 /// usual AWS sources (environment, shared profile, web identity, container or instance role).
@@ -738,10 +740,22 @@ impl Storage for S3Storage {
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
+        self.tags_after(repo, None, usize::MAX).await
+    }
+
+    async fn tags_after(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Tag>> {
         let prefix = self.keys.tags(repo);
-        let listing = self.bucket.list(&prefix, None).await?;
-        let mut tags = listing
-            .keys
+        let start_after = after.map(|after| format!("{prefix}{after}"));
+        let keys = self
+            .bucket
+            .list_after(&prefix, start_after.as_deref(), limit)
+            .await?;
+        let mut tags = keys
             .iter()
             .map(|key| {
                 key[prefix.len()..]
@@ -749,8 +763,26 @@ impl Storage for S3Storage {
                     .map_err(|e| corrupt(key, e))
             })
             .collect::<Result<Vec<_>>>()?;
+        // The bucket lists bytewise, which is the lexical order of tags: sorted only in case a
+        // store does otherwise.
         tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(tags)
+    }
+
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        let read = |tag: Tag| async move {
+            let target = self.tag_get(repo, &tag).await?;
+            Ok::<_, StorageError>((target.as_ref() == Some(digest)).then_some(tag))
+        };
+        let mut pointing: Vec<Tag> = futures_util::stream::iter(self.tags(repo).await?)
+            .map(read)
+            .buffer_unordered(TAG_READS_AT_ONCE)
+            .try_filter_map(|tag| async move { Ok(tag) })
+            .try_collect()
+            .await?;
+        pointing.sort();
+        Ok(pointing)
     }
 
     async fn referrer_add(
