@@ -11,7 +11,9 @@
 //! [`Cluster::anonymous_http`].
 //!
 //! [`Cluster::add_node`] joins a kubelet with its own containerd (root only), so pods
-//! really run.
+//! really run. Pods reach the apiserver with in-cluster configuration (the `kubernetes`
+//! Service's ClusterIP, the mounted token and CA). [`go_image`] packs a small Go program
+//! as an image and [`Cluster::import_image`] loads an image archive onto the node.
 //!
 //! [`TestNamespace`] gives each test a fresh namespace that is deleted afterwards.
 
@@ -106,6 +108,27 @@ pub fn cluster_script() -> PathBuf {
 /// The harness `node` script.
 pub fn node_script() -> PathBuf {
     repo_root().join("tests/harness/node")
+}
+
+/// Builds the static Go program in `dir` (a `main` package using only the standard
+/// library) into a one-layer image tagged `tag`, with `/<basename of dir>` as its
+/// entrypoint (`tests/harness/node go-image`), and returns the path of its docker
+/// archive. The archive is cached by source hash under the harness cache, so only the
+/// first call builds. Needs Go.
+pub fn go_image(dir: &Path, tag: &str) -> Result<PathBuf> {
+    let mut command = Command::new("bash");
+    command
+        .arg(node_script())
+        .arg("go-image")
+        .arg(dir)
+        .arg(tag)
+        .env("REGISTRY_HARNESS_CACHE", cache_dir())
+        .stdin(Stdio::null());
+    let line = format!("tests/harness/node go-image {} {tag}", dir.display());
+    let output = check(line, run(command)?)?;
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+    ))
 }
 
 /// The kubectl binary in the harness cache.
@@ -377,7 +400,8 @@ impl Cluster {
 
     /// Joins a worker node (`tests/harness/node up`: kubelet with a private containerd
     /// and runc, needs root) and waits until it is Ready. Returns the node's name. The
-    /// node goes away with the cluster.
+    /// node goes away with the cluster. Its pods reach the apiserver at the `kubernetes`
+    /// Service's ClusterIP (in-cluster configuration works unmodified).
     pub fn add_node(&self) -> Result<String> {
         cached_bin("kubelet")?;
         let mut command = Command::new("bash");
@@ -389,6 +413,25 @@ impl Cluster {
         let line = format!("tests/harness/node up {}", self.name);
         let output = check(line, run(command)?)?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// Imports an image archive (docker or OCI, e.g. from [`go_image`]) into the node's
+    /// containerd (`tests/harness/node import`), so pods use it without a pull
+    /// (`imagePullPolicy: Never` or `IfNotPresent`). Needs [`Cluster::add_node`] first.
+    pub fn import_image(&self, archive: &Path) -> Result<()> {
+        let mut command = Command::new("bash");
+        command
+            .arg(node_script())
+            .args(["import", &self.name])
+            .arg(archive)
+            .env("REGISTRY_HARNESS_CACHE", cache_dir())
+            .stdin(Stdio::null());
+        let line = format!(
+            "tests/harness/node import {} {}",
+            self.name,
+            archive.display()
+        );
+        check(line, run(command)?).map(drop)
     }
 
     /// Stops the cluster now (as drop does), reporting failure.

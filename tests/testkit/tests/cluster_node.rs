@@ -1,10 +1,15 @@
 //! A real node: kubelet with containerd and runc joined to a harness cluster
-//! (`tests/harness/node`), pulling a private image from a registry behind htpasswd
-//! authentication.
+//! (`tests/harness/node`).
 //!
-//! The pod runs to completion when, and only when, its imagePullSecret holds the right
-//! credentials. Needs root, the binaries from `tests/harness/install` and the Debian
-//! packages containerd, runc and containernetworking-plugins.
+//! - It pulls a private image from a registry behind htpasswd authentication: the pod runs
+//!   to completion when, and only when, its imagePullSecret holds the right credentials.
+//! - Its pods reach the apiserver with in-cluster configuration (the `kubernetes` Service's
+//!   ClusterIP, the mounted ServiceAccount token, CA verification), and RBAC applies to
+//!   that token.
+//!
+//! Needs root, the binaries from `tests/harness/install`, Go, and the Debian packages
+//! containerd, runc, containernetworking-plugins and iptables. The tests take turns: one
+//! node per host.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,13 +17,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
-use testkit::cluster::{Cluster, wait_for};
+use testkit::cluster::{Cluster, go_image, wait_for};
 use testkit::process::{self, ChildGuard, READY_TIMEOUT, Readiness};
 use testkit::tools;
 
 const USER: &str = "puller";
 const PASSWORD: &str = "s3cret-pull-password";
 const MESSAGE: &str = "pulled-with-the-right-secret";
+
+/// One node per host (kubelets share the host's cgroups): the tests of this binary, which
+/// run in parallel otherwise, hold this while their node exists.
+static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A registry (CNCF Distribution) on loopback that requires htpasswd authentication.
 struct AuthRegistry {
@@ -166,6 +175,7 @@ async fn node_pulls_a_private_image_only_with_the_right_pull_secret() {
         Path::new("/proc/self").exists(),
         "Linux with /proc is required"
     );
+    let _one_node = ONE_NODE.lock().await;
     let cluster = Cluster::start("node").expect("start cluster");
     let node = cluster.add_node().expect("node up");
     assert!(!node.is_empty());
@@ -250,4 +260,158 @@ async fn node_pulls_a_private_image_only_with_the_right_pull_secret() {
         let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
         assert_eq!(phase, "Pending", "{name}");
     }
+}
+
+/// The image built from `tests/harness/images/incluster`: `incluster CONFIGMAP KEY` reads
+/// the key through `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` with the
+/// mounted token, trusting only the mounted `ca.crt`; prints the value, or `HTTP <code>:
+/// <body>` and exits 1.
+const INCLUSTER_IMAGE: &str = "harness.local/incluster:1";
+const SETTING: &str = "read-through-the-kubernetes-service";
+
+fn incluster_pod(namespace: &str, name: &str, service_account: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": service_account,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "main",
+                "image": INCLUSTER_IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["settings", "greeting"],
+            }],
+        },
+    })
+    .to_string()
+}
+
+/// Waits until the pod has finished; returns its phase and its log.
+async fn finished(cluster: &Cluster, namespace: &str, name: &str) -> (String, String) {
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await.expect("client"), namespace);
+    let phase = wait_for(
+        &format!("pod {name} to finish"),
+        Duration::from_secs(120),
+        || async {
+            let phase = pods.get(name).await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let describe = cluster
+            .kubectl(["-n", namespace, "describe", "pod", name])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!("{e}\n{describe}")
+    });
+    let logs = cluster
+        .kubectl_ok(["-n", namespace, "logs", name])
+        .expect("logs");
+    (phase, logs.trim().to_owned())
+}
+
+#[tokio::test]
+async fn pods_reach_the_apiserver_with_in_cluster_configuration() {
+    let _one_node = ONE_NODE.lock().await;
+    let archive = go_image(
+        &tools::repo_root().join("tests/harness/images/incluster"),
+        INCLUSTER_IMAGE,
+    )
+    .expect("build the in-cluster test image");
+    let cluster = Cluster::start("incluster").expect("start cluster");
+    cluster.add_node().expect("node up");
+    cluster.import_image(&archive).expect("import image");
+
+    // The Service the pods' environment names: ClusterIP, port 443.
+    let service = cluster
+        .kubectl_ok([
+            "get",
+            "service",
+            "kubernetes",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
+        ])
+        .expect("Service default/kubernetes");
+    assert_eq!(service, "10.0.0.1:443");
+
+    let ns = cluster.test_namespace().await.expect("namespace");
+    let namespace = ns.name();
+    // `reader` may get the ConfigMap `settings`; `stranger` has no Role at all.
+    cluster
+        .apply(
+            &serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": { "name": "settings", "namespace": namespace },
+                        "data": { "greeting": SETTING },
+                    },
+                    {
+                        "apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": { "name": "reader", "namespace": namespace },
+                    },
+                    {
+                        "apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": { "name": "stranger", "namespace": namespace },
+                    },
+                    {
+                        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                        "metadata": { "name": "read-settings", "namespace": namespace },
+                        "rules": [{
+                            "apiGroups": [""],
+                            "resources": ["configmaps"],
+                            "resourceNames": ["settings"],
+                            "verbs": ["get"],
+                        }],
+                    },
+                    {
+                        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                        "metadata": { "name": "reader-reads-settings", "namespace": namespace },
+                        "roleRef": {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "Role",
+                            "name": "read-settings",
+                        },
+                        "subjects": [{
+                            "kind": "ServiceAccount",
+                            "name": "reader",
+                            "namespace": namespace,
+                        }],
+                    },
+                ],
+            })
+            .to_string(),
+        )
+        .expect("ConfigMap, ServiceAccounts, Role, RoleBinding");
+
+    for account in ["reader", "stranger"] {
+        cluster
+            .apply(&incluster_pod(namespace, account, account))
+            .expect("pod");
+    }
+
+    let (phase, logs) = finished(&cluster, namespace, "reader").await;
+    assert_eq!((phase.as_str(), logs.as_str()), ("Succeeded", SETTING));
+
+    // The same request with a token whose ServiceAccount has no Role: authenticated as
+    // exactly that account, and refused.
+    let (phase, logs) = finished(&cluster, namespace, "stranger").await;
+    assert_eq!(phase, "Failed", "{logs}");
+    assert!(logs.starts_with("HTTP 403: "), "{logs}");
+    assert!(
+        logs.contains(&format!(
+            r#"User \"system:serviceaccount:{namespace}:stranger\" cannot get resource \"configmaps\""#
+        )),
+        "{logs}"
+    );
+    ns.cleanup().await.expect("namespace cleanup");
+    cluster.stop().expect("cluster down");
 }

@@ -1,0 +1,3 @@
+module local/incluster
+
+go 1.22
