@@ -374,12 +374,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
-        Ok(self
-            .state()
-            .repos
-            .get(repo)
-            .map(|r| r.tags.keys().cloned().collect())
-            .unwrap_or_default())
+        self.tags_after(repo, None, usize::MAX).await
     }
 
     async fn tags_after(
