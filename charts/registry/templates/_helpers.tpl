@@ -116,6 +116,9 @@ max 0: no upper bound). Call with (dict "path" "tokens.ttl" "value" "5m" "min" 3
 {{- if and (eq $v.storage.type "filesystem") (gt (int $v.dataplane.replicas) 1) }}
 {{- fail (printf "dataplane.replicas is %d with storage.type filesystem: filesystem storage serves one replica (the volume is attached to one node, and the backend needs a local POSIX filesystem with working flock and atomic rename, which network volumes shared by several nodes do not promise). Set dataplane.replicas to 1, or use storage.type s3 with a bucket that every replica shares." (int $v.dataplane.replicas)) }}
 {{- end }}
+{{- if and $v.storage.filesystem.ephemeral $v.storage.filesystem.existingClaim }}
+{{- fail (printf "storage.filesystem.ephemeral keeps the images in an emptyDir, yet storage.filesystem.existingClaim names the claim %q: set one of them" $v.storage.filesystem.existingClaim) }}
+{{- end }}
 {{- if eq $v.storage.type "s3" }}
 {{- if not $v.storage.s3.bucket }}
 {{- fail "storage.s3.bucket is required when storage.type is s3" }}

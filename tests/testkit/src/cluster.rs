@@ -82,6 +82,9 @@ pub enum ClusterError {
     /// An HTTP client could not be built or the CA could not be read.
     #[error("http client: {0}")]
     Http(String),
+    /// A harness script printed something other than what it promises.
+    #[error("unexpected output: {0}")]
+    Unexpected(String),
     /// A condition did not hold in time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
@@ -432,6 +435,25 @@ impl Cluster {
             archive.display()
         );
         check(line, run(command)?).map(drop)
+    }
+
+    /// The host's address on the node's pod bridge (`tests/harness/node gateway`). Pods have
+    /// no default route: a server the host runs for them (an S3 server, say) listens here.
+    /// Needs [`Cluster::add_node`] first.
+    pub fn node_gateway(&self) -> Result<std::net::IpAddr> {
+        let mut command = Command::new("bash");
+        command
+            .arg(node_script())
+            .args(["gateway", &self.name])
+            .stdin(Stdio::null());
+        let output = check(
+            format!("tests/harness/node gateway {}", self.name),
+            run(command)?,
+        )?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim()
+            .parse()
+            .map_err(|_| ClusterError::Unexpected(format!("node gateway printed {text:?}")))
     }
 
     /// Stops the cluster now (as drop does), reporting failure.

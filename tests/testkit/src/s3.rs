@@ -4,6 +4,7 @@
 //! MinIO honours conditional writes (`If-None-Match: *` and `If-Match` on `PutObject`),
 //! which the registry's S3 backend relies on.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub const BUCKET: &str = "registry";
 #[derive(Debug)]
 pub struct S3Server {
     endpoint: String,
+    address: IpAddr,
     port: u16,
     console: u16,
     // Field order matters: the server stops before its data directory is removed.
@@ -44,6 +46,13 @@ impl S3Server {
 
     /// Starts a server and creates [`BUCKET`], reporting failures as errors.
     pub fn try_start() -> Result<Self> {
+        Self::try_start_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Starts a server listening on `address` (for example a node's pod-bridge address from
+    /// [`crate::cluster::Cluster::node_gateway`], so that pods reach it) and creates
+    /// [`BUCKET`].
+    pub fn try_start_on(address: IpAddr) -> Result<Self> {
         let minio = tools::bin("minio");
         let mut last_err = None;
         // The free port can be taken between probing and binding: retry a few times.
@@ -51,11 +60,12 @@ impl S3Server {
             let data = tempfile::Builder::new().prefix("harness-s3-").tempdir()?;
             let port = process::free_port();
             let console = process::free_port();
-            let endpoint = format!("http://127.0.0.1:{port}");
-            match spawn_minio(&minio, data.path(), port, console) {
+            let endpoint = format!("http://{}", std::net::SocketAddr::new(address, port));
+            match spawn_minio(&minio, data.path(), address, port, console) {
                 Ok(server) => {
                     let s3 = Self {
                         endpoint,
+                        address,
                         port,
                         console,
                         _server: server,
@@ -90,7 +100,13 @@ impl S3Server {
         // The old listener is gone, but give a lingering socket a few chances to be released.
         let mut attempt = 0;
         loop {
-            match spawn_minio(&minio, self._data.path(), self.port, self.console) {
+            match spawn_minio(
+                &minio,
+                self._data.path(),
+                self.address,
+                self.port,
+                self.console,
+            ) {
                 Ok(server) => {
                     self._server = server;
                     return Ok(());
@@ -172,17 +188,20 @@ impl S3Server {
     }
 }
 
-/// Starts MinIO on `port` (console on `console`) serving `data`, and waits until it is ready.
+/// Starts MinIO on `address:port` (console on loopback `console`) serving `data`, and waits
+/// until it is ready.
 fn spawn_minio(
     minio: &std::path::Path,
     data: &std::path::Path,
+    address: IpAddr,
     port: u16,
     console: u16,
 ) -> Result<ChildGuard> {
+    let listen = std::net::SocketAddr::new(address, port);
     let mut cmd = Command::new(minio);
     cmd.arg("server")
         .arg(data)
-        .args(["--quiet", "--address", &format!("127.0.0.1:{port}")])
+        .args(["--quiet", "--address", &listen.to_string()])
         .args(["--console-address", &format!("127.0.0.1:{console}")])
         .env("MINIO_ROOT_USER", ACCESS_KEY)
         .env("MINIO_ROOT_PASSWORD", SECRET_KEY)
@@ -190,7 +209,7 @@ fn spawn_minio(
         .env("MINIO_BROWSER", "off")
         .env("MINIO_UPDATE", "off");
     let mut server = ChildGuard::spawn("minio", cmd)?;
-    let ready = Readiness::Http(format!("http://127.0.0.1:{port}/minio/health/ready"));
+    let ready = Readiness::Http(format!("http://{listen}/minio/health/ready"));
     server.wait_ready(&ready, Duration::from_secs(60))?;
     Ok(server)
 }

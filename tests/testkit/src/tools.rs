@@ -68,6 +68,27 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// A binary of this workspace's packages in the profile directory of the running test
+/// (`target/<profile>/NAME`, next to the test's own `deps/`), for tests of packages that do
+/// not build it themselves.
+///
+/// # Panics
+/// If it is missing, with a message telling how to build it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (tests/run does)",
+        path.display()
+    );
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
