@@ -21,6 +21,7 @@ pub mod render;
 pub mod resolve;
 pub mod secrets;
 pub mod settings;
+pub mod sync;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -64,6 +64,8 @@ pub type CredentialScope = Scope;
         .message("a workloadIdentity credential has no secret: remove spec.secretName"),
     validation = Rule::new("!(has(self.workloadIdentity) && has(self.rotationPeriod))")
         .message("a workloadIdentity credential has no secret to rotate: remove spec.rotationPeriod"),
+    validation = Rule::new("!has(self.workloadIdentity) || !has(self.sync) || size(self.sync) == 0")
+        .message("a workloadIdentity credential has no secret to sync: remove spec.sync"),
 )]
 pub struct RegistryCredentialSpec {
     /// The region whose registry the credential is for (for example `nl-01`). Cannot change.
@@ -105,6 +107,96 @@ pub struct RegistryCredentialSpec {
     /// cluster's service accounts) whose claims match the rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<WorkloadIdentity>,
+    /// Where copies of the pull Secret go: Kubernetes namespaces (of this cluster or of
+    /// remote ones) that receive a `kubernetes.io/dockerconfigjson` Secret for the region's
+    /// host, and optionally their ServiceAccounts' `imagePullSecrets`. In this cluster only
+    /// this Kubernetes namespace and namespaces of the same organisation labelled
+    /// `registry.thalassa.cloud/pull-secrets: accept` are permitted: a target naming another
+    /// namespace, or a selector asking for another organisation, is `NotPermitted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, (has(u.cluster) ? u.cluster.name : '') == (has(t.cluster) ? t.cluster.name : '') && (has(u.secretName) ? u.secretName : '') == (has(t.secretName) ? t.secretName : '')))")
+        .message("two sync targets name the same cluster and secretName: merge them into one target"))]
+    #[schemars(length(max = 16))]
+    pub sync: Vec<SyncTarget>,
+}
+
+/// Label a Kubernetes namespace carries, with the value `accept`, to receive pull Secrets
+/// synced from other projects of its organisation.
+pub const PULL_SECRETS_LABEL: &str = "registry.thalassa.cloud/pull-secrets";
+
+/// One place the pull Secret is synced to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.namespaces) != has(self.namespaceSelector)")
+        .message("set exactly one of namespaces (names) and namespaceSelector (labels)"),
+)]
+pub struct SyncTarget {
+    /// The cluster: unset for this cluster, or a remote cluster reached through a kubeconfig
+    /// Secret of this Kubernetes namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RemoteCluster>,
+    /// Kubernetes namespaces by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(n) <= 63)")
+        .message("each entry must be a Kubernetes namespace name: 1-63 lowercase letters, digits and '-'"))]
+    #[schemars(length(min = 1, max = 256), inner(length(max = 63)))]
+    pub namespaces: Option<Vec<String>>,
+    /// Kubernetes namespaces by label (`matchLabels`, `matchExpressions`), matched among the
+    /// namespaces the credential may reach (namespaces of other organisations never match);
+    /// `{}` selects all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// The Secret's name in each target namespace. Defaults to the credential's Secret name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && size(self) <= 253")
+        .message("must be a Kubernetes object name: lowercase letters, digits, '-' and '.'"))]
+    #[schemars(length(max = 253))]
+    pub secret_name: Option<String>,
+    /// ServiceAccounts of each target namespace whose `imagePullSecrets` list the Secret:
+    /// names, or `*` alone for every ServiceAccount. Other entries of the list are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(n, n == '*' || (n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && size(n) <= 253)) && (!self.exists(n, n == '*') || size(self) == 1)")
+        .message("each entry must be a ServiceAccount name, or '*' alone for all of them"))]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
+    pub service_accounts: Vec<String>,
+}
+
+/// A remote cluster, reached with a kubeconfig kept in a Secret of the credential's own
+/// Kubernetes namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteCluster {
+    /// A name for the cluster in status and events.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("must be 1-63 lowercase letters, digits and '-'"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The Secret (in this Kubernetes namespace) holding the kubeconfig.
+    pub kubeconfig_secret: KubeconfigSecretRef,
+}
+
+/// A key of a Secret in the credential's own Kubernetes namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigSecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The Secret's Kubernetes namespace: only the credential's own is permitted (any other is
+    /// refused with `NotPermitted`, and nothing is synced through it). Default: the
+    /// credential's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+    /// The key holding the kubeconfig. Default `kubeconfig`.
+    #[serde(default = "default_kubeconfig_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".to_owned()
 }
 
 /// A workload-identity federation: OIDC tokens from `issuer` for `audience` whose claims match
@@ -172,6 +264,29 @@ pub struct RegistryCredentialStatus {
     /// When the current secret was issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotated: Option<Time>,
+    /// Progress of each sync target: one entry per target cluster and Secret name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub sync: Vec<SyncTargetStatus>,
+}
+
+/// How far one sync target got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncTargetStatus {
+    /// The cluster's name (`local` for this cluster).
+    pub cluster: String,
+    /// The Secret name written in each namespace.
+    pub secret_name: String,
+    /// Namespaces the target selects and the credential may reach.
+    pub namespaces: i32,
+    /// Of those, namespaces holding the current Secret (and ServiceAccounts patched).
+    pub synced: i32,
+    /// `Synced`, `Progressing`, `NotPermitted`, `Conflict` or `Unreachable`.
+    pub state: String,
+    /// What is wrong, naming the namespace or object, when not `Synced`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl RegistryCredential {

@@ -15,8 +15,9 @@ mod namespace;
 
 pub use conditions::{Condition, ConditionStatus, reasons};
 pub use credential::{
-    ClaimRule, CredentialScope, RegistryCredential, RegistryCredentialSpec,
-    RegistryCredentialStatus, WorkloadIdentity,
+    ClaimRule, CredentialScope, KubeconfigSecretRef, PULL_SECRETS_LABEL, RegistryCredential,
+    RegistryCredentialSpec, RegistryCredentialStatus, RemoteCluster, SyncTarget, SyncTargetStatus,
+    WorkloadIdentity,
 };
 pub use namespace::{
     NamespaceScope, RegistryNamespace, RegistryNamespaceSpec, RegistryNamespaceStatus,

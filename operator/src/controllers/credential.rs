@@ -20,8 +20,9 @@ use tracing::Instrument as _;
 
 use crds::v1alpha1::{RegistryCredential, RegistryCredentialStatus, reasons};
 
+use super::renderer::SyncTrigger;
 use super::status::{Phase, apply_status, event_on_change, now, ready_reason, same_conditions};
-use super::{AWAIT_DOCUMENT_FALLBACK, Context, backoff, woken_by_document};
+use super::{AWAIT_DOCUMENT_FALLBACK, Context, backoff, pull_secrets, woken_by_document};
 use crate::resolve::{self, Key, Verdict};
 use crate::secrets::{CredentialState, docker_config_json};
 use kube::runtime::reflector::ObjectRef;
@@ -57,19 +58,89 @@ pub async fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api = Api::<RegistryCredential>::all(ctx.client.clone());
-    let owned = Api::<Secret>::all(ctx.client.clone());
+    let triggers = ctx
+        .sync_triggers
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+        .map(tokio_stream::wrappers::UnboundedReceiverStream::new);
+    let credentials = ctx.stores.credentials.clone();
+    // Changes of the operator's Secrets (a copy deleted or edited by hand is written again),
+    // of namespaces (entering or leaving a target) and of ServiceAccounts (to patch), taken
+    // from the caches once they hold them.
+    let synced = futures::stream::iter(triggers)
+        .flatten()
+        .flat_map(move |trigger| futures::stream::iter(triggered(&credentials.state(), trigger)));
     Controller::new(api, watcher::Config::default().any_semantic())
-        .owns(
-            owned,
-            watcher::Config::default()
-                .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
-        )
+        .reconcile_on(synced)
         .reconcile_all_on(WatchStream::new(ctx.decisions.clone()).map(|_| ()))
         .reconcile_on(woken_by_document(&ctx, |ctx| &ctx.awaiting_credentials))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// The credential a Secret of the operator was written for: its owner, or the credential its
+/// annotation names (state Secrets and synced copies live outside the credential's
+/// namespace, where an owner reference cannot point).
+pub fn credential_of(secret: &Secret) -> Option<ObjectRef<RegistryCredential>> {
+    if let Some(owner) = secret
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "RegistryCredential")
+    {
+        return Some(ObjectRef::new(&owner.name).within(&secret.namespace()?));
+    }
+    let key = secret
+        .annotations()
+        .get(pull_secrets::CREDENTIAL_ANNOTATION)?;
+    let (namespace, name) = key.split_once('/')?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The credentials a cache change concerns.
+fn triggered(
+    credentials: &[Arc<RegistryCredential>],
+    trigger: SyncTrigger,
+) -> Vec<ObjectRef<RegistryCredential>> {
+    match trigger {
+        SyncTrigger::Credential(credential) => vec![credential],
+        SyncTrigger::Namespace(namespace) => syncing_into(credentials, &namespace, None),
+        SyncTrigger::ServiceAccount { namespace, name } => {
+            syncing_into(credentials, &namespace, Some(&name))
+        }
+        SyncTrigger::Relisted => credentials
+            .iter()
+            .filter(|c| !c.spec.sync.is_empty())
+            .map(|c| ObjectRef::from_obj(c.as_ref()))
+            .collect(),
+    }
+}
+
+/// The credentials with a sync target of this cluster that may write into `namespace`: every
+/// target naming it, and every selector target (whether it still matches is decided by the
+/// reconcile; it also removes copies from a namespace that left). With `account`, only
+/// targets that patch that ServiceAccount.
+fn syncing_into(
+    credentials: &[Arc<RegistryCredential>],
+    namespace: &str,
+    account: Option<&str>,
+) -> Vec<ObjectRef<RegistryCredential>> {
+    credentials
+        .iter()
+        .filter(|c| {
+            c.spec.sync.iter().any(|t| {
+                t.cluster.is_none()
+                    && match &t.namespaces {
+                        Some(names) => names.iter().any(|n| n == namespace),
+                        None => true,
+                    }
+                    && account.is_none_or(|name| crate::sync::wants_service_account(t, name))
+            })
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
 }
 
 async fn reconcile(credential: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action> {
@@ -130,10 +201,25 @@ async fn apply(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
     ctx.awaiting_credentials.wait(c);
     let namespaces = ctx.stores.namespace_index(&ctx.settings);
     let orgs = ctx.stores.organisations();
+    let mut sync = Vec::new();
     let verdict = match resolve::credential(&ctx.settings, &orgs, &namespaces, c, Timestamp::now())
     {
         Ok(_) if c.spec.workload_identity.is_some() => Verdict::Served,
-        Ok(_) => provision(c, ctx).await?,
+        Ok(_) => match provision(c, ctx).await? {
+            (Verdict::Served, state) => {
+                let outcome = pull_secrets::apply(c, ctx, &state).await?;
+                sync = outcome.targets;
+                match outcome.refused {
+                    Some((reason, message)) => Verdict::Refused {
+                        reason,
+                        message,
+                        stalled: true,
+                    },
+                    None => Verdict::Served,
+                }
+            }
+            (refused, _) => refused,
+        },
         Err(verdict) => verdict,
     };
     let username = c.username();
@@ -168,13 +254,15 @@ async fn apply(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
         secret_name: (secret_based && state.is_some()).then(|| c.secret_name().to_owned()),
         expires_at: c.spec.expires_at.clone(),
         last_rotated: state.as_ref().map(|s| Time(s.issued_at)),
+        sync,
     };
     let unchanged = same_conditions(&status.conditions, &previous.conditions)
         && status.observed_generation == previous.observed_generation
         && status.username == previous.username
         && status.secret_name == previous.secret_name
         && status.expires_at == previous.expires_at
-        && status.last_rotated == previous.last_rotated;
+        && status.last_rotated == previous.last_rotated
+        && status.sync == previous.sync;
     if !unchanged {
         let api = Api::<RegistryCredential>::namespaced(
             ctx.client.clone(),
@@ -215,7 +303,7 @@ fn next_check(c: &RegistryCredential, state: Option<&CredentialState>) -> Durati
 
 /// Makes sure the state Secret holds a current secret and the credential's Secret
 /// delivers it. A Secret of that name that the operator did not make is never touched.
-async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<Verdict> {
+async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<(Verdict, CredentialState)> {
     let ns = c.metadata.namespace.as_deref().unwrap_or_default();
     let own = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let state_name = state_secret_name(uid_str(c));
@@ -271,7 +359,8 @@ async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<Verdict> {
         }
         Some(state) => state,
     };
-    deliver(c, ctx, ns, &state).await
+    let verdict = deliver(c, ctx, ns, &state).await?;
+    Ok((verdict, state))
 }
 
 fn state_secret(
@@ -310,15 +399,25 @@ async fn deliver(
     const TYPE: &str = "kubernetes.io/dockerconfigjson";
     let username = c.username();
     let host = &ctx.settings.registry_host;
-    let content_hash = hex::encode(Sha256::digest(format!(
-        "{host}\n{username}\n{}",
-        state.secret
-    )));
-    // Already delivered as it should be: nothing to write.
+    let content_hash = content_hash(host, &username, &state.secret);
+    let data = BTreeMap::from([
+        (
+            ".dockerconfigjson".to_owned(),
+            ByteString(docker_config_json(host, &username, &state.secret).into_bytes()),
+        ),
+        ("username".to_owned(), ByteString(username.into_bytes())),
+        (
+            "password".to_owned(),
+            ByteString(state.secret.clone().into_bytes()),
+        ),
+        ("registry".to_owned(), ByteString(host.clone().into_bytes())),
+    ]);
+    // Already delivered as it should be (and not edited by hand since): nothing to write.
     let cached = ctx.stores.delivered.get(&ObjectRef::new(name).within(ns));
     if cached.is_some_and(|s| {
         s.owner_references().iter().any(|o| o.uid == uid_str(c))
             && s.annotations().get(CONTENT_HASH_ANNOTATION) == Some(&content_hash)
+            && s.data.as_ref() == Some(&data)
     }) {
         return Ok(Verdict::Served);
     }
@@ -338,18 +437,6 @@ async fn deliver(
             });
         }
     }
-    let data = BTreeMap::from([
-        (
-            ".dockerconfigjson".to_owned(),
-            ByteString(docker_config_json(host, &username, &state.secret).into_bytes()),
-        ),
-        ("username".to_owned(), ByteString(username.into_bytes())),
-        (
-            "password".to_owned(),
-            ByteString(state.secret.clone().into_bytes()),
-        ),
-        ("registry".to_owned(), ByteString(host.clone().into_bytes())),
-    ]);
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -382,6 +469,12 @@ async fn deliver(
     }
 }
 
+/// The hash of what a credential's Secret delivers (host, user name, secret), annotated on
+/// every Secret written with it: a Secret with the current hash needs no write.
+pub fn content_hash(host: &str, username: &str, secret: &str) -> String {
+    hex::encode(Sha256::digest(format!("{host}\n{username}\n{secret}")))
+}
+
 /// Whether the credential's Kubernetes namespace is being deleted (as the cache sees it).
 fn project_terminating(c: &RegistryCredential, ctx: &Context) -> bool {
     let ns = c.metadata.namespace.as_deref().unwrap_or_default();
@@ -405,6 +498,7 @@ fn is_namespace_terminating(status: &kube::core::Status) -> bool {
 /// document as soon as the object is being deleted). Tolerates anything already gone.
 async fn cleanup(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
     ctx.render.notify_one();
+    pull_secrets::cleanup(c, ctx).await?;
     let own = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let ns = c.metadata.namespace.as_deref().unwrap_or_default();
     let delivered = Api::<Secret>::namespaced(ctx.client.clone(), ns);

