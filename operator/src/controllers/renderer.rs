@@ -175,8 +175,13 @@ pub fn start_reflectors(
                 crate::CREDENTIAL_UID_LABEL
             )),
             render,
+            // Delivered Secrets and synced copies (not the credentials' state, which only the
+            // credential's own reconcile writes).
             forward(&triggers, |secret: &Secret| {
-                super::credential::credential_of(secret).map(SyncTrigger::Credential)
+                (secret.type_.as_deref() == Some("kubernetes.io/dockerconfigjson"))
+                    .then(|| super::credential::credential_of(secret))
+                    .flatten()
+                    .map(SyncTrigger::Credential)
             }),
         ),
         // ServiceAccounts matter to the credential controller only, not to the document.
