@@ -47,6 +47,13 @@ pub async fn apply(
     ctx: &Context,
     state: &CredentialState,
 ) -> Result<Outcome> {
+    // Most credentials have no targets and never had one (their status lists none): nothing
+    // to write or remove, and no cache to scan on every reconcile. (The copies of a target
+    // removed from the spec are found through the status that listed it, and every copy is
+    // removed when the credential is deleted, status or not.)
+    if c.spec.sync.is_empty() && c.status.as_ref().is_none_or(|s| s.sync.is_empty()) {
+        return Ok(Outcome::default());
+    }
     let own_namespace = c.metadata.namespace.clone().unwrap_or_default();
     let organisations = ctx.stores.organisations();
     let tenant = Tenant {
