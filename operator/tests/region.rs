@@ -8,17 +8,11 @@ use std::time::Duration;
 use crds::v1alpha1::{RegistryCredential, RegistryNamespace};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use testkit::clients::{Client, Credentials, pull_image, push_image, unique_repo_in};
+use testkit::clients::{Client, pull_image, push_image, unique_repo_in};
 
-use common::{Region, cluster, ready, wait_object};
+use common::{Region, cluster, credentials_of, ready, wait_object};
 
 const CONVERGE: Duration = Duration::from_secs(15);
-
-fn credentials_of(secret: &Secret) -> Credentials {
-    let data = secret.data.as_ref().expect("the Secret has data");
-    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
-    Credentials::new(text("username"), text("password"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_namespace_and_a_credential_are_served_pushed_to_and_revoked() {

@@ -15,11 +15,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use testkit::clients::{Client, Credentials, push_image, unique_repo_in};
+use testkit::clients::{Client, push_image, unique_repo_in};
 use testkit::cluster::TestNamespace;
 use testkit::tools::bin;
 
-use common::{Region, cluster, ready, wait_object};
+use common::{Region, cluster, credentials_of, ready, wait_object};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 /// How soon a namespace or ServiceAccount created later must have the Secret.
@@ -149,12 +149,7 @@ async fn copies_follow_namespaces_service_accounts_and_hand_edits() {
     );
 
     // The copy pulls: push with ci, then read the manifest with the copy as skopeo's auth file.
-    let ci = {
-        let s = wait_object(&secrets(p), "ci", CONVERGE, |s| Some(s.clone())).await;
-        let d = s.data.unwrap();
-        let text = |k: &str| String::from_utf8(d[k].0.clone()).unwrap();
-        Credentials::new(text("username"), text("password"))
-    };
+    let ci = wait_object(&secrets(p), "ci", CONVERGE, |s| Some(credentials_of(s))).await;
     let reference = format!("{}/{}:v1", region.host, unique_repo_in("apps", "sync"));
     // The data plane serves the credentials once the document is in force.
     let mut pushed = None;

@@ -306,3 +306,12 @@ pub fn ready<K: kube::Resource>(
     (ready.observed_generation == generation)
         .then(|| (format!("{:?}", ready.status), ready.reason.clone()))
 }
+
+/// The user name and secret a credential's delivered Secret holds.
+pub fn credentials_of(
+    secret: &k8s_openapi::api::core::v1::Secret,
+) -> testkit::clients::Credentials {
+    let data = secret.data.as_ref().expect("the Secret has data");
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    testkit::clients::Credentials::new(text("username"), text("password"))
+}

@@ -41,7 +41,7 @@ use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
 use testkit::clients::{Client, Credentials, pull_image, push_image};
-use testkit::cluster::{Cluster, wait_for};
+use testkit::cluster::{Cluster, pull_pod, wait_for};
 use testkit::process::{self, ChildGuard, Output, Readiness, run_unchecked};
 use testkit::s3::S3Server;
 use testkit::tools::{bin, cache_dir, repo_root, workspace_bin};
@@ -419,29 +419,6 @@ fn skopeo_push(reference: &str, credentials: Option<&Credentials>) -> Output {
         .arg(format!("docker-archive:{}", archive.display()))
         .arg(format!("docker://{reference}"));
     run_unchecked(&mut command, COMMAND_LIMIT).expect("skopeo runs")
-}
-
-/// A Pod that runs `image` with [`MESSAGE`] as its argument, pulling it with `secret`.
-fn workload(namespace: &str, name: &str, image: &str, secret: Option<&str>) -> String {
-    let secrets: Vec<Value> = secret.iter().map(|s| json!({ "name": s })).collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name, "namespace": namespace },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "imagePullSecrets": secrets,
-            "containers": [{
-                "name": "main",
-                "image": image,
-                "imagePullPolicy": "Always",
-                "args": [MESSAGE],
-            }],
-        },
-    })
-    .to_string()
 }
 
 /// Waits until the pod finished; returns its phase.
@@ -892,10 +869,22 @@ async fn filesystem_region(cluster: &Cluster, operator: &Image, dataplane: &Imag
 
     // The node pulls it with the pull-only credential's delivered Secret, and only so.
     cluster
-        .apply(&workload(project, "with-secret", &image, Some("deploy")))
+        .apply(&pull_pod(
+            project,
+            "with-secret",
+            &image,
+            Some("deploy"),
+            &[MESSAGE],
+        ))
         .expect("pod");
     cluster
-        .apply(&workload(project, "without-secret", &image, None))
+        .apply(&pull_pod(
+            project,
+            "without-secret",
+            &image,
+            None,
+            &[MESSAGE],
+        ))
         .expect("pod");
     assert_eq!(finished(cluster, project, "with-secret").await, "Succeeded");
     let logs = cluster

@@ -488,6 +488,40 @@ impl Drop for Cluster {
     }
 }
 
+/// A Pod manifest (JSON) that runs `image` once with `args`, always pulling it, with
+/// `pull_secret` as its only `imagePullSecrets` entry (or none), no ServiceAccount token and a
+/// one-second grace period: the workload of the node tests.
+pub fn pull_pod(
+    namespace: &str,
+    name: &str,
+    image: &str,
+    pull_secret: Option<&str>,
+    args: &[&str],
+) -> String {
+    let secrets: Vec<_> = pull_secret
+        .iter()
+        .map(|s| serde_json::json!({ "name": s }))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "imagePullSecrets": secrets,
+            "containers": [{
+                "name": "main",
+                "image": image,
+                "imagePullPolicy": "Always",
+                "args": args,
+            }],
+        },
+    })
+    .to_string()
+}
+
 /// Polls `probe` every 200 ms until it returns `Some`, or fails after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
 where

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
-use testkit::cluster::{Cluster, go_image, wait_for};
+use testkit::cluster::{Cluster, go_image, pull_pod, wait_for};
 use testkit::process::{self, ChildGuard, READY_TIMEOUT, Readiness};
 use testkit::tools;
 
@@ -117,30 +117,6 @@ fn push_test_image(registry: &AuthRegistry) -> String {
     image
 }
 
-fn pod_manifest(namespace: &str, name: &str, image: &str, secret: Option<&str>) -> String {
-    let secrets: Vec<_> = secret
-        .into_iter()
-        .map(|s| serde_json::json!({ "name": s }))
-        .collect();
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name, "namespace": namespace },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "imagePullSecrets": secrets,
-            "containers": [{
-                "name": "main",
-                "image": image,
-                "imagePullPolicy": "Always",
-            }],
-        },
-    })
-    .to_string()
-}
-
 /// Waits until the pod's container cannot pull its image; returns the reason.
 async fn wait_pull_failure(pods: &Api<Pod>, name: &str) -> String {
     wait_for(
@@ -213,14 +189,15 @@ async fn node_pulls_a_private_image_only_with_the_right_pull_secret() {
     // Without a secret, or with a wrong one, the image cannot be pulled.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     cluster
-        .apply(&pod_manifest(ns.name(), "no-secret", &image, None))
+        .apply(&pull_pod(ns.name(), "no-secret", &image, None, &[]))
         .expect("pod");
     cluster
-        .apply(&pod_manifest(
+        .apply(&pull_pod(
             ns.name(),
             "wrong-secret",
             &image,
             Some("wrong"),
+            &[],
         ))
         .expect("pod");
     for name in ["no-secret", "wrong-secret"] {
@@ -230,11 +207,12 @@ async fn node_pulls_a_private_image_only_with_the_right_pull_secret() {
 
     // With the right secret the pod runs to completion and prints the image's message.
     cluster
-        .apply(&pod_manifest(
+        .apply(&pull_pod(
             ns.name(),
             "right-secret",
             &image,
             Some("right"),
+            &[],
         ))
         .expect("pod");
     let phase = wait_for(
