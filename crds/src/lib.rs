@@ -5,6 +5,7 @@
 //! and does no I/O; the operator and the data plane both depend on it, never the other way.
 
 pub mod config;
+pub mod retention;
 pub mod v1alpha1;
 
 /// The API group of every custom resource.
@@ -20,6 +21,7 @@ pub fn crd_documents() -> Vec<(String, String)> {
     [
         v1alpha1::RegistryNamespace::crd(),
         v1alpha1::RegistryCredential::crd(),
+        v1alpha1::RetentionPolicy::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -10,6 +10,7 @@
 //!   and the live handle [`http`] and [`server`] read.
 //! - [`registry`]: registry semantics — uploads with streaming digest verification, manifest
 //!   validation, tags, referrers, catalog.
+//! - [`retention`]: which tags and manifests a retention policy deletes (a pure plan).
 //! - [`storage`]: the storage trait and its backends.
 //! - [`auth`]: access control (credentials, tokens, workload identity, the authorization
 //!   rule), used by [`live`] and [`http`]; pure policy over [`config`].
@@ -27,6 +28,7 @@ pub mod http;
 pub mod live;
 pub mod oci;
 pub mod registry;
+pub mod retention;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

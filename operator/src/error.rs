@@ -20,9 +20,21 @@ pub enum Error {
     /// Hashing a secret or making a key failed.
     #[error("crypto: {0}")]
     Crypto(String),
+    /// A remote sync target cluster could not be reached to remove copies (retried until the
+    /// give-up timeout).
+    #[error("remote cluster {cluster}: {message}")]
+    Remote {
+        /// The cluster's name.
+        cluster: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The rendered document does not validate: a bug, since inputs are checked first.
     #[error("rendered configuration is invalid: {0}")]
     Render(#[from] crds::config::ConfigError),
+    /// The data plane's internal endpoints failed or could not be reached.
+    #[error("data plane: {0}")]
+    DataPlane(String),
 }
 
 impl Error {
@@ -33,7 +45,9 @@ impl Error {
             Self::Finalizer(_) => "finalizer",
             Self::CorruptState { .. } => "corrupt_state",
             Self::Crypto(_) => "crypto",
+            Self::Remote { .. } => "remote",
             Self::Render(_) => "render",
+            Self::DataPlane(_) => "dataplane",
         }
     }
 
@@ -41,7 +55,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Kube(kube::Error::Api(status)) => !matches!(status.code, 400 | 422),
-            Self::Kube(_) => true,
+            Self::Kube(_) | Self::Remote { .. } | Self::DataPlane(_) => true,
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),

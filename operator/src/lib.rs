@@ -11,11 +11,15 @@
 //!   hashes, and the Secrets that hold them.
 //! - [`controllers`]: the kube-runtime controllers and the renderer loop that apply the
 //!   above to the cluster.
+//! - [`sync`]: sans-IO decisions of pull-Secret sync (which namespaces a target may reach,
+//!   how `imagePullSecrets` change); [`kubeconfig`]: checks of tenants' kubeconfigs.
 //! - [`telemetry`]: metrics and logs; [`leader`]: leader election on a Lease.
 
 pub mod controllers;
+pub mod dataplane;
 pub mod error;
 pub mod keys;
+pub mod kubeconfig;
 pub mod leader;
 pub mod render;
 pub mod resolve;
@@ -38,5 +42,7 @@ pub const CREDENTIAL_UID_LABEL: &str = "registry.thalassa.cloud/credential-uid";
 pub const CONTENT_HASH_ANNOTATION: &str = "registry.thalassa.cloud/content-hash";
 /// Annotation that asks for a new secret now (any new value triggers one rotation).
 pub const ROTATE_ANNOTATION: &str = "registry.thalassa.cloud/rotate";
+/// The type of a credential's Secret and of its synced copies.
+pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
 /// The finalizer on credentials.
 pub const CREDENTIAL_FINALIZER: &str = "registry.thalassa.cloud/credential";

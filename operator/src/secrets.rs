@@ -2,9 +2,13 @@
 //! the data plane only as argon2id hashes.
 //!
 //! The operator keeps one state Secret per credential in its own namespace (users cannot
-//! write there): the current secret, its hash, when it was issued, and the hashes of
-//! rotated-out secrets with the time they stop working. The credential's Secret in the user's
-//! namespace is rendered from it.
+//! write there): the current secret's argon2id hash and SHA-256 fingerprint, when it was
+//! issued, and the hashes of rotated-out secrets with the time they stop working. The secret
+//! itself is never stored there (the data plane may read that namespace): only the
+//! credential's own Secret, in the tenant's namespace, holds it, and the operator takes it
+//! from there when it writes copies, checking it against the fingerprint. A secret lost from
+//! there (deleted or edited by hand) cannot be recovered, so a new one is issued, with the
+//! usual overlap for the old one.
 
 use std::collections::BTreeMap;
 
@@ -14,11 +18,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use rand_core::{OsRng, RngCore as _};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::{Error, Result};
 
-/// How long a rotated-out secret keeps working.
-pub const ROTATION_OVERLAP: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a rotated-out secret keeps working when the credential does not say
+/// (`spec.rotationOverlap`).
+pub const DEFAULT_ROTATION_OVERLAP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A new random secret: 32 bytes, URL-safe base64 (43 characters).
 pub fn generate_secret() -> String {
@@ -49,8 +55,12 @@ pub struct PreviousHash {
 /// What the operator keeps about a credential's secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CredentialState {
-    /// The current secret (delivered to the credential's Secret).
+    /// The current secret, when known: just issued, or taken from the credential's Secret
+    /// ([`CredentialState::knows`]). Empty when read from a state Secret.
     pub secret: String,
+    /// SHA-256 of the secret (hex), to recognise it in the credential's Secret. The secret has
+    /// 256 random bits, so this reveals nothing usable.
+    pub fingerprint: String,
     /// Its argon2id hash (the only form the data plane sees).
     pub secret_hash: String,
     /// When it was issued.
@@ -71,7 +81,10 @@ impl std::fmt::Debug for CredentialState {
     }
 }
 
-const SECRET: &str = "secret";
+/// The key that held the secret itself in state Secrets of earlier versions (read once, then
+/// dropped from the Secret).
+pub const LEGACY_SECRET: &str = "secret";
+const FINGERPRINT: &str = "secretFingerprint";
 const HASH: &str = "secretHash";
 const ISSUED_AT: &str = "issuedAt";
 const ROTATION_REQUEST: &str = "rotationRequest";
@@ -83,6 +96,7 @@ impl CredentialState {
         let secret = generate_secret();
         Ok(Self {
             secret_hash: hash_secret(&secret)?,
+            fingerprint: fingerprint(&secret),
             secret,
             issued_at: now,
             rotation_request,
@@ -91,10 +105,15 @@ impl CredentialState {
     }
 
     /// The next state after a rotation at `now`: a new secret, the current one accepted for
-    /// [`ROTATION_OVERLAP`], expired previous ones dropped.
-    pub fn rotate(&self, now: Timestamp, rotation_request: Option<String>) -> Result<Self> {
+    /// `overlap`, expired previous ones dropped.
+    pub fn rotate(
+        &self,
+        now: Timestamp,
+        rotation_request: Option<String>,
+        overlap: std::time::Duration,
+    ) -> Result<Self> {
         let mut next = Self::issue(now, rotation_request)?;
-        let overlap = SignedDuration::try_from(ROTATION_OVERLAP).unwrap_or(SignedDuration::MAX);
+        let overlap = SignedDuration::try_from(overlap).unwrap_or(SignedDuration::MAX);
         next.previous = self
             .previous
             .iter()
@@ -130,7 +149,7 @@ impl CredentialState {
         let mut put = |k: &str, v: String| {
             data.insert(k.to_owned(), ByteString(v.into_bytes()));
         };
-        put(SECRET, self.secret.clone());
+        put(FINGERPRINT, self.fingerprint.clone());
         put(HASH, self.secret_hash.clone());
         put(ISSUED_AT, self.issued_at.to_string());
         if let Some(r) = &self.rotation_request {
@@ -160,8 +179,18 @@ impl CredentialState {
             Some(bytes) => serde_json::from_slice(&bytes.0)
                 .map_err(|e| corrupt(format!("{PREVIOUS:?}: {e}")))?,
         };
+        // Earlier versions kept the secret itself: its fingerprint is computed from it.
+        let legacy = data
+            .contains_key(LEGACY_SECRET)
+            .then(|| text(LEGACY_SECRET))
+            .transpose()?;
+        let fingerprint = match &legacy {
+            Some(secret) => self::fingerprint(secret),
+            None => text(FINGERPRINT)?,
+        };
         Ok(Self {
-            secret: text(SECRET)?,
+            secret: legacy.unwrap_or_default(),
+            fingerprint,
             secret_hash: text(HASH)?,
             issued_at: text(ISSUED_AT)?
                 .parse()
@@ -173,6 +202,20 @@ impl CredentialState {
             previous,
         })
     }
+}
+
+impl CredentialState {
+    /// Whether `candidate` is the current secret (by its fingerprint, in constant time).
+    pub fn knows(&self, candidate: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let theirs = fingerprint(candidate);
+        self.fingerprint.as_bytes().ct_eq(theirs.as_bytes()).into()
+    }
+}
+
+/// The SHA-256 of a secret, hex.
+pub fn fingerprint(secret: &str) -> String {
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
 /// The `.dockerconfigjson` of a credential for one registry host (rendered with serde).
@@ -226,7 +269,8 @@ mod tests {
         assert!(!first.rotation_due(at(10), None, None));
         assert!(first.rotation_due(at(7200), Some(std::time::Duration::from_secs(3600)), None));
         assert!(first.rotation_due(at(10), None, Some("now")));
-        let second = first.rotate(at(100), Some("now".into())).unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let second = first.rotate(at(100), Some("now".into()), hour).unwrap();
         assert!(
             !second.rotation_due(at(110), None, Some("now")),
             "same request only once"
@@ -236,7 +280,7 @@ mod tests {
         assert_eq!(second.previous[0].secret_hash, first.secret_hash);
         assert_eq!(second.previous[0].expires_at, at(100 + 3600));
         // An expired previous hash is dropped on the next rotation.
-        let third = second.rotate(at(100 + 3600 + 1), None).unwrap();
+        let third = second.rotate(at(100 + 3600 + 1), None, hour).unwrap();
         assert_eq!(third.previous.len(), 1);
         assert_eq!(third.previous[0].secret_hash, second.secret_hash);
     }
@@ -245,9 +289,33 @@ mod tests {
     fn state_round_trips_through_secret_data() {
         let state = CredentialState::issue(at(5), Some("r1".into()))
             .unwrap()
-            .rotate(at(9), None)
+            .rotate(at(9), None, DEFAULT_ROTATION_OVERLAP)
             .unwrap();
-        let back = CredentialState::from_data("s", &state.to_data()).unwrap();
+        let data = state.to_data();
+        assert!(
+            data.values()
+                .all(|v| !String::from_utf8_lossy(&v.0).contains(&state.secret)),
+            "the secret itself is never stored"
+        );
+        let back = CredentialState::from_data("s", &data).unwrap();
+        assert_eq!(back.secret, "", "read back without the secret");
+        assert!(back.knows(&state.secret));
+        assert!(!back.knows("something else"));
+        assert_eq!(
+            CredentialState {
+                secret: state.secret.clone(),
+                ..back
+            },
+            state
+        );
+        // A state Secret of an earlier version, with the secret itself: read with it.
+        let mut legacy = data.clone();
+        legacy.remove("secretFingerprint");
+        legacy.insert(
+            LEGACY_SECRET.to_owned(),
+            ByteString(state.secret.clone().into_bytes()),
+        );
+        let back = CredentialState::from_data("s", &legacy).unwrap();
         assert_eq!(back, state);
         let mut broken = state.to_data();
         broken.remove("secretHash");

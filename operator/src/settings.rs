@@ -9,6 +9,8 @@
 //! organisations:                              # feature gates per organisation
 //!   acme: {containerRegistry: true}
 //! tokens: {ttl: 5m, keyRotation: 720h}
+//! remoteGiveUp: 15m                           # unreachable remote clusters, on removal
+//! dataplaneUrl: http://registry-dataplane:5000 # the data plane's internal endpoints
 //! ```
 
 use std::collections::BTreeMap;
@@ -46,6 +48,26 @@ pub struct Settings {
     /// finalizer removed by hand) is deleted once it is older than this.
     #[serde(default = "default_orphan_grace")]
     pub orphan_grace: HumanDuration,
+    /// How long the copies of a deleted credential (or of a sync target removed from its
+    /// spec) are retried in a remote cluster that does not answer, before they are given up
+    /// with a `GaveUp` Event.
+    #[serde(default = "default_remote_give_up")]
+    pub remote_give_up: HumanDuration,
+    /// Where the operator reaches the data plane's internal endpoints (retention plans and
+    /// runs): a base URL such as `http://registry-dataplane.registry-system.svc:5000`.
+    /// Default: `https://<registryHost>`.
+    #[serde(default)]
+    pub dataplane_url: Option<String>,
+}
+
+impl Settings {
+    /// The base URL of the data plane's internal endpoints, without a trailing `/`.
+    pub fn dataplane_url(&self) -> String {
+        match &self.dataplane_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("https://{}", self.registry_host),
+        }
+    }
 }
 
 /// Feature gates of one organisation.
@@ -91,6 +113,9 @@ fn default_key_rotation() -> HumanDuration {
 fn default_orphan_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
+fn default_remote_give_up() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
 /// About half of a Secret's 1 MiB limit, leaving room for base64 and metadata.
 fn default_shard_bytes() -> usize {
     512 * 1024
@@ -125,6 +150,13 @@ impl Settings {
             return Err(SettingsError::Invalid(format!(
                 "registryHost {:?} must be a host name or host:port, without a scheme or path",
                 settings.registry_host
+            )));
+        }
+        if let Some(url) = &settings.dataplane_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SettingsError::Invalid(format!(
+                "dataplaneUrl {url:?} must be an http:// or https:// URL"
             )));
         }
         if settings.namespace.is_empty() || settings.config_secret.is_empty() {

@@ -56,6 +56,22 @@ pub struct ConditionLabels {
     pub reason: String,
 }
 
+/// Labels of a watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// `local`, or a remote cluster's kubeconfig Secret (`namespace/name`).
+    pub cluster: String,
+    /// The resource watched (`namespaces`, `secrets`, ...).
+    pub resource: String,
+}
+
+/// Labels naming a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CredentialLabels {
+    /// `<kubernetes namespace>/<name>`.
+    pub credential: String,
+}
+
 /// Every metric of the operator.
 #[derive(Debug)]
 pub struct Metrics {
@@ -76,6 +92,11 @@ pub struct Metrics {
     pub shards: Gauge,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
+    /// Failed watches by cluster and resource (each is restarted with backoff).
+    pub watch_failures: Family<WatchLabels, Counter>,
+    /// Seconds until a credential's current secret expires: its `expiresAt`, or its next
+    /// rotation, whichever is first (absent when neither is set).
+    pub credential_expiry: Family<CredentialLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -91,6 +112,8 @@ impl Default for Metrics {
         let document_bytes = Gauge::default();
         let shards = Gauge::default();
         let leader = Gauge::default();
+        let watch_failures = Family::<WatchLabels, Counter>::default();
+        let credential_expiry = Family::<CredentialLabels, Gauge>::default();
         registry.register("reconciles", "Reconciles by controller", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -127,6 +150,16 @@ impl Default for Metrics {
             "1 while this process holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "watch_failures",
+            "Failed watches by cluster and resource; each is restarted with backoff",
+            watch_failures.clone(),
+        );
+        registry.register(
+            "credential_expiry_seconds",
+            "Seconds until a credential's current secret expires (expiresAt or next rotation)",
+            credential_expiry.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -137,6 +170,8 @@ impl Default for Metrics {
             document_bytes,
             shards,
             leader,
+            watch_failures,
+            credential_expiry,
         }
     }
 }
@@ -159,6 +194,16 @@ impl Metrics {
             .get_or_create(&ErrorLabels {
                 controller: controller.to_owned(),
                 error: error.metric_label().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed watch of `resource` in `cluster`.
+    pub fn watch_failed(&self, cluster: &str, resource: &str) {
+        self.watch_failures
+            .get_or_create(&WatchLabels {
+                cluster: cluster.to_owned(),
+                resource: resource.to_owned(),
             })
             .inc();
     }

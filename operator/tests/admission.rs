@@ -7,6 +7,23 @@ use common::cluster;
 
 const NS: &str = "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryNamespace\n";
 const CRED: &str = "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryCredential\n";
+const POLICY: &str = "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RetentionPolicy\n";
+
+/// Applies each `(what, manifest, message)`; returns what was accepted or refused with
+/// another message.
+fn refusals(cases: &[(&str, String, &str)]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (what, manifest, message) in cases {
+        match cluster().apply(manifest) {
+            Ok(out) => failures.push(format!("{what}: accepted ({out})")),
+            Err(err) if err.to_string().contains(message) => {}
+            Err(err) => failures.push(format!(
+                "{what}: refused, but the message lacks {message:?}:\n{err}"
+            )),
+        }
+    }
+    failures
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_objects_are_refused_with_what_to_fix() {
@@ -79,6 +96,20 @@ async fn invalid_objects_are_refused_with_what_to_fix() {
             "spec.rotationPeriod: Invalid value: \"string\": must be a duration of at least 1h, written like 720h or 90m",
         ),
         (
+            "too short a rotation overlap",
+            format!(
+                "{CRED}metadata: {{name: c4o, namespace: {p}}}\nspec: {{region: nl-01, scope: containerRegistry, namespaces: [app], rotationOverlap: 5s}}"
+            ),
+            "spec.rotationOverlap: Invalid value: \"string\": must be a duration between 10s and 168h, written like 1h or 90s",
+        ),
+        (
+            "a rotation overlap as long as the period",
+            format!(
+                "{CRED}metadata: {{name: c4p, namespace: {p}}}\nspec: {{region: nl-01, scope: containerRegistry, namespaces: [app], rotationPeriod: 2h, rotationOverlap: 2h}}"
+            ),
+            "spec: Invalid value: \"object\": spec.rotationOverlap must be shorter than spec.rotationPeriod",
+        ),
+        (
             "expiry that is no time",
             format!(
                 "{CRED}metadata: {{name: c5, namespace: {p}}}\nspec: {{region: nl-01, scope: containerRegistry, namespaces: [app], expiresAt: tomorrow}}"
@@ -107,16 +138,7 @@ async fn invalid_objects_are_refused_with_what_to_fix() {
             "spec.secretName: Invalid value: \"string\": must be a Kubernetes object name: lowercase letters, digits, '-' and '.'",
         ),
     ];
-    let mut failures = Vec::new();
-    for (what, manifest, message) in &cases {
-        match cluster.apply(manifest) {
-            Ok(out) => failures.push(format!("{what}: accepted ({out})")),
-            Err(err) if err.to_string().contains(message) => {}
-            Err(err) => failures.push(format!(
-                "{what}: refused, but the message lacks {message:?}:\n{err}"
-            )),
-        }
-    }
+    let failures = refusals(&cases);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 
     // Valid objects are accepted, with every default written by the schema, so that a
@@ -164,5 +186,117 @@ async fn invalid_objects_are_refused_with_what_to_fix() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(message), "{patch}: {stderr}");
     }
+    project.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsafe_or_contradictory_retention_policies_are_refused_with_what_to_fix() {
+    let cluster = cluster();
+    let project = cluster.test_namespace().await.unwrap();
+    let p = project.name();
+    let policy = |name: &str, spec: &str| {
+        format!("{POLICY}metadata: {{name: {name}, namespace: {p}}}\nspec: {spec}")
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "no rule",
+            policy(
+                "p1",
+                "{region: nl-01, namespaces: [app], schedule: '@daily', rules: {}}",
+            ),
+            "deletes nothing: set keepLast, deleteOlderThan, deleteNotPulledWithin or deleteUntaggedOlderThan",
+        ),
+        (
+            "an age rule and no keep rule",
+            policy(
+                "p2",
+                "{region: nl-01, namespaces: [app], schedule: '@daily', rules: {deleteOlderThan: 720h}}",
+            ),
+            "an age rule without a keep rule can delete every tag: add rules.keepLast",
+        ),
+        (
+            "keep none",
+            policy(
+                "p3",
+                "{region: nl-01, namespaces: [app], schedule: '@daily', rules: {keepLast: [{tags: '*', count: 0}]}}",
+            ),
+            "spec.rules.keepLast[0].count: Invalid value: \"integer\": must be at least 1: a count of 0 would delete every matching tag",
+        ),
+        (
+            "protect everything while deleting tags",
+            policy(
+                "p4",
+                "{region: nl-01, namespaces: [app], schedule: '@daily', tags: {protect: ['*']}, rules: {keepLast: [{tags: '*', count: 3}]}}",
+            ),
+            "tags.protect '*' protects every tag, so the tag rules can delete nothing",
+        ),
+        (
+            "pull window shorter than the pull record",
+            policy(
+                "p5",
+                "{region: nl-01, namespaces: [app], schedule: '@daily', tags: {protect: [latest]}, rules: {deleteNotPulledWithin: 30m}}",
+            ),
+            "spec.rules.deleteNotPulledWithin: Invalid value: \"string\": must be a duration of at least 1h (pull times are recorded to the hour)",
+        ),
+        (
+            "schedule that is no cron",
+            policy(
+                "p6",
+                "{region: nl-01, namespaces: [app], schedule: 'every night', rules: {keepLast: [{tags: '*', count: 3}]}}",
+            ),
+            "spec.schedule: Invalid value: \"string\": must be a cron schedule of five fields",
+        ),
+        (
+            "bad repository pattern",
+            policy(
+                "p7",
+                "{region: nl-01, namespaces: [app], repositories: ['CI/*'], schedule: '@daily', rules: {keepLast: [{tags: '*', count: 3}]}}",
+            ),
+            "each pattern is 1-255 repository name characters",
+        ),
+        (
+            "no namespace",
+            policy(
+                "p8",
+                "{region: nl-01, namespaces: [], schedule: '@daily', rules: {keepLast: [{tags: '*', count: 3}]}}",
+            ),
+            "spec.namespaces in body should have at least 1 items",
+        ),
+        (
+            "no schedule",
+            policy(
+                "p9",
+                "{region: nl-01, namespaces: [app], rules: {keepLast: [{tags: '*', count: 3}]}}",
+            ),
+            "spec.schedule: Required value",
+        ),
+    ];
+    let failures = refusals(&cases);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // A sound policy is accepted as written; its region cannot change.
+    let sound = policy(
+        "nightly",
+        "{region: nl-01, namespaces: [app], repositories: ['ci/*'], schedule: '0 3 * * *', dryRun: true, tags: {protect: ['v*']}, rules: {keepLast: [{tags: '*', count: 10}], deleteOlderThan: 720h, deleteUntaggedOlderThan: 24h}}",
+    );
+    cluster.apply(&sound).unwrap();
+    let out = cluster
+        .kubectl([
+            "patch",
+            "retentionpolicy",
+            "-n",
+            p,
+            "nightly",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"region":"de-01"}}"#,
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("spec.region cannot change: create a policy in the other region instead")
+    );
     project.cleanup().await.unwrap();
 }

@@ -108,6 +108,42 @@ async fn a_namespace_and_a_credential_are_served_pushed_to_and_revoked() {
             .succeeded()
     );
 
+    // The secret itself is kept only in the credential's Secret: nothing in the operator's
+    // namespace (which the data plane may read) holds it.
+    let own = Api::<Secret>::namespaced(client.clone(), region.system.name())
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(!own.items.is_empty());
+    for secret in &own.items {
+        for (key, value) in secret.data.iter().flatten() {
+            assert!(
+                !String::from_utf8_lossy(&value.0).contains(&login.password),
+                "{}/{key} holds the secret",
+                secret.metadata.name.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    // So a Secret deleted by hand comes back with a new secret; the old one keeps working for
+    // the overlap.
+    secrets.delete("ci", &Default::default()).await.unwrap();
+    let renewed = wait_object(&secrets, "ci", CONVERGE, |s| {
+        let login = credentials_of(s);
+        (s.metadata.deletion_timestamp.is_none() && !login.password.is_empty()).then_some(login)
+    })
+    .await;
+    assert_ne!(renewed.password, login.password);
+    for who in [&renewed, &login] {
+        eventually("both secrets push during the overlap", || {
+            let other = format!("{}/{}:v1", region.host, unique_repo_in("apps", "skopeo"));
+            push_image(Client::Skopeo, &other, Some(who))
+                .unwrap()
+                .succeeded()
+        })
+        .await;
+    }
+    let login = renewed;
+
     // Public: anonymous pulls work.
     region
         .apply(&region.namespace_manifest(p, "apps", "  visibility: public\n"))

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use crds::v1alpha1::RegistryCredential;
@@ -17,9 +16,11 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use testkit::clients::{Client, push_image, unique_repo_in};
 use testkit::cluster::TestNamespace;
-use testkit::tools::bin;
 
-use common::{Region, cluster, credentials_of, ready, wait_object};
+use common::{
+    Region, cluster, create_service_account, credentials_of, image_pull_secrets, ready,
+    skopeo_inspect, wait_object,
+};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 /// How soon a namespace or ServiceAccount created later must have the Secret.
@@ -61,22 +62,8 @@ async fn gone(api: &Api<Secret>, name: &str) {
     }
 }
 
-fn entries(sa: &ServiceAccount) -> Vec<String> {
-    sa.image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|r| r.name.clone())
-        .collect()
-}
-
 async fn service_account(ns: &str, name: &str, pull_secrets: &[&str]) {
-    let api = Api::<ServiceAccount>::namespaced(cluster().client().await.unwrap(), ns);
-    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name },
-        "imagePullSecrets": pull_secrets.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &sa).await.unwrap();
+    create_service_account(cluster().client().await.unwrap(), ns, name, pull_secrets).await;
 }
 
 async fn ready_reason(project: &str, name: &str) -> (String, String) {
@@ -100,16 +87,10 @@ async fn ready_reason(project: &str, name: &str) -> (String, String) {
 /// The `.dockerconfigjson` of a synced Secret, given to skopeo as its auth file, reads the
 /// image's manifest.
 fn skopeo_inspect_with(secret: &Secret, reference: &str) -> std::process::Output {
-    let config = &secret.data.as_ref().unwrap()[".dockerconfigjson"].0;
-    let dir = tempfile::tempdir().unwrap();
-    let auth = dir.path().join("auth.json");
-    std::fs::write(&auth, config).unwrap();
-    Command::new(bin("skopeo"))
-        .args(["inspect", "--raw", "--tls-verify=false", "--authfile"])
-        .arg(&auth)
-        .arg(format!("docker://{reference}"))
-        .output()
-        .unwrap()
+    skopeo_inspect(
+        &secret.data.as_ref().unwrap()[".dockerconfigjson"].0,
+        reference,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -178,21 +159,24 @@ async fn copies_follow_namespaces_service_accounts_and_hand_edits() {
 
     // ServiceAccounts: ours appended once, the other team's entry kept, the addition recorded.
     let builder = wait_object(&accounts(web.name()), "builder", CONVERGE, |sa| {
-        entries(sa)
+        image_pull_secrets(sa)
             .contains(&"registry-pull".to_owned())
             .then(|| sa.clone())
     })
     .await;
-    assert_eq!(entries(&builder), ["other-team", "registry-pull"]);
+    assert_eq!(
+        image_pull_secrets(&builder),
+        ["other-team", "registry-pull"]
+    );
     wait_object(&accounts(web.name()), "default", CONVERGE, |sa| {
-        (entries(sa) == ["registry-pull"]).then_some(())
+        (image_pull_secrets(sa) == ["registry-pull"]).then_some(())
     })
     .await;
 
     // A ServiceAccount created later is patched promptly.
     service_account(web.name(), "late", &["their-own"]).await;
     wait_object(&accounts(web.name()), "late", PROMPT, |sa| {
-        (entries(sa) == ["their-own", "registry-pull"]).then_some(())
+        (image_pull_secrets(sa) == ["their-own", "registry-pull"]).then_some(())
     })
     .await;
 
@@ -255,7 +239,7 @@ async fn copies_follow_namespaces_service_accounts_and_hand_edits() {
     // A namespace that leaves the selection loses the copy and our entries only.
     label(web.name(), serde_json::json!({ "team": null })).await;
     wait_object(&accounts(web.name()), "builder", CONVERGE, |sa| {
-        (entries(sa) == ["other-team"]).then_some(())
+        (image_pull_secrets(sa) == ["other-team"]).then_some(())
     })
     .await;
     let builder = accounts(web.name()).get("builder").await.unwrap();
@@ -276,7 +260,7 @@ async fn copies_follow_namespaces_service_accounts_and_hand_edits() {
         .unwrap();
     gone(&secrets(later.name()), "registry-pull").await;
     let late = accounts(web.name()).get("late").await.unwrap();
-    assert_eq!(entries(&late), ["their-own"]);
+    assert_eq!(image_pull_secrets(&late), ["their-own"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

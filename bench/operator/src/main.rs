@@ -15,6 +15,11 @@
 //!    the document, render passes, shards, the operator's memory, and every credential
 //!    logging in at the data plane.
 //!
+//! 4. **Sync** (with `--sync N`, alone, written to `bench/OPERATOR-SYNC.md`): N credentials,
+//!    provisioned first, then each given three sync targets at once (this cluster and two
+//!    remote harness clusters, one namespace each): time until all 3N copies exist, the
+//!    operator's CPU time and peak memory, and the requests each apiserver served meanwhile.
+//!
 //! No peer registry has an operator to compare with, so these figures stand on their own.
 
 use std::fmt::Write as _;
@@ -23,6 +28,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use sha2::{Digest as _, Sha256};
@@ -33,19 +39,42 @@ fn main() -> anyhow::Result<()> {
     let mut credentials = 100usize;
     let mut render_n = 20_000usize;
     let mut scale_n = 0usize;
-    let mut output = testkit::tools::repo_root().join("bench/OPERATOR.md");
+    let mut sync_n = 0usize;
+    let mut output = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--credentials" => credentials = args.next().context("--credentials N")?.parse()?,
             "--render" => render_n = args.next().context("--render N")?.parse()?,
             "--scale" => scale_n = args.next().context("--scale N")?.parse()?,
-            "--output" => output = PathBuf::from(args.next().context("--output FILE")?),
+            "--sync" => sync_n = args.next().context("--sync N")?.parse()?,
+            "--output" => output = Some(PathBuf::from(args.next().context("--output FILE")?)),
             other => bail!(
-                "unknown argument {other}; usage: operator-bench [--credentials N] [--render N] [--scale N] [--output FILE]"
+                "unknown argument {other}; usage: operator-bench [--credentials N] [--render N] [--scale N] [--sync N] [--output FILE]"
             ),
         }
     }
+    if sync_n > 0 {
+        let output =
+            output.unwrap_or_else(|| testkit::tools::repo_root().join("bench/OPERATOR-SYNC.md"));
+        let mut report = String::new();
+        writeln!(report, "# Operator benchmark: pull-Secret sync\n")?;
+        writeln!(
+            report,
+            "Written by `bench/operator/run --sync {sync_n}` on {} ({} cores).\n",
+            date(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        )?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        report.push_str(&runtime.block_on(sync_scale(sync_n))?);
+        std::fs::write(&output, &report)
+            .with_context(|| format!("writing {}", output.display()))?;
+        print!("{report}");
+        return Ok(());
+    }
+    let output = output.unwrap_or_else(|| testkit::tools::repo_root().join("bench/OPERATOR.md"));
     let mut report = String::new();
     writeln!(report, "# Operator benchmarks\n")?;
     writeln!(
@@ -416,6 +445,227 @@ async fn scale(n: usize) -> anyhow::Result<String> {
     )?;
     region.stop().await?;
     Ok(out)
+}
+
+/// The namespace each sync target writes into, in every cluster.
+const SYNC_TARGET: &str = "sync-target";
+
+/// Part 4: N credentials, then three sync targets each.
+async fn sync_scale(n: usize) -> anyhow::Result<String> {
+    let region = BenchRegion::start().await?;
+    let a = Cluster::start("opbench-a")?;
+    let b = Cluster::start("opbench-b")?;
+    let p = region.project.name().to_owned();
+    region.cluster.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {SYNC_TARGET}, labels: {{registry.thalassa.cloud/organisation: bench, registry.thalassa.cloud/pull-secrets: accept}}}}\n"
+    ))?;
+    for remote in [&a, &b] {
+        remote.kubectl_ok(["create", "namespace", SYNC_TARGET])?;
+    }
+    let dir = tempfile_dir()?;
+    for (name, remote) in [("cluster-a", &a), ("cluster-b", &b)] {
+        let file = dir.join(name);
+        std::fs::write(&file, remote.embedded_kubeconfig()?)?;
+        region.cluster.kubectl_ok([
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            &p,
+            &format!("--from-file=kubeconfig={}", file.display()),
+        ])?;
+    }
+    let apply = |spec: &dyn Fn(usize) -> String| -> anyhow::Result<()> {
+        for batch in (0..n).collect::<Vec<_>>().chunks(500) {
+            let manifest: String = batch.iter().map(|i| format!("---\n{}", spec(*i))).collect();
+            let file = dir.join("credentials.yaml");
+            std::fs::write(&file, manifest)?;
+            region
+                .cluster
+                .kubectl_ok(["apply", "--server-side", "-f", file.to_str().unwrap()])?;
+        }
+        Ok(())
+    };
+    let credential = |i: usize, sync: &str| {
+        format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: c{i:05}, namespace: {p}}}\n\
+             spec:\n  region: bench\n  scope: \"containerRegistry:pull\"\n  namespaces: [bench]\n{sync}"
+        )
+    };
+
+    // The credentials first, each issued and delivered.
+    let started = Instant::now();
+    apply(&|i| credential(i, ""))?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while (region
+        .metric("registry_operator_objects{kind=\"RegistryCredential\",reason=\"Ready\"}")
+        .await as usize)
+        < n
+    {
+        if Instant::now() > deadline {
+            bail!("the {n} credentials were not Ready within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let provisioned = started.elapsed();
+    // Let the last status writes settle, then count from here.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = region.operator.pid();
+    let cpu_before = cpu_seconds(pid);
+    let clusters = [("region", &region.cluster), ("a", &a), ("b", &b)];
+    let mut requests_before = Vec::new();
+    for (_, cluster) in clusters {
+        requests_before.push(apiserver_requests(cluster).await?);
+    }
+
+    // Then three targets each, at once: server-side applies, 16 at a time (as a GitOps
+    // controller applies a change to many objects).
+    let credentials =
+        Api::<crds::v1alpha1::RegistryCredential>::namespaced(region.client.clone(), &p);
+    let started = Instant::now();
+    let target = |cluster: Option<&str>, i: usize| {
+        let mut t = serde_json::json!({
+            "namespaces": [SYNC_TARGET],
+            "secretName": format!("c{i:05}"),
+        });
+        if let Some(name) = cluster {
+            t["cluster"] = serde_json::json!({
+                "name": name,
+                "kubeconfigSecret": {"name": format!("cluster-{name}")},
+            });
+        }
+        t
+    };
+    let results: Vec<kube::Result<_>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let credentials = credentials.clone();
+            let patch = serde_json::json!({
+                "apiVersion": "registry.thalassa.cloud/v1alpha1",
+                "kind": "RegistryCredential",
+                "metadata": {"name": format!("c{i:05}"), "namespace": p},
+                "spec": {
+                    "region": "bench",
+                    "scope": "containerRegistry:pull",
+                    "namespaces": ["bench"],
+                    "sync": [target(None, i), target(Some("a"), i), target(Some("b"), i)],
+                },
+            });
+            async move {
+                credentials
+                    .patch(
+                        &format!("c{i:05}"),
+                        &kube::api::PatchParams::apply("operator-bench"),
+                        &kube::api::Patch::Apply(&patch),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        bail!("applying the sync targets: {e}");
+    }
+    let applied = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut counts = [0usize; 3];
+    loop {
+        for (i, (_, cluster)) in clusters.iter().enumerate() {
+            counts[i] = copies(cluster).await?;
+        }
+        if counts.iter().all(|c| *c >= n) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("copies after 30 minutes: {counts:?} of {n} each");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let converged = started.elapsed();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let hwm = rss_kib(pid, "VmHWM:");
+    let mut requests = Vec::new();
+    for (i, (name, cluster)) in clusters.iter().enumerate() {
+        requests.push((
+            *name,
+            apiserver_requests(cluster).await? - requests_before[i],
+        ));
+    }
+
+    let mut out = String::new();
+    writeln!(out, "## {n} credentials synced to three clusters\n")?;
+    writeln!(
+        out,
+        "Release operator and data plane on a harness cluster (the region), and two more harness clusters reached through kubeconfig Secrets in the credentials' namespace. The {n} credentials are applied and provisioned first ({:.0} s until all were Ready: {n} argon2 hashes, delivered Secrets, state and status). Then every credential gets three sync targets at once by server-side apply, 16 requests at a time (a namespace in the region's cluster and one in each remote cluster); the time runs from the first apply until all {} copies exist. CPU is the operator's user and system time over that interval; requests are each apiserver's `apiserver_request_total` over it (every client: the operator, kubectl, the controller-manager, the data plane).\n",
+        provisioned.as_secs_f64(),
+        3 * n
+    )?;
+    writeln!(
+        out,
+        "| credentials | copies | apply | all copies exist | target | operator CPU | operator peak RSS | requests: region | remote a | remote b |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        out,
+        "| {n} | {} | {:.1} s | {:.1} s | <= 30 s: {} | {cpu:.1} s | {:.0} MiB | {:.0} | {:.0} | {:.0} |\n",
+        3 * n,
+        applied.as_secs_f64(),
+        converged.as_secs_f64(),
+        if converged <= Duration::from_secs(30) {
+            "met"
+        } else {
+            "missed"
+        },
+        hwm as f64 / 1024.0,
+        requests[0].1,
+        requests[1].1,
+        requests[2].1,
+    )?;
+    drop(a);
+    drop(b);
+    region.stop().await?;
+    Ok(out)
+}
+
+/// The operator's copies in the sync target namespace of `cluster`.
+async fn copies(cluster: &Cluster) -> anyhow::Result<usize> {
+    let api = Api::<Secret>::namespaced(cluster.client().await?, SYNC_TARGET);
+    let list = api
+        .list_metadata(
+            &kube::api::ListParams::default().labels("registry.thalassa.cloud/credential-uid"),
+        )
+        .await?;
+    Ok(list.items.len())
+}
+
+/// The requests an apiserver has served (`apiserver_request_total`, every label summed).
+async fn apiserver_requests(cluster: &Cluster) -> anyhow::Result<f64> {
+    let client = cluster.client().await?;
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// User and system CPU seconds of a process (`/proc/PID/stat`, 100 ticks a second).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with the last ')'): utime is the 12th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

@@ -30,6 +30,11 @@ pub mod reasons {
     pub const EXPIRED: &str = "Expired";
     /// A Secret the operator would write exists and was not created by it.
     pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// A sync target cluster cannot be reached (or refuses the writes); the others are
+    /// synced, and it catches up when it answers again.
+    pub const DEGRADED: &str = "Degraded";
+    /// Copies in a remote cluster that stayed unreachable were not removed (Event only).
+    pub const GAVE_UP: &str = "GaveUp";
 }
 
 /// The status of a condition.

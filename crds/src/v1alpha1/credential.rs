@@ -66,6 +66,8 @@ pub type CredentialScope = Scope;
         .message("a workloadIdentity credential has no secret to rotate: remove spec.rotationPeriod"),
     validation = Rule::new("!has(self.workloadIdentity) || !has(self.sync) || size(self.sync) == 0")
         .message("a workloadIdentity credential has no secret to sync: remove spec.sync"),
+    validation = Rule::new("!has(self.rotationOverlap) || !has(self.rotationPeriod) || duration(self.rotationOverlap) < duration(self.rotationPeriod)")
+        .message("spec.rotationOverlap must be shorter than spec.rotationPeriod"),
 )]
 pub struct RegistryCredentialSpec {
     /// The region whose registry the credential is for (for example `nl-01`). Cannot change.
@@ -90,12 +92,21 @@ pub struct RegistryCredentialSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
     /// Issue a new secret this often (a duration such as `720h`, at least `1h`); the previous
-    /// secret keeps working for a short overlap. Unset: the secret is not rotated.
+    /// secret keeps working for `rotationOverlap`. Unset: the secret is rotated only on
+    /// request (the `registry.thalassa.cloud/rotate` annotation set to a new value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(h|m|s))+$') && duration(self) >= duration('1h')")
         .message("must be a duration of at least 1h, written like 720h or 90m"))]
     #[schemars(length(max = 32))]
     pub rotation_period: Option<String>,
+    /// How long the previous secret keeps working after a rotation (a duration such as `1h`,
+    /// between `10s` and `168h`), so that every copy can be updated before it stops. Default
+    /// `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(h|m|s))+$') && duration(self) >= duration('10s') && duration(self) <= duration('168h')")
+        .message("must be a duration between 10s and 168h, written like 1h or 90s"))]
+    #[schemars(length(max = 32))]
+    pub rotation_overlap: Option<String>,
     /// The Secret (in this Kubernetes namespace) that receives `username` and `password`.
     /// Defaults to `metadata.name`. The operator never takes over a Secret it did not create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +130,9 @@ pub struct RegistryCredentialSpec {
     #[schemars(length(max = 16))]
     pub sync: Vec<SyncTarget>,
 }
+
+/// The most entries `spec.sync` and `status.sync` hold.
+pub const MAX_SYNC_TARGETS: usize = 16;
 
 /// Label a Kubernetes namespace carries, with the value `accept`, to receive pull Secrets
 /// synced from other projects of its organisation.
@@ -264,6 +278,10 @@ pub struct RegistryCredentialStatus {
     /// When the current secret was issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotated: Option<Time>,
+    /// When the previous secret stops working (the end of the last rotation's overlap), while
+    /// it still works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_expires_at: Option<Time>,
     /// Progress of each sync target: one entry per target cluster and Secret name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
@@ -282,11 +300,16 @@ pub struct SyncTargetStatus {
     pub namespaces: i32,
     /// Of those, namespaces holding the current Secret (and ServiceAccounts patched).
     pub synced: i32,
-    /// `Synced`, `Progressing`, `NotPermitted`, `Conflict` or `Unreachable`.
+    /// `Synced`, `Progressing`, `NotPermitted`, `Conflict`, `Invalid`, `Unreachable` or
+    /// `GivenUp`.
     pub state: String,
     /// What is wrong, naming the namespace or object, when not `Synced`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The kubeconfig Secret of a remote cluster, remembered so that copies there are removed
+    /// when the target leaves the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret: Option<KubeconfigSecretRef>,
 }
 
 impl RegistryCredential {

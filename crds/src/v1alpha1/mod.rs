@@ -4,6 +4,8 @@
 //! - [`RegistryCredential`]: an access credential (a generated secret delivered into a
 //!   Secret) or a workload-identity federation (OIDC tokens, no secret), granting a scope on
 //!   registry namespaces.
+//! - [`RetentionPolicy`]: which tags and manifests of registry namespaces are deleted, on a
+//!   schedule, with the plan shown before each run.
 //!
 //! Field docs are the `kubectl explain` descriptions. Rules the schema can state (formats,
 //! enums, CEL) are enforced at admission with messages that say what to fix; rules that need
@@ -12,13 +14,18 @@
 mod conditions;
 mod credential;
 mod namespace;
+mod retention;
 
 pub use conditions::{Condition, ConditionStatus, reasons};
 pub use credential::{
-    ClaimRule, CredentialScope, KubeconfigSecretRef, PULL_SECRETS_LABEL, RegistryCredential,
-    RegistryCredentialSpec, RegistryCredentialStatus, RemoteCluster, SyncTarget, SyncTargetStatus,
-    WorkloadIdentity,
+    ClaimRule, CredentialScope, KubeconfigSecretRef, MAX_SYNC_TARGETS, PULL_SECRETS_LABEL,
+    RegistryCredential, RegistryCredentialSpec, RegistryCredentialStatus, RemoteCluster,
+    SyncTarget, SyncTargetStatus, WorkloadIdentity,
 };
 pub use namespace::{
     NamespaceScope, RegistryNamespace, RegistryNamespaceSpec, RegistryNamespaceStatus,
+};
+pub use retention::{
+    RetentionPolicy, RetentionPolicySpec, RetentionPolicyStatus, RetentionRulesSpec, RetentionRun,
+    TagSelector,
 };

@@ -31,9 +31,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, CredentialConfig, LoginLimits, Problem, SigningKey};
+use crate::config::{Config, CredentialConfig, LoginLimits, Problem, Scope, SigningKey};
 use crate::oci::RepoName;
 
 pub use policy::{Action, Actions, Grants, Namespaces};
@@ -41,8 +41,14 @@ use token::{Claims, KeySet, ResourceAccess, TokenError, TokenUse};
 
 /// The user name under which clients present an OIDC token as their password.
 pub const OIDC_USERNAME: &str = "oidc";
+/// The user name under which clients present a refresh token of this registry as their
+/// password (the convention of Docker's identity tokens). Kubelet credential providers
+/// return it, with a workload identity's refresh token.
+pub const TOKEN_USERNAME: &str = "<token>";
 /// Longest lifetime of a refresh token.
 pub const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest lifetime of a workload identity's refresh token (never past its OIDC token).
+pub const FEDERATED_REFRESH_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 /// Most verified access tokens remembered per configuration.
 const VERIFIED_TOKENS_AT_MOST: usize = 8192;
 
@@ -117,14 +123,25 @@ pub struct Identity {
     pub principal: Principal,
     /// Its grants.
     pub grants: Grants,
+    /// A workload identity: every federation its token satisfied.
+    pub federations: Vec<String>,
+    /// A workload identity: when its proof (the OIDC token) expires.
+    pub not_after: Option<SystemTime>,
 }
 
 impl Identity {
     /// The anonymous caller.
     pub fn anonymous() -> Self {
+        Self::with(Principal::Anonymous, Grants::none())
+    }
+
+    /// A caller with grants and no federation.
+    pub fn with(principal: Principal, grants: Grants) -> Self {
         Self {
-            principal: Principal::Anonymous,
-            grants: Grants::none(),
+            principal,
+            grants,
+            federations: Vec::new(),
+            not_after: None,
         }
     }
 }
@@ -469,10 +486,10 @@ impl AccessIndex {
         check_window(credential, now)?;
         let mut grants = Grants::none();
         grants.add(credential.scope, &credential.namespaces);
-        Ok(Identity {
-            principal: Principal::Credential(credential.id.clone()),
+        Ok(Identity::with(
+            Principal::Credential(credential.id.clone()),
             grants,
-        })
+        ))
     }
 }
 
@@ -555,6 +572,10 @@ impl AuthService {
         if username == OIDC_USERNAME && index.credential(username).is_none() {
             return self.authenticate_oidc(index, password, now).await;
         }
+        if username == TOKEN_USERNAME {
+            // A refresh token: a signature check, no secret to hash.
+            return self.authenticate_refresh_token(index, password, now);
+        }
         let credential = index.credential(username);
         let hashes: Vec<&str> = credential
             .map(|c| {
@@ -625,6 +646,8 @@ impl AuthService {
                 subject: first.subject.clone(),
             },
             grants,
+            federations: matches.iter().map(|m| m.name.clone()).collect(),
+            not_after: matches.iter().filter_map(|m| m.expires).min(),
         })
     }
 
@@ -639,7 +662,35 @@ impl AuthService {
         if claims.token_use != TokenUse::Refresh {
             return Err(AuthError::WrongTokenUse);
         }
-        index.credential_identity(&claims.sub, now)
+        if claims.federations.is_empty() {
+            return index.credential_identity(&claims.sub, now);
+        }
+        // A workload identity: the federations as configured now (one removed no longer
+        // counts), pull only.
+        let configured = &index.config.spec.federations;
+        let mut grants = Grants::none();
+        let mut found = Vec::new();
+        for name in &claims.federations {
+            if let Some(federation) = configured.iter().find(|f| &f.name == name) {
+                grants.add(Scope::ContainerRegistryPull, &federation.namespaces);
+                found.push(name.clone());
+            }
+        }
+        let first = found.first().ok_or(AuthError::InvalidCredentials)?;
+        let subject = claims
+            .sub
+            .strip_prefix(&format!("federation:{}:", claims.federations[0]))
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Identity {
+            principal: Principal::Federated {
+                federation: first.clone(),
+                subject,
+            },
+            grants,
+            federations: found,
+            not_after: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+        })
     }
 
     /// Issues an access token granting `identity` what it asked for and may have.
@@ -704,6 +755,20 @@ impl AuthService {
         identity: &Identity,
         now: SystemTime,
     ) -> Result<Option<String>, AuthError> {
+        if let Principal::Federated { .. } = &identity.principal {
+            // Pull only, for an hour at most, and never past the OIDC token that proved it.
+            let mut ttl = FEDERATED_REFRESH_TOKEN_TTL;
+            if let Some(not_after) = identity.not_after {
+                ttl = ttl.min(not_after.duration_since(now).unwrap_or_default());
+            }
+            if ttl.is_zero() {
+                return Ok(None);
+            }
+            let mut claims = Claims::new(index.service(), &identity.principal.subject(), now, ttl);
+            claims.token_use = TokenUse::Refresh;
+            claims.federations = identity.federations.clone();
+            return Ok(Some(index.keys.sign(&claims)?));
+        }
         let Principal::Credential(id) = &identity.principal else {
             return Ok(None);
         };

@@ -90,6 +90,10 @@ pub struct Claims {
     /// was granted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub catalog: Vec<String>,
+    /// Refresh tokens of a workload identity: the federations it was proved against (its
+    /// grants are theirs, as configured when the token is redeemed, pull only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federations: Vec<String>,
 }
 
 impl Claims {
@@ -107,6 +111,7 @@ impl Claims {
             token_use: TokenUse::Access,
             access: Vec::new(),
             catalog: Vec::new(),
+            federations: Vec::new(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! The HTTP API: OCI Distribution v1.1 at `/v2/`.
+//! The HTTP API: OCI Distribution v1.1 at `/v2/`, the token service at `/token`, and the
+//! operator's endpoints at `/internal/v1/` ([`internal`]).
 //!
 //! Layer rule: handlers extract and parse (the path once, from the right, on the raw path;
 //! headers; query), authorize through [`auth::Access`], call [`crate::registry`], and map the
@@ -11,6 +12,7 @@ mod blobs;
 pub mod body;
 pub mod error;
 pub(crate) mod headers;
+pub mod internal;
 mod listing;
 mod manifests;
 pub mod route;
@@ -30,7 +32,7 @@ use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_LENGTH, LOCATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use futures_util::TryStreamExt;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -133,6 +135,8 @@ pub fn build_app(state: AppState) -> Router {
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
         .route("/token", get(token::get).post(token::post))
+        .route("/internal/v1/retention/plan", post(internal::plan))
+        .route("/internal/v1/retention/run", post(internal::run))
         .with_state(state)
         .layer(layers)
 }

@@ -7,13 +7,17 @@
 //! - `POST /token` with a form (OAuth 2.0): `grant_type=password` (`username`, `password`),
 //!   `grant_type=refresh_token` (`refresh_token`), or
 //!   `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` (`subject_token`, an OIDC
-//!   token); `scope` holds space-separated scopes; `access_type=offline` adds a refresh token.
+//!   token); `scope` holds space-separated scopes; `access_type=offline` adds a refresh token
+//!   (for a workload identity: pull only, for an hour at most and never past its OIDC token).
+//! - A refresh token is also accepted as the password of user [`TOKEN_USERNAME`] (`<token>`,
+//!   Docker's convention for identity tokens), wherever a password is.
 //!
 //! A token grants the intersection of what was asked and what the identity may do; asking
 //! for more is not an error (the registry then refuses the request the token does not
 //! cover). Failures to authenticate are `401` with a message that says what to fix.
 //!
 //! [`OIDC_USERNAME`]: crate::auth::OIDC_USERNAME
+//! [`TOKEN_USERNAME`]: crate::auth::TOKEN_USERNAME
 
 use std::time::SystemTime;
 
@@ -174,7 +178,10 @@ pub async fn post(
             return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", &e.to_string());
         }
     };
-    let offline = param(&params, "access_type") == Some("offline") && grant_type == "password";
+    // A refresh token for a credential's password, or for a workload identity's OIDC token
+    // (pull only, never past that token's expiry): what kubelet credential providers return.
+    let offline = param(&params, "access_type") == Some("offline")
+        && (grant_type == "password" || grant_type == TOKEN_EXCHANGE_GRANT);
     respond(
         &state,
         &index,

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::{Registry, RegistryError, Result};
 use crate::config::tag_pattern_matches;
 use crate::oci::{Digest, DigestAlgorithm, Reference, RepoName, Tag};
-use crate::storage::{ManifestMeta, StorageError};
+use crate::storage::{ManifestMeta, PullTarget, StorageError};
 
 /// Largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
@@ -72,6 +72,8 @@ pub struct ParsedManifest {
     /// Blobs it references that must be linked in the repository (config and layers, except
     /// foreign layers that carry `urls`).
     pub blobs: Vec<Digest>,
+    /// The sizes the manifest declares for `blobs`, in the same order.
+    pub blob_sizes: Vec<u64>,
     /// Manifests it references that must exist in the repository (index entries).
     pub manifests: Vec<Digest>,
     /// Whether the config is the OCI empty descriptor (whose content the registry knows).
@@ -201,6 +203,7 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedM
         Ok(ParsedManifest {
             kind,
             blobs: Vec::new(),
+            blob_sizes: Vec::new(),
             manifests,
             empty_config: None,
             subject,
@@ -216,11 +219,13 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedM
             && config_digest == Digest::of(config_digest.algorithm(), EMPTY_CONTENT))
         .then(|| config_digest.clone());
         let mut blobs = vec![config_digest];
+        let mut blob_sizes = vec![config.size()];
         for (i, layer) in manifest.layers().iter().enumerate() {
             let digest = descriptor_digest(layer, &format!("layers[{i}]"))?;
             let foreign = layer.urls().as_ref().is_some_and(|u| !u.is_empty());
             if !foreign {
                 blobs.push(digest);
+                blob_sizes.push(layer.size());
             }
         }
         let subject = manifest
@@ -236,6 +241,7 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedM
         Ok(ParsedManifest {
             kind,
             blobs,
+            blob_sizes,
             manifests: Vec::new(),
             empty_config,
             subject,
@@ -517,6 +523,17 @@ impl Registry {
         with_body: bool,
     ) -> Result<Manifest> {
         let (digest, meta) = self.manifest_resolve(repo, reference).await?;
+        let by_tag = match reference {
+            Reference::Tag(tag) => Some(PullTarget::Tag(tag.clone())),
+            Reference::Digest(_) => None,
+        };
+        self.pulls.note(
+            &self.storage,
+            repo,
+            by_tag
+                .into_iter()
+                .chain([PullTarget::Manifest(digest.clone())]),
+        );
         let body = if with_body {
             Some(self.manifest_bytes(&digest, meta.size).await?)
         } else {
@@ -528,6 +545,41 @@ impl Registry {
             size: meta.size,
             body,
         })
+    }
+
+    /// What a stored manifest revision of `repo` references (its blobs, the manifests of an
+    /// index, its subject), read without counting as a pull; `None` when `repo` has no such
+    /// revision. For retention and garbage collection.
+    pub async fn manifest_references(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ParsedManifest>> {
+        let Some(meta) = self.storage.manifest_meta(repo, digest).await? else {
+            return Ok(None);
+        };
+        let bytes = self.manifest_bytes(digest, meta.size).await?;
+        parse_manifest(Some(&meta.media_type), &bytes).map(Some)
+    }
+
+    /// Removes a manifest revision of `repo` and its referrer record, only if no tag points at
+    /// it (retention: a tag set since the plan keeps it). Returns whether it was removed.
+    pub async fn manifest_remove_untagged(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        if !self.storage.tags_of(repo, digest).await?.is_empty() {
+            return Ok(false);
+        }
+        match self.manifest_references(repo, digest).await {
+            Ok(None) => return Ok(false),
+            Ok(Some(parsed)) => {
+                if let Some(subject) = parsed.subject {
+                    self.storage.referrer_remove(repo, &subject, digest).await?;
+                }
+            }
+            // Bytes that cannot be read or parsed record no referrer to remove.
+            Err(RegistryError::Storage(e)) => return Err(e.into()),
+            Err(_) => {}
+        }
+        Ok(self.storage.manifest_unlink(repo, digest).await?)
     }
 
     /// Deletes a tag (by tag), or a manifest revision with every tag pointing at it and its

@@ -15,6 +15,7 @@ mod error;
 pub mod jobs;
 mod listing;
 mod manifest;
+mod pulls;
 mod upload;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub struct Registry {
     storage: Arc<dyn Storage>,
     hashes: upload::HashCache,
     manifests: manifest::ManifestCache,
+    pulls: Arc<pulls::PullLog>,
 }
 
 impl Registry {
@@ -55,7 +57,13 @@ impl Registry {
             storage,
             hashes: upload::HashCache::new(caches.hash_states()),
             manifests: manifest::ManifestCache::new(caches.manifest_bytes()),
+            pulls: Arc::default(),
         }
+    }
+
+    /// Registers the registry's own metrics (pull records) in `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.pulls.register_metrics(registry);
     }
 
     /// The storage backend (for readiness checks).

@@ -279,11 +279,10 @@ impl Server {
             None => open_storage(&self.settings.storage, self.options.cache_memory).await?,
         };
         storage.register_metrics(metrics.registry_mut());
+        let registry = Registry::with_cache_memory(storage.clone(), self.options.cache_memory);
+        registry.register_metrics(metrics.registry_mut());
+        let registry = Arc::new(registry);
         let metrics = Arc::new(metrics);
-        let registry = Arc::new(Registry::with_cache_memory(
-            storage.clone(),
-            self.options.cache_memory,
-        ));
         let shutting_down = Arc::new(AtomicBool::new(false));
         let app = router(
             AppState::new(registry, auth, live.clone()),

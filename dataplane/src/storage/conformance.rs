@@ -17,11 +17,12 @@
 use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{ByteStream, ManifestMeta, Storage, StorageError, UploadId};
+use super::{ByteStream, ManifestMeta, PullTarget, RecordKey, Storage, StorageError, UploadId};
 use crate::oci::{Digest, DigestAlgorithm, RepoName, Tag};
 
 /// Instantiates the storage conformance suite as one `#[tokio::test]` per case, in a module
@@ -59,6 +60,8 @@ macro_rules! storage_conformance_tests {
             manifest_link_meta_unlink,
             tags_sorted_and_deleted,
             tags_per_repository,
+            records_carry_push_and_pull_times,
+            system_records_replace_whole,
             tag_pages_and_tags_of_a_digest,
             referrers_add_list_remove,
             repositories_listing,
@@ -812,6 +815,108 @@ pub async fn tags_sorted_and_deleted(s: Backend) {
     assert!(!s.tag_delete(&r, &tag("never")).await.unwrap());
     assert_eq!(s.tag_get(&r, &tag("v1")).await.unwrap(), None);
     assert_eq!(s.tags(&r).await.unwrap().len(), 6);
+}
+
+/// Whether `t` is within `slack` of the span `from..=to` (backends keep times to the second,
+/// and a bucket's clock is not the test's).
+fn about_within(t: SystemTime, from: SystemTime, to: SystemTime) -> bool {
+    let slack = Duration::from_secs(2);
+    t + slack >= from && t <= to + slack
+}
+
+/// Tags and manifest revisions are listed with the time they were last set or linked (a
+/// second link of the same revision counts as a push), and pull records with their time;
+/// each repository sees only its own.
+pub async fn records_carry_push_and_pull_times(s: Backend) {
+    let (r, nested) = (repo("records/repo"), repo("records/repo/nested"));
+    assert!(s.tag_records(&r).await.unwrap().is_empty());
+    assert!(s.manifest_records(&r).await.unwrap().is_empty());
+    assert!(s.pull_records(&r).await.unwrap().is_empty());
+
+    let start = SystemTime::now();
+    let d = put(&s, b"{\"schemaVersion\":2,\"records\":1}").await;
+    s.manifest_link(&r, &d, &meta(29)).await.unwrap();
+    for name in ["b", "a"] {
+        s.tag_set(&r, &tag(name), &d).await.unwrap();
+    }
+    s.tag_set(&nested, &tag("n"), &d).await.unwrap();
+    s.pull_record(&r, &PullTarget::Tag(tag("a"))).await.unwrap();
+    s.pull_record(&r, &PullTarget::Manifest(d.clone()))
+        .await
+        .unwrap();
+    s.pull_record(&nested, &PullTarget::Tag(tag("n")))
+        .await
+        .unwrap();
+    let end = SystemTime::now();
+
+    let tags = s.tag_records(&r).await.unwrap();
+    let names: Vec<&str> = tags.iter().map(|t| t.tag.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    for t in &tags {
+        assert_eq!(t.digest, d);
+        assert!(about_within(t.set_at, start, end), "{t:?}");
+    }
+    let manifests = s.manifest_records(&r).await.unwrap();
+    assert_eq!(manifests.len(), 1);
+    assert_eq!((&manifests[0].digest, &manifests[0].meta), (&d, &meta(29)));
+    assert!(about_within(manifests[0].linked_at, start, end));
+    let pulls = s.pull_records(&r).await.unwrap();
+    let targets: Vec<&PullTarget> = pulls.iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        targets,
+        [&PullTarget::Tag(tag("a")), &PullTarget::Manifest(d.clone())]
+    );
+    assert!(pulls.iter().all(|(_, at)| about_within(*at, start, end)));
+    assert_eq!(s.tag_records(&nested).await.unwrap().len(), 1);
+    assert_eq!(s.pull_records(&nested).await.unwrap().len(), 1);
+
+    // Later writes move the times: a revision pushed again, a tag moved, another pull.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let before_second = SystemTime::now();
+    s.manifest_link(&r, &d, &meta(29)).await.unwrap();
+    s.tag_set(&r, &tag("a"), &Digest::sha256_of(b"other"))
+        .await
+        .unwrap();
+    s.pull_record(&r, &PullTarget::Tag(tag("a"))).await.unwrap();
+    let relinked = &s.manifest_records(&r).await.unwrap()[0];
+    assert!(relinked.linked_at > manifests[0].linked_at, "{relinked:?}");
+    assert!(about_within(
+        relinked.linked_at,
+        before_second,
+        SystemTime::now()
+    ));
+    let moved = &s.tag_records(&r).await.unwrap()[0];
+    assert_eq!(moved.digest, Digest::sha256_of(b"other"));
+    assert!(moved.set_at > tags[0].set_at);
+    let pulled = s.pull_records(&r).await.unwrap();
+    assert!(pulled[0].1 > pulls[0].1);
+}
+
+/// System records are absent until written, replaced whole, and kept apart by key; they
+/// are not repositories.
+pub async fn system_records_replace_whole(s: Backend) {
+    let key: RecordKey = "retention/acme-ns/nightly/plan".parse().unwrap();
+    let other: RecordKey = "retention/acme-ns/nightly/run".parse().unwrap();
+    assert_eq!(s.record_get(&key).await.unwrap(), None);
+    s.record_put(&key, Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    s.record_put(&key, Bytes::from_static(b"second, longer"))
+        .await
+        .unwrap();
+    s.record_put(&other, Bytes::new()).await.unwrap();
+    assert_eq!(
+        s.record_get(&key).await.unwrap().as_deref(),
+        Some(&b"second, longer"[..])
+    );
+    assert_eq!(
+        s.record_get(&other).await.unwrap().as_deref(),
+        Some(&b""[..])
+    );
+    assert!(s.repositories().await.unwrap().is_empty());
+    for bad in ["", "a//b", "../x", "a/./b", "UPPER", "a b", "x/"] {
+        assert!(bad.parse::<RecordKey>().is_err(), "{bad:?}");
+    }
 }
 
 /// Tags of one repository are not seen from another, even a nested one.

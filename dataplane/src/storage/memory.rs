@@ -13,7 +13,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{
-    ByteStream, Checkpoint, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo,
+    ByteStream, Checkpoint, ManifestMeta, ManifestRecord, PullTarget, RecordKey, Result, Storage,
+    StorageError, TagRecord, UploadId, UploadInfo,
 };
 use crate::oci::{Digest, RepoName, Tag};
 
@@ -38,14 +39,20 @@ struct State {
     blobs: HashMap<Digest, Bytes>,
     repos: HashMap<RepoName, Repo>,
     uploads: HashMap<UploadId, Arc<Upload>>,
+    records: HashMap<RecordKey, Bytes>,
 }
 
 #[derive(Debug, Default)]
 struct Repo {
     layers: HashSet<Digest>,
     manifests: HashMap<Digest, ManifestMeta>,
+    /// When each manifest was last linked.
+    linked_at: HashMap<Digest, SystemTime>,
     tags: BTreeMap<Tag, Digest>,
+    /// When each tag was last set.
+    set_at: HashMap<Tag, SystemTime>,
     referrers: HashMap<Digest, BTreeMap<Digest, Bytes>>,
+    pulls: HashMap<PullTarget, SystemTime>,
 }
 
 #[derive(Debug)]
@@ -301,12 +308,10 @@ impl Storage for MemoryStorage {
         digest: &Digest,
         meta: &ManifestMeta,
     ) -> Result<()> {
-        self.state()
-            .repos
-            .entry(repo.clone())
-            .or_default()
-            .manifests
-            .insert(digest.clone(), meta.clone());
+        let mut state = self.state();
+        let r = state.repos.entry(repo.clone()).or_default();
+        r.manifests.insert(digest.clone(), meta.clone());
+        r.linked_at.insert(digest.clone(), SystemTime::now());
         Ok(())
     }
 
@@ -339,12 +344,10 @@ impl Storage for MemoryStorage {
     }
 
     async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
-        self.state()
-            .repos
-            .entry(repo.clone())
-            .or_default()
-            .tags
-            .insert(tag.clone(), digest.clone());
+        let mut state = self.state();
+        let r = state.repos.entry(repo.clone()).or_default();
+        r.tags.insert(tag.clone(), digest.clone());
+        r.set_at.insert(tag.clone(), SystemTime::now());
         Ok(())
     }
 
@@ -355,11 +358,12 @@ impl Storage for MemoryStorage {
         digest: &Digest,
     ) -> Result<Option<Digest>> {
         let mut state = self.state();
-        let tags = &mut state.repos.entry(repo.clone()).or_default().tags;
-        match tags.get(tag) {
+        let r = state.repos.entry(repo.clone()).or_default();
+        match r.tags.get(tag) {
             Some(existing) => Ok(Some(existing.clone())),
             None => {
-                tags.insert(tag.clone(), digest.clone());
+                r.tags.insert(tag.clone(), digest.clone());
+                r.set_at.insert(tag.clone(), SystemTime::now());
                 Ok(None)
             }
         }
@@ -413,6 +417,64 @@ impl Storage for MemoryStorage {
             .unwrap_or_default())
     }
 
+    async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>> {
+        let state = self.state();
+        let Some(r) = state.repos.get(repo) else {
+            return Ok(Vec::new());
+        };
+        Ok(r.tags
+            .iter()
+            .map(|(tag, digest)| TagRecord {
+                tag: tag.clone(),
+                digest: digest.clone(),
+                set_at: r.set_at.get(tag).copied().unwrap_or(SystemTime::UNIX_EPOCH),
+            })
+            .collect())
+    }
+
+    async fn manifest_records(&self, repo: &RepoName) -> Result<Vec<ManifestRecord>> {
+        let state = self.state();
+        let Some(r) = state.repos.get(repo) else {
+            return Ok(Vec::new());
+        };
+        let mut records: Vec<ManifestRecord> = r
+            .manifests
+            .iter()
+            .map(|(digest, meta)| ManifestRecord {
+                digest: digest.clone(),
+                meta: meta.clone(),
+                linked_at: r
+                    .linked_at
+                    .get(digest)
+                    .copied()
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            })
+            .collect();
+        records.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(records)
+    }
+
+    async fn pull_record(&self, repo: &RepoName, target: &PullTarget) -> Result<()> {
+        self.state()
+            .repos
+            .entry(repo.clone())
+            .or_default()
+            .pulls
+            .insert(target.clone(), SystemTime::now());
+        Ok(())
+    }
+
+    async fn pull_records(&self, repo: &RepoName) -> Result<Vec<(PullTarget, SystemTime)>> {
+        let mut records: Vec<_> = self
+            .state()
+            .repos
+            .get(repo)
+            .map(|r| r.pulls.iter().map(|(t, at)| (t.clone(), *at)).collect())
+            .unwrap_or_default();
+        records.sort();
+        Ok(records)
+    }
+
     async fn referrer_add(
         &self,
         repo: &RepoName,
@@ -456,6 +518,15 @@ impl Storage for MemoryStorage {
             .and_then(|r| r.referrers.get(subject))
             .map(|refs| refs.values().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn record_get(&self, key: &RecordKey) -> Result<Option<Bytes>> {
+        Ok(self.state().records.get(key).cloned())
+    }
+
+    async fn record_put(&self, key: &RecordKey, data: Bytes) -> Result<()> {
+        self.state().records.insert(key.clone(), data);
+        Ok(())
     }
 
     async fn repositories(&self) -> Result<Vec<RepoName>> {

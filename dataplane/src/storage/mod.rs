@@ -16,6 +16,10 @@
 //! - **Durable uploads.** Upload sessions live in storage, not in memory, so they survive a
 //!   restart and can be continued by any replica.
 //!
+//! Times of tags and manifest links (push times, for retention) are the modification times of
+//! their files or objects: setting a tag and linking a manifest, even one already linked,
+//! rewrite them.
+//!
 //! Key layout, the same for every backend (paths on the filesystem, keys under a prefix on S3):
 //!
 //! ```text
@@ -25,6 +29,11 @@
 //! repositories/<name...>/_tags/<tag>                   tag: the digest it points at
 //! repositories/<name...>/_referrers/<alg>/<hex>/<alg>/<hex>
 //!                                                      referrer descriptor (JSON) of a subject
+//! repositories/<name...>/_pulls/tags/<tag>             empty; written when the tag was last
+//!                                                      pulled (its modification time)
+//! repositories/<name...>/_pulls/manifests/<alg>/<hex>  the same for a manifest
+//! _system/<key>                                        records of the registry's own (retention
+//!                                                      plans and runs)
 //! uploads/<id>/data                                    upload session bytes received so far
 //! uploads/<id>/info                                    upload session record (JSON UploadInfo)
 //! ```
@@ -183,6 +192,81 @@ pub struct ManifestMeta {
     pub media_type: String,
     /// Size of the manifest bytes.
     pub size: u64,
+}
+
+/// A tag with the manifest it points at and when it was last set (pushed or moved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    /// The tag.
+    pub tag: Tag,
+    /// The manifest it points at.
+    pub digest: Digest,
+    /// When it was last set.
+    pub set_at: SystemTime,
+}
+
+/// A manifest revision of a repository with its record and when it was last pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    /// The manifest digest.
+    pub digest: Digest,
+    /// Its revision record.
+    pub meta: ManifestMeta,
+    /// When it was last linked into the repository (pushed).
+    pub linked_at: SystemTime,
+}
+
+/// What a pull asked for: a tag, or a manifest by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PullTarget {
+    /// A pull by tag.
+    Tag(Tag),
+    /// A pull by digest (and the manifest a tag pointed at).
+    Manifest(Digest),
+}
+
+/// The key of a record the registry keeps for itself (retention plans and runs; later the
+/// collector's lease and metering): one or more `/`-separated segments of `a-z 0-9 . _ -`,
+/// none of them `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey(String);
+
+/// The text is not a valid record key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid record key {0:?}")]
+pub struct InvalidRecordKey(String);
+
+impl RecordKey {
+    /// The key text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RecordKey {
+    type Err = InvalidRecordKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let segment_ok = |seg: &str| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        };
+        if s.len() <= 512 && s.split('/').all(segment_ok) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidRecordKey(s.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A backend holding a region's blobs, repositories, tags and upload sessions.
@@ -362,6 +446,24 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         Ok(pointing)
     }
 
+    /// Every tag of `repo` with its manifest and when it was last set, sorted by tag (empty
+    /// if the repository does not exist). For retention, which reads whole repositories.
+    async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>>;
+
+    /// Every manifest revision of `repo` with its record and when it was last linked, sorted
+    /// by digest (empty if the repository does not exist).
+    async fn manifest_records(&self, repo: &RepoName) -> Result<Vec<ManifestRecord>>;
+
+    // ---- Pull records: when a tag or manifest was last pulled, coarsely (the registry
+    // records a pull at most once an hour per item and process).
+
+    /// Records that `target` of `repo` was pulled now, replacing the previous record.
+    async fn pull_record(&self, repo: &RepoName, target: &PullTarget) -> Result<()>;
+
+    /// The last recorded pull of every tag and manifest of `repo` that has one (records of
+    /// items deleted since may remain; callers match them against what exists).
+    async fn pull_records(&self, repo: &RepoName) -> Result<Vec<(PullTarget, SystemTime)>>;
+
     // ---- Referrers: manifests whose `subject` is a given digest.
 
     /// Records `referrer` (a descriptor, as JSON) as pointing at `subject` in `repo`.
@@ -383,6 +485,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Descriptors (JSON) of the referrers of `subject` in `repo`, ordered by referrer digest.
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Bytes>>;
+
+    // ---- Records of the registry's own, under `_system/`.
+
+    /// A record, or `None` if absent.
+    async fn record_get(&self, key: &RecordKey) -> Result<Option<Bytes>>;
+
+    /// Writes a record whole, atomically replacing any previous value.
+    async fn record_put(&self, key: &RecordKey, data: Bytes) -> Result<()>;
 
     // ---- Repositories and health.
 

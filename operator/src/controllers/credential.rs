@@ -20,17 +20,17 @@ use tracing::Instrument as _;
 
 use crds::v1alpha1::{RegistryCredential, RegistryCredentialStatus, reasons};
 
-use super::renderer::SyncTrigger;
+use super::clusters::{ClusterKey, SyncTrigger};
 use super::status::{Phase, apply_status, event_on_change, now, ready_reason, same_conditions};
 use super::{AWAIT_DOCUMENT_FALLBACK, Context, backoff, pull_secrets, woken_by_document};
 use crate::resolve::{self, Key, Verdict};
-use crate::secrets::{CredentialState, docker_config_json};
+use crate::secrets::{CredentialState, LEGACY_SECRET, docker_config_json};
 use kube::runtime::reflector::ObjectRef;
 use sha2::{Digest as _, Sha256};
 
 use crate::{
-    CONTENT_HASH_ANNOTATION, CREDENTIAL_FINALIZER, CREDENTIAL_UID_LABEL, Error, FIELD_MANAGER,
-    MANAGED_BY, REGION_LABEL, ROTATE_ANNOTATION, Result,
+    CONTENT_HASH_ANNOTATION, CREDENTIAL_FINALIZER, CREDENTIAL_UID_LABEL, DOCKER_CONFIG_JSON, Error,
+    FIELD_MANAGER, MANAGED_BY, REGION_LABEL, ROTATE_ANNOTATION, Result,
 };
 
 const CONTROLLER: &str = "credential";
@@ -105,25 +105,65 @@ fn triggered(
     trigger: SyncTrigger,
 ) -> Vec<ObjectRef<RegistryCredential>> {
     match trigger {
-        SyncTrigger::Credential(credential) => vec![credential],
-        SyncTrigger::Namespace(namespace) => syncing_into(credentials, &namespace, None),
-        SyncTrigger::ServiceAccount { namespace, name } => {
-            syncing_into(credentials, &namespace, Some(&name))
+        SyncTrigger::Credential {
+            cluster: None,
+            credential,
+        } => vec![credential],
+        // A copy in a remote cluster names its credential by an annotation anyone with access
+        // to that cluster can write: only a credential that syncs there is woken.
+        SyncTrigger::Credential {
+            cluster: Some(cluster),
+            credential,
+        } => credentials
+            .iter()
+            .filter(|c| ObjectRef::from_obj(c.as_ref()) == credential)
+            .filter(|c| uses_cluster(c, &cluster))
+            .map(|c| ObjectRef::from_obj(c.as_ref()))
+            .collect(),
+        SyncTrigger::Namespace { cluster, name } => {
+            syncing_into(credentials, cluster.as_ref(), &name, None)
         }
-        SyncTrigger::Relisted => credentials
+        SyncTrigger::ServiceAccount {
+            cluster,
+            namespace,
+            name,
+        } => syncing_into(credentials, cluster.as_ref(), &namespace, Some(&name)),
+        SyncTrigger::Relisted(None) => credentials
             .iter()
             .filter(|c| !c.spec.sync.is_empty())
+            .map(|c| ObjectRef::from_obj(c.as_ref()))
+            .collect(),
+        SyncTrigger::Relisted(Some(cluster)) => credentials
+            .iter()
+            .filter(|c| uses_cluster(c, &cluster))
             .map(|c| ObjectRef::from_obj(c.as_ref()))
             .collect(),
     }
 }
 
-/// The credentials with a sync target of this cluster that may write into `namespace`: every
+/// The remote cluster a target writes to; `None` for this cluster.
+fn target_cluster(
+    c: &RegistryCredential,
+    target: &crds::v1alpha1::SyncTarget,
+) -> Option<ClusterKey> {
+    let remote = target.cluster.as_ref()?;
+    Some(ClusterKey::of(
+        c.metadata.namespace.as_deref().unwrap_or_default(),
+        &remote.kubeconfig_secret,
+    ))
+}
+
+fn uses_cluster(c: &RegistryCredential, cluster: &ClusterKey) -> bool {
+    pull_secrets::remote_clusters(c).contains_key(cluster)
+}
+
+/// The credentials with a sync target in `cluster` that may write into `namespace`: every
 /// target naming it, and every selector target (whether it still matches is decided by the
 /// reconcile; it also removes copies from a namespace that left). With `account`, only
 /// targets that patch that ServiceAccount.
 fn syncing_into(
     credentials: &[Arc<RegistryCredential>],
+    cluster: Option<&ClusterKey>,
     namespace: &str,
     account: Option<&str>,
 ) -> Vec<ObjectRef<RegistryCredential>> {
@@ -131,7 +171,7 @@ fn syncing_into(
         .iter()
         .filter(|c| {
             c.spec.sync.iter().any(|t| {
-                t.cluster.is_none()
+                target_cluster(c, t).as_ref() == cluster
                     && match &t.namespaces {
                         Some(names) => names.iter().any(|n| n == namespace),
                         None => true,
@@ -141,6 +181,22 @@ fn syncing_into(
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
+}
+
+/// Every minute, stops the watches of remote clusters no credential uses any more.
+pub async fn forget_unused_clusters(ctx: Arc<Context>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        let used = ctx
+            .stores
+            .credentials
+            .state()
+            .iter()
+            .flat_map(|c| pull_secrets::remote_clusters(c).into_keys())
+            .collect();
+        ctx.remotes.retain(&used).await;
+    }
 }
 
 async fn reconcile(credential: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action> {
@@ -209,13 +265,20 @@ async fn apply(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
             (Verdict::Served, state) => {
                 let outcome = pull_secrets::apply(c, ctx, &state).await?;
                 sync = outcome.targets;
-                match outcome.refused {
-                    Some((reason, message)) => Verdict::Refused {
+                match (outcome.refused, outcome.degraded) {
+                    (Some((reason, message)), _) => Verdict::Refused {
                         reason,
                         message,
                         stalled: true,
                     },
-                    None => Verdict::Served,
+                    // Served, but a remote cluster is behind: retried, and woken when it
+                    // answers again.
+                    (None, Some(message)) => Verdict::Refused {
+                        reason: reasons::DEGRADED,
+                        message,
+                        stalled: false,
+                    },
+                    (None, None) => Verdict::Served,
                 }
             }
             (refused, _) => refused,
@@ -254,14 +317,24 @@ async fn apply(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
         secret_name: (secret_based && state.is_some()).then(|| c.secret_name().to_owned()),
         expires_at: c.spec.expires_at.clone(),
         last_rotated: state.as_ref().map(|s| Time(s.issued_at)),
+        previous_expires_at: state.as_ref().and_then(|s| {
+            s.previous
+                .iter()
+                .map(|p| p.expires_at)
+                .filter(|at| *at > Timestamp::now())
+                .max()
+                .map(Time)
+        }),
         sync,
     };
+    record_expiry(c, ctx, state.as_ref());
     let unchanged = same_conditions(&status.conditions, &previous.conditions)
         && status.observed_generation == previous.observed_generation
         && status.username == previous.username
         && status.secret_name == previous.secret_name
         && status.expires_at == previous.expires_at
         && status.last_rotated == previous.last_rotated
+        && status.previous_expires_at == previous.previous_expires_at
         && status.sync == previous.sync;
     if !unchanged {
         let api = Api::<RegistryCredential>::namespaced(
@@ -274,11 +347,54 @@ async fn apply(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
     ctx.render.notify_one();
     Ok(match phase {
         Phase::Converging(_) => Action::requeue(AWAIT_DOCUMENT_FALLBACK),
+        Phase::Refused(Verdict::Refused { reason, .. }) if reason == reasons::DEGRADED => {
+            Action::requeue(DEGRADED_RETRY)
+        }
         _ => {
             ctx.awaiting_credentials.done(c);
             Action::requeue(next_check(c, state.as_ref()))
         }
     })
+}
+
+/// How soon a credential with a remote cluster behind is looked at again (its watches
+/// recovering wake it sooner).
+const DEGRADED_RETRY: Duration = Duration::from_secs(10);
+
+/// When the current secret stops working: `spec.expiresAt`, or the next rotation, whichever
+/// is first.
+fn secret_expiry(c: &RegistryCredential, state: &CredentialState) -> Option<Timestamp> {
+    let rotation = c
+        .spec
+        .rotation_period
+        .as_deref()
+        .and_then(|p| humantime::parse_duration(p).ok())
+        .and_then(|p| k8s_openapi::jiff::SignedDuration::try_from(p).ok())
+        .and_then(|p| state.issued_at.checked_add(p).ok());
+    let expires = c.spec.expires_at.as_ref().map(|t| t.0);
+    match (rotation, expires) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sets the expiry gauge of the credential (removed when its secret never expires).
+fn record_expiry(c: &RegistryCredential, ctx: &Context, state: Option<&CredentialState>) {
+    let labels = crate::telemetry::CredentialLabels {
+        credential: Key::of(c).to_string(),
+    };
+    match state.and_then(|state| secret_expiry(c, state)) {
+        Some(at) => {
+            let left = at.duration_since(Timestamp::now()).as_secs();
+            ctx.metrics
+                .credential_expiry
+                .get_or_create(&labels)
+                .set(left);
+        }
+        None => {
+            ctx.metrics.credential_expiry.remove(&labels);
+        }
+    }
 }
 
 /// When to look again: the next rotation, or in five minutes.
@@ -328,6 +444,32 @@ async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<(Verdict, Cr
         )?),
         None => None,
     };
+    let legacy = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .is_some_and(|d| d.contains_key(LEGACY_SECRET));
+    let overlap = c
+        .spec
+        .rotation_overlap
+        .as_deref()
+        .and_then(|o| humantime::parse_duration(o).ok())
+        .unwrap_or(crate::secrets::DEFAULT_ROTATION_OVERLAP);
+    let rotate = |state: CredentialState, why: &'static str| {
+        let request = rotation_request.clone();
+        let existing = existing.clone();
+        let state_name = state_name.clone();
+        let own = own.clone();
+        async move {
+            let next = off_runtime(ctx, move || state.rotate(now, request, overlap)).await?;
+            let mut secret = state_secret(c, ctx, &state_name, &next);
+            secret.metadata.resource_version = existing.and_then(|s| s.metadata.resource_version);
+            // A conflicting write (409) is retried by the controller with fresh state.
+            own.replace(&state_name, &PostParams::default(), &secret)
+                .await?;
+            tracing::info!(credential = %Key::of(c), why, "secret rotated");
+            Ok::<_, Error>(next)
+        }
+    };
     let state = match current {
         None => {
             let request = rotation_request.clone();
@@ -335,29 +477,37 @@ async fn provision(c: &RegistryCredential, ctx: &Context) -> Result<(Verdict, Cr
             let secret = state_secret(c, ctx, &state_name, &state);
             match own.create(&PostParams::default(), &secret).await {
                 Ok(_) => state,
-                // Another pass created it meanwhile: use that one.
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    let secret = own.get(&state_name).await?;
-                    CredentialState::from_data(
-                        &state_name,
-                        secret.data.as_ref().unwrap_or(&BTreeMap::new()),
-                    )?
-                }
+                // Another pass created it meanwhile: the controller looks again.
+                Err(kube::Error::Api(e)) if e.code == 409 => return Err(kube::Error::Api(e).into()),
                 Err(e) => return Err(e.into()),
             }
         }
         Some(state) if state.rotation_due(now, period, rotation_request.as_deref()) => {
-            let request = rotation_request.clone();
-            let next = off_runtime(ctx, move || state.rotate(now, request)).await?;
-            let mut secret = state_secret(c, ctx, &state_name, &next);
-            secret.metadata.resource_version = existing.and_then(|s| s.metadata.resource_version);
-            // A conflicting write (409) is retried by the controller with fresh state.
-            own.replace(&state_name, &PostParams::default(), &secret)
-                .await?;
-            tracing::info!(credential = %Key::of(c), "secret rotated");
-            next
+            rotate(state, "due").await?
         }
-        Some(state) => state,
+        // The secret itself is only in the credential's Secret: taken from there.
+        Some(mut state) => match delivered_secret(c, ctx, ns, &state).await? {
+            Delivered::Current(secret) => {
+                state.secret = secret;
+                if legacy {
+                    // Written by an earlier version with the secret itself: written again
+                    // without it.
+                    let mut secret = state_secret(c, ctx, &state_name, &state);
+                    secret.metadata.resource_version =
+                        existing.and_then(|s| s.metadata.resource_version);
+                    own.replace(&state_name, &PostParams::default(), &secret)
+                        .await?;
+                }
+                state
+            }
+            Delivered::Legacy if legacy => state,
+            Delivered::Foreign => return Ok((secret_conflict(c.secret_name()), state)),
+            // Deleted or edited by hand: nobody can recover it, so a new one is issued (the
+            // copies still holding the old one work for the overlap).
+            Delivered::Lost | Delivered::Legacy => {
+                rotate(state, "the credential's Secret lost it").await?
+            }
+        },
     };
     let verdict = deliver(c, ctx, ns, &state).await?;
     Ok((verdict, state))
@@ -396,7 +546,7 @@ async fn deliver(
 ) -> Result<Verdict> {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), ns);
     let name = c.secret_name();
-    const TYPE: &str = "kubernetes.io/dockerconfigjson";
+    const TYPE: &str = DOCKER_CONFIG_JSON;
     let username = c.username();
     let host = &ctx.settings.registry_host;
     let content_hash = content_hash(host, &username, &state.secret);
@@ -427,14 +577,7 @@ async fn deliver(
             .iter()
             .any(|o| o.uid == uid_str(c));
         if !ours || existing.type_.as_deref() != Some(TYPE) {
-            return Ok(Verdict::Refused {
-                reason: reasons::SECRET_CONFLICT,
-                message: format!(
-                    "Secret {name:?} exists and was not created for this credential; the \
-                     operator does not take it over: delete it or set spec.secretName"
-                ),
-                stalled: true,
-            });
+            return Ok(secret_conflict(name));
         }
     }
     let secret = Secret {
@@ -469,6 +612,72 @@ async fn deliver(
     }
 }
 
+/// The refusal for a Secret of the credential's name that the operator did not create.
+fn secret_conflict(name: &str) -> Verdict {
+    Verdict::Refused {
+        reason: reasons::SECRET_CONFLICT,
+        message: format!(
+            "Secret {name:?} exists and was not created for this credential; the operator \
+             does not take it over: delete it or set spec.secretName"
+        ),
+        stalled: true,
+    }
+}
+
+/// What the credential's Secret holds of the current secret.
+enum Delivered {
+    /// The current secret (its fingerprint matches).
+    Current(String),
+    /// Not the current secret, or no Secret: the secret is lost.
+    Lost,
+    /// A Secret of that name the operator did not create.
+    Foreign,
+    /// Not delivered yet, but the state Secret (of an earlier version) holds the secret.
+    Legacy,
+}
+
+/// The current secret, from the credential's Secret: the cache when it holds it, else the
+/// API (a cache that has not seen the latest write must not make the operator think the
+/// secret is lost).
+async fn delivered_secret(
+    c: &RegistryCredential,
+    ctx: &Context,
+    ns: &str,
+    state: &CredentialState,
+) -> Result<Delivered> {
+    let name = c.secret_name();
+    let ours = |s: &Secret| {
+        s.owner_references().iter().any(|o| o.uid == uid_str(c))
+            && s.type_.as_deref() == Some(DOCKER_CONFIG_JSON)
+    };
+    let current = |s: &Secret| {
+        let password = s.data.as_ref()?.get("password")?;
+        let password = std::str::from_utf8(&password.0).ok()?;
+        state.knows(password).then(|| password.to_owned())
+    };
+    if let Some(cached) = ctx.stores.delivered.get(&ObjectRef::new(name).within(ns))
+        && ours(&cached)
+        && let Some(secret) = current(&cached)
+    {
+        return Ok(Delivered::Current(secret));
+    }
+    let fallback = if state.secret.is_empty() {
+        Delivered::Lost
+    } else {
+        Delivered::Legacy
+    };
+    Ok(
+        match Api::<Secret>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await?
+        {
+            Some(secret) if !ours(&secret) => Delivered::Foreign,
+            Some(secret) => current(&secret).map_or(fallback, Delivered::Current),
+            None => fallback,
+        },
+    )
+}
+
 /// The hash of what a credential's Secret delivers (host, user name, secret), annotated on
 /// every Secret written with it: a Secret with the current hash needs no write.
 pub fn content_hash(host: &str, username: &str, secret: &str) -> String {
@@ -499,6 +708,7 @@ fn is_namespace_terminating(status: &kube::core::Status) -> bool {
 async fn cleanup(c: &RegistryCredential, ctx: &Context) -> Result<Action> {
     ctx.render.notify_one();
     pull_secrets::cleanup(c, ctx).await?;
+    record_expiry(c, ctx, None);
     let own = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let ns = c.metadata.namespace.as_deref().unwrap_or_default();
     let delivered = Api::<Secret>::namespaced(ctx.client.clone(), ns);

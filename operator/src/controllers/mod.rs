@@ -6,15 +6,21 @@
 //! - [`namespace`] and [`credential`]: one kube-runtime controller per kind. A reconcile opens
 //!   a span, times itself, and hands over to the per-kind `apply` (and `cleanup`, through the
 //!   finalizer, for credentials), which is idempotent.
+//! - [`pull_secrets`] and [`clusters`]: pull-Secret sync into this cluster and remote ones.
+//! - [`retention`]: retention policies, planned and run by the data plane; [`in_use`]: the
+//!   images Pods run, which they never delete.
 //! - [`status`]: conditions from verdicts, written by server-side apply.
 
+pub mod clusters;
 pub mod credential;
+pub mod in_use;
 pub mod namespace;
 pub mod pull_secrets;
 pub mod renderer;
+pub mod retention;
 pub mod status;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -175,11 +181,33 @@ pub struct Context {
     pub awaiting_credentials: AwaitingDocument<RegistryCredential>,
     /// Changes the caches took in that concern pull-Secret sync; taken by the credential
     /// controller.
-    pub sync_triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<renderer::SyncTrigger>>>,
+    pub sync_triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<clusters::SyncTrigger>>>,
+    /// Remote sync target clusters in use.
+    pub remotes: clusters::RemoteClusters,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Events, deduplicated.
     pub recorder: Recorder,
+    /// The data plane's internal endpoints.
+    pub dataplane: crate::dataplane::DataPlane,
+    /// Digests of the images Pods run.
+    pub in_use: watch::Receiver<Arc<BTreeSet<String>>>,
+    /// The last plan made of each retention policy.
+    pub plans: retention::Plans,
+}
+
+impl Context {
+    /// This cluster, as a sync target.
+    pub fn local_cluster(&self) -> clusters::TargetCluster {
+        clusters::TargetCluster {
+            name: clusters::LOCAL.to_owned(),
+            key: None,
+            client: self.client.clone(),
+            namespaces: self.stores.projects.clone(),
+            copies: self.stores.delivered.clone(),
+            service_accounts: self.stores.service_accounts.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -205,8 +233,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let render = Arc::new(Notify::new());
-    let (stores, mut reflectors, sync_triggers) =
-        renderer::start_reflectors(&client, &settings, Arc::clone(&render));
+    let (stores, mut reflectors, trigger_sender, sync_triggers) =
+        renderer::start_reflectors(&client, &settings, &metrics, Arc::clone(&render));
+    let in_use = in_use::watch_pods(&client, &mut reflectors, &metrics);
+    let dataplane =
+        match crate::dataplane::DataPlane::new(settings.dataplane_url(), settings.region.clone()) {
+            Ok(dataplane) => dataplane,
+            Err(error) => {
+                tracing::error!(%error, "cannot reach the data plane; not reconciling");
+                return;
+            }
+        };
     let (published_tx, published) = watch::channel(Arc::new(Published::default()));
     let (decisions_tx, decisions) = watch::channel(0u64);
     let ctx = Arc::new(Context {
@@ -229,7 +266,16 @@ pub async fn run(
         awaiting_namespaces: AwaitingDocument::default(),
         awaiting_credentials: AwaitingDocument::default(),
         sync_triggers: Mutex::new(Some(sync_triggers)),
+        remotes: clusters::RemoteClusters::new(
+            client.clone(),
+            settings.region.clone(),
+            trigger_sender,
+            Arc::clone(&metrics),
+        ),
         metrics,
+        dataplane,
+        in_use,
+        plans: retention::Plans::default(),
     });
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let _ = tokio::join!(
@@ -247,9 +293,12 @@ pub async fn run(
         decisions_tx,
         shutdown.clone(),
     ));
+    let forget = tokio::spawn(credential::forget_unused_clusters(Arc::clone(&ctx)));
     let namespaces = namespace::controller(Arc::clone(&ctx), shutdown.clone());
     let credentials = credential::controller(Arc::clone(&ctx), shutdown.clone());
-    tokio::join!(namespaces, credentials);
+    let policies = retention::controller(Arc::clone(&ctx), shutdown.clone());
+    tokio::join!(namespaces, credentials, policies);
     renderer.abort();
+    forget.abort();
     reflectors.abort_all();
 }

@@ -16,9 +16,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::reflector::{self, store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::store;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
@@ -28,6 +27,7 @@ use crds::config::{
 };
 use crds::v1alpha1::{RegistryCredential, RegistryNamespace, reasons};
 
+use super::clusters::{self, SyncTrigger, Watch};
 use super::credential::state_secret_name;
 use super::{Context, Published, Stores};
 use crate::keys::{KEYS_DATA_KEY, KeyRing};
@@ -35,7 +35,7 @@ use crate::render::render;
 use crate::resolve::{self, Key, Verdict};
 use crate::secrets::CredentialState;
 use crate::settings::Settings;
-use crate::telemetry::ConditionLabels;
+use crate::telemetry::{ConditionLabels, Metrics};
 use crate::{CONTENT_HASH_ANNOTATION, FIELD_MANAGER, MANAGED_BY, REGION_LABEL, Result};
 
 /// The data key of the configuration Secrets (index and shards).
@@ -55,116 +55,93 @@ fn managed_selector() -> String {
     format!("app.kubernetes.io/managed-by={MANAGED_BY}")
 }
 
-/// A change a cache has taken in that may concern the pull-Secret sync of credentials. It is
-/// sent once the cache holds the change, so a reconcile it starts reads the new state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SyncTrigger {
-    /// A Kubernetes namespace was created, changed or deleted.
-    Namespace(String),
-    /// A ServiceAccount was created, changed or deleted.
-    ServiceAccount {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-    },
-    /// One of the operator's Secrets of this credential changed or went away.
-    Credential(ObjectRef<RegistryCredential>),
-    /// A cache listed everything again (after a watch was restarted): every credential.
-    Relisted,
-}
-
 /// Starts one reflector per input; every change wakes the renderer, and changes that may
 /// concern a credential's sync are sent to the receiver returned.
 pub fn start_reflectors(
     client: &Client,
     settings: &Settings,
+    metrics: &Arc<Metrics>,
     render: Arc<Notify>,
-) -> (Stores, JoinSet<()>, mpsc::UnboundedReceiver<SyncTrigger>) {
+) -> (
+    Stores,
+    JoinSet<()>,
+    mpsc::UnboundedSender<SyncTrigger>,
+    mpsc::UnboundedReceiver<SyncTrigger>,
+) {
     let mut tasks = JoinSet::new();
     let (triggers, triggered) = mpsc::unbounded_channel();
+    let any = || watcher::Config::default().any_semantic();
+    // Every change wakes the renderer (once the cache holds it, for the inputs of the
+    // document), and `trigger` turns it into a sync trigger where it may concern a
+    // credential's sync; a re-list of a sync input triggers every syncing credential.
     fn spawn<K>(
         tasks: &mut JoinSet<()>,
         api: Api<K>,
         config: watcher::Config,
-        render: Arc<Notify>,
-        on_change: impl Fn(&watcher::Event<K>) + Send + Sync + 'static,
+        watch: Watch,
+        render: Option<Arc<Notify>>,
+        trigger: impl Fn(&K) -> Option<SyncTrigger> + Send + Sync + 'static,
+        triggers: &mpsc::UnboundedSender<SyncTrigger>,
     ) -> store::Store<K>
     where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: clusters::Cached,
     {
-        let (reader, writer) = store::store();
-        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-        tasks.spawn(async move {
-            stream
-                .for_each(|event| {
-                    match event {
-                        Ok(event) => {
-                            on_change(&event);
-                            render.notify_one();
-                        }
-                        Err(error) => tracing::warn!(%error, "watch failed; restarting"),
-                    }
-                    futures::future::ready(())
-                })
-                .await;
-        });
-        reader
-    }
-    let any = || watcher::Config::default().any_semantic();
-    // Sends `trigger(object)` for each change, and `Relisted` once a re-list is in the cache.
-    fn forward<K>(
-        triggers: &mpsc::UnboundedSender<SyncTrigger>,
-        trigger: impl Fn(&K) -> Option<SyncTrigger> + Send + Sync + 'static,
-    ) -> impl Fn(&watcher::Event<K>) + Send + Sync + 'static {
         let triggers = triggers.clone();
-        move |event| {
-            let sent = match event {
-                watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => trigger(obj),
-                watcher::Event::InitDone => Some(SyncTrigger::Relisted),
-                watcher::Event::Init | watcher::Event::InitApply(_) => None,
-            };
-            if let Some(sent) = sent {
+        clusters::reflect_with(tasks, api, config, watch, move |event| {
+            if let watcher::Event::Apply(obj) | watcher::Event::Delete(obj) = event
+                && let Some(sent) = trigger(obj)
+            {
                 let _ = triggers.send(sent);
             }
-        }
+            if let Some(render) = &render {
+                render.notify_one();
+            }
+        })
+    }
+    fn none<K>(_: &K) -> Option<SyncTrigger> {
+        None
     }
     let stores = Stores {
         namespaces: spawn(
             &mut tasks,
             Api::<RegistryNamespace>::all(client.clone()),
             any(),
-            Arc::clone(&render),
-            |_: &_| {},
+            Watch::local("registrynamespaces", metrics, None),
+            Some(Arc::clone(&render)),
+            none,
+            &triggers,
         ),
         credentials: spawn(
             &mut tasks,
             Api::<RegistryCredential>::all(client.clone()),
             any(),
-            Arc::clone(&render),
-            |_: &_| {},
+            Watch::local("registrycredentials", metrics, None),
+            Some(Arc::clone(&render)),
+            none,
+            &triggers,
         ),
         projects: spawn(
             &mut tasks,
             Api::<Namespace>::all(client.clone()),
             any(),
-            Arc::clone(&render),
-            forward(&triggers, |ns: &Namespace| {
-                Some(SyncTrigger::Namespace(ns.metadata.name.clone()?))
-            }),
+            Watch::local("namespaces", metrics, Some(&triggers)),
+            Some(Arc::clone(&render)),
+            |ns: &Namespace| {
+                Some(SyncTrigger::Namespace {
+                    cluster: None,
+                    name: ns.metadata.name.clone()?,
+                })
+            },
+            &triggers,
         ),
         own_secrets: spawn(
             &mut tasks,
             Api::<Secret>::namespaced(client.clone(), &settings.namespace),
             any().labels(&managed_selector()),
-            Arc::clone(&render),
-            |_: &_| {},
+            Watch::local("secrets", metrics, None),
+            Some(Arc::clone(&render)),
+            none,
+            &triggers,
         ),
         delivered: spawn(
             &mut tasks,
@@ -174,31 +151,39 @@ pub fn start_reflectors(
                 managed_selector(),
                 crate::CREDENTIAL_UID_LABEL
             )),
-            render,
+            Watch::local("secrets", metrics, Some(&triggers)),
+            Some(render),
             // Delivered Secrets and synced copies (not the credentials' state, which only the
             // credential's own reconcile writes).
-            forward(&triggers, |secret: &Secret| {
-                (secret.type_.as_deref() == Some("kubernetes.io/dockerconfigjson"))
+            |secret: &Secret| {
+                (secret.type_.as_deref() == Some(crate::DOCKER_CONFIG_JSON))
                     .then(|| super::credential::credential_of(secret))
                     .flatten()
-                    .map(SyncTrigger::Credential)
-            }),
+                    .map(|credential| SyncTrigger::Credential {
+                        cluster: None,
+                        credential,
+                    })
+            },
+            &triggers,
         ),
         // ServiceAccounts matter to the credential controller only, not to the document.
         service_accounts: spawn(
             &mut tasks,
             Api::<ServiceAccount>::all(client.clone()),
             any(),
-            Arc::new(Notify::new()),
-            forward(&triggers, |sa: &ServiceAccount| {
+            Watch::local("serviceaccounts", metrics, Some(&triggers)),
+            None,
+            |sa: &ServiceAccount| {
                 Some(SyncTrigger::ServiceAccount {
+                    cluster: None,
                     namespace: sa.metadata.namespace.clone()?,
                     name: sa.metadata.name.clone()?,
                 })
-            }),
+            },
+            &triggers,
         ),
     };
-    (stores, tasks, triggered)
+    (stores, tasks, triggers, triggered)
 }
 
 /// Renders and writes until `shutdown`.

@@ -57,6 +57,7 @@ fn cred(ns: &str, name: &str, namespaces: &[&str]) -> RegistryCredential {
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
             expires_at: None,
             rotation_period: None,
+            rotation_overlap: None,
             secret_name: None,
             workload_identity: None,
             sync: Vec::new(),

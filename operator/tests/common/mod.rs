@@ -30,7 +30,11 @@ pub fn cluster() -> &'static Cluster {
         cluster
             .kubectl_ok(["apply", "--server-side", "-f", crds.to_str().unwrap()])
             .expect("the CRDs apply");
-        for crd in ["registrynamespaces", "registrycredentials"] {
+        for crd in [
+            "registrynamespaces",
+            "registrycredentials",
+            "retentionpolicies",
+        ] {
             cluster
                 .wait_crd_established(
                     &format!("{crd}.registry.thalassa.cloud"),
@@ -151,7 +155,7 @@ impl Region {
         std::fs::write(
             &settings,
             format!(
-                "region: {name}\nregistryHost: \"{host}\"\nnamespace: {}\n{extra}organisations:\n{orgs}",
+                "region: {name}\nregistryHost: \"{host}\"\ndataplaneUrl: \"http://{host}\"\nnamespace: {}\n{extra}organisations:\n{orgs}",
                 system.name()
             ),
         )
@@ -314,4 +318,49 @@ pub fn credentials_of(
     let data = secret.data.as_ref().expect("the Secret has data");
     let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
     testkit::clients::Credentials::new(text("username"), text("password"))
+}
+
+/// The names in a ServiceAccount's `imagePullSecrets`, in order.
+pub fn image_pull_secrets(sa: &k8s_openapi::api::core::v1::ServiceAccount) -> Vec<String> {
+    sa.image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// skopeo reads an image's manifest with `dockerconfigjson` (a pull Secret's
+/// `.dockerconfigjson`) as its auth file.
+pub fn skopeo_inspect(dockerconfigjson: &[u8], reference: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    std::fs::write(&auth, dockerconfigjson).unwrap();
+    Command::new(testkit::tools::bin("skopeo"))
+        .args(["inspect", "--raw", "--tls-verify=false", "--authfile"])
+        .arg(&auth)
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap()
+}
+
+/// Creates a ServiceAccount `name` in `namespace` whose `imagePullSecrets` list `pull_secrets`.
+pub async fn create_service_account(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    pull_secrets: &[&str],
+) {
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "imagePullSecrets": pull_secrets
+                .iter()
+                .map(|n| serde_json::json!({ "name": n }))
+                .collect::<Vec<_>>(),
+        }))
+        .unwrap();
+    Api::namespaced(client, namespace)
+        .create(&kube::api::PostParams::default(), &sa)
+        .await
+        .unwrap();
 }

@@ -41,7 +41,7 @@ use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
 use testkit::clients::{Client, Credentials, pull_image, push_image};
-use testkit::cluster::{Cluster, pull_pod, wait_for};
+use testkit::cluster::{Cluster, pull_pod, push_sandbox_image};
 use testkit::process::{self, ChildGuard, Output, Readiness, run_unchecked};
 use testkit::s3::S3Server;
 use testkit::tools::{bin, cache_dir, repo_root, workspace_bin};
@@ -205,17 +205,9 @@ fn helm_apply_with(
         "helm {verb} failed:\n{}\n{}\n{}",
         output.stdout,
         output.stderr,
-        describe_pods(cluster, namespace)
+        cluster.describe_pods(namespace)
     );
     output.stdout
-}
-
-/// What `kubectl describe pods` says in `namespace`, for failure messages.
-fn describe_pods(cluster: &Cluster, namespace: &str) -> String {
-    cluster
-        .kubectl(["-n", namespace, "describe", "pods"])
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// The values every install shares: region, host, organisations, images.
@@ -401,54 +393,27 @@ fn port_forward(cluster: &Cluster, namespace: &str, port: u16) -> ChildGuard {
 /// Copies the harness's sandbox image (it prints its arguments and exits) to `reference`
 /// with skopeo, as `credentials` (or anonymously); returns skopeo's output.
 fn skopeo_push(reference: &str, credentials: Option<&Credentials>) -> Output {
-    let archive = cache_dir().join("pause-image/pause.tar");
-    assert!(
-        archive.is_file(),
-        "{} is built by `node up`",
-        archive.display()
-    );
-    let auth = tempfile::tempdir().expect("tempdir");
-    let mut command = Command::new(bin("skopeo"));
-    command
-        .env("REGISTRY_AUTH_FILE", auth.path().join("auth.json"))
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"]);
-    if let Some(c) = credentials {
-        command.args(["--dest-creds", &format!("{}:{}", c.username, c.password)]);
-    }
-    command
-        .arg(format!("docker-archive:{}", archive.display()))
-        .arg(format!("docker://{reference}"));
-    run_unchecked(&mut command, COMMAND_LIMIT).expect("skopeo runs")
+    push_sandbox_image(
+        reference,
+        credentials.map(|c| (c.username.as_str(), c.password.as_str())),
+    )
+    .expect("skopeo runs")
 }
 
 /// Waits until the pod finished; returns its phase.
 async fn finished(cluster: &Cluster, namespace: &str, name: &str) -> String {
-    let pods: Api<Pod> = Api::namespaced(cluster.client().await.unwrap(), namespace);
-    wait_for(&format!("pod {name} to finish"), CONVERGE, || async {
-        let phase = pods.get(name).await.ok()?.status?.phase?;
-        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", describe_pods(cluster, namespace)))
+    cluster
+        .pod_finished(namespace, name, CONVERGE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits until the pod's container cannot pull its image; returns the kubelet's message.
 async fn pull_refused(cluster: &Cluster, namespace: &str, name: &str) -> String {
-    let pods: Api<Pod> = Api::namespaced(cluster.client().await.unwrap(), namespace);
-    wait_for(&format!("pod {name} to fail pulling"), CONVERGE, || async {
-        let status = pods.get(name).await.ok()?.status?;
-        let waiting = status
-            .container_statuses?
-            .into_iter()
-            .next()?
-            .state?
-            .waiting?;
-        let reason = waiting.reason?;
-        matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff")
-            .then(|| format!("{reason}: {}", waiting.message.unwrap_or_default()))
-    })
-    .await
-    .expect("pull refused")
+    cluster
+        .pod_pull_refused(namespace, name, CONVERGE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A hostPath PersistentVolume without a storage class for the filesystem region's claim

@@ -406,6 +406,13 @@ impl Cluster {
     /// node goes away with the cluster. Its pods reach the apiserver at the `kubernetes`
     /// Service's ClusterIP (in-cluster configuration works unmodified).
     pub fn add_node(&self) -> Result<String> {
+        self.add_node_with(None)
+    }
+
+    /// [`Cluster::add_node`], with the kubelet running an image credential provider:
+    /// `(config, bin_dir)` are its `--image-credential-provider-config` and
+    /// `--image-credential-provider-bin-dir`.
+    pub fn add_node_with(&self, credential_provider: Option<(&Path, &Path)>) -> Result<String> {
         cached_bin("kubelet")?;
         let mut command = Command::new("bash");
         command
@@ -413,6 +420,11 @@ impl Cluster {
             .args(["up", &self.name])
             .env("REGISTRY_HARNESS_CACHE", cache_dir())
             .stdin(Stdio::null());
+        if let Some((config, bin_dir)) = credential_provider {
+            command
+                .env("REGISTRY_HARNESS_NODE_CREDENTIAL_PROVIDER_CONFIG", config)
+                .env("REGISTRY_HARNESS_NODE_CREDENTIAL_PROVIDER_BIN_DIR", bin_dir);
+        }
         let line = format!("tests/harness/node up {}", self.name);
         let output = check(line, run(command)?)?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
@@ -454,6 +466,68 @@ impl Cluster {
         text.trim()
             .parse()
             .map_err(|_| ClusterError::Unexpected(format!("node gateway printed {text:?}")))
+    }
+
+    /// The admin kubeconfig with every file embedded (`*-data`), as it would be stored in a
+    /// Secret for a program that cannot read this machine's files.
+    pub fn embedded_kubeconfig(&self) -> Result<String> {
+        use base64::Engine as _;
+        let read = |path: &str| -> Result<String> {
+            let bytes = std::fs::read(path).map_err(|e| {
+                ClusterError::Unexpected(format!("cannot read {path} of the kubeconfig: {e}"))
+            })?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+        };
+        let mut kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        for cluster in kubeconfig
+            .clusters
+            .iter_mut()
+            .filter_map(|c| c.cluster.as_mut())
+        {
+            if let Some(path) = cluster.certificate_authority.take() {
+                cluster.certificate_authority_data = Some(read(&path)?);
+            }
+        }
+        for user in kubeconfig
+            .auth_infos
+            .iter_mut()
+            .filter_map(|a| a.auth_info.as_mut())
+        {
+            if let Some(path) = user.client_certificate.take() {
+                user.client_certificate_data = Some(read(&path)?);
+            }
+            if let Some(path) = user.client_key.take() {
+                user.client_key_data = Some(read(&path)?.into());
+            }
+        }
+        // JSON is YAML, and keeps the secret fields (serde serializes them exposed here).
+        serde_json::to_string(&kubeconfig).map_err(|e| ClusterError::Unexpected(e.to_string()))
+    }
+
+    /// Stops only the cluster's kube-apiserver (`tests/harness/cluster apiserver-stop`): the
+    /// cluster stops answering, and keeps its state for [`Cluster::start_apiserver`].
+    pub fn stop_apiserver(&self) -> Result<()> {
+        self.apiserver("apiserver-stop")
+    }
+
+    /// Starts the kube-apiserver stopped by [`Cluster::stop_apiserver`] again, on the same
+    /// address, and waits until it is ready.
+    pub fn start_apiserver(&self) -> Result<()> {
+        self.apiserver("apiserver-start")
+    }
+
+    fn apiserver(&self, subcommand: &str) -> Result<()> {
+        let mut command = Command::new("bash");
+        command
+            .arg(cluster_script())
+            .args([subcommand, &self.name])
+            .env("REGISTRY_HARNESS_CACHE", cache_dir())
+            .stdin(Stdio::null());
+        check(
+            format!("tests/harness/cluster {subcommand} {}", self.name),
+            run(command)?,
+        )
+        .map(drop)
     }
 
     /// Stops the cluster now (as drop does), reporting failure.
@@ -644,5 +718,89 @@ impl Drop for TestNamespace {
                 let _ = api.delete(&name, &DeleteParams::default()).await;
             });
         }
+    }
+}
+
+/// Copies the harness's sandbox image (a static program that prints its arguments and
+/// exits; built by `node up`) to `reference` with skopeo, as `credentials` (`user:password`)
+/// or anonymously; returns skopeo's output.
+pub fn push_sandbox_image(
+    reference: &str,
+    credentials: Option<(&str, &str)>,
+) -> Result<crate::process::Output> {
+    let archive = cache_dir().join("pause-image/pause.tar");
+    if !archive.is_file() {
+        return Err(ClusterError::Unexpected(format!(
+            "{} is built by `tests/harness/node up`",
+            archive.display()
+        )));
+    }
+    let auth = tempfile::tempdir().map_err(|e| ClusterError::Unexpected(e.to_string()))?;
+    let mut command = Command::new(crate::tools::bin("skopeo"));
+    command
+        .env("REGISTRY_AUTH_FILE", auth.path().join("auth.json"))
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"]);
+    if let Some((user, password)) = credentials {
+        command.args(["--dest-creds", &format!("{user}:{password}")]);
+    }
+    command
+        .arg(format!("docker-archive:{}", archive.display()))
+        .arg(format!("docker://{reference}"));
+    crate::process::run_unchecked(&mut command, Duration::from_secs(360))
+        .map_err(|e| ClusterError::Unexpected(e.to_string()))
+}
+
+impl Cluster {
+    /// `kubectl describe pods` of a namespace, for failure messages.
+    pub fn describe_pods(&self, namespace: &str) -> String {
+        self.kubectl(["-n", namespace, "describe", "pods"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the pod has finished; returns its phase (`Succeeded` or `Failed`).
+    pub async fn pod_finished(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client().await?, namespace);
+        wait_for(&format!("pod {name} to finish"), timeout, || async {
+            let phase = pods.get(name).await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        })
+        .await
+        .map_err(|e| ClusterError::Unexpected(format!("{e}\n{}", self.describe_pods(namespace))))
+    }
+
+    /// Waits until the pod's first container cannot pull its image; returns the kubelet's
+    /// reason and message.
+    pub async fn pod_pull_refused(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client().await?, namespace);
+        wait_for(&format!("pod {name} to fail pulling"), timeout, || async {
+            let waiting = pods
+                .get(name)
+                .await
+                .ok()?
+                .status?
+                .container_statuses?
+                .into_iter()
+                .next()?
+                .state?
+                .waiting?;
+            let reason = waiting.reason?;
+            matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff")
+                .then(|| format!("{reason}: {}", waiting.message.unwrap_or_default()))
+        })
+        .await
+        .map_err(|e| ClusterError::Unexpected(format!("{e}\n{}", self.describe_pods(namespace))))
     }
 }

@@ -140,6 +140,13 @@ pub(super) fn check_times(
     Ok(())
 }
 
+/// The token's `exp`, when it is a number of seconds since the epoch.
+pub(super) fn expiry(claims: &Map<String, Value>) -> Option<SystemTime> {
+    let exp = claims.get("exp")?.as_f64()?;
+    (exp.is_finite() && exp > 0.0)
+        .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(exp.min(u32::MAX as f64)))
+}
+
 /// The token's `sub`.
 pub(super) fn subject(claims: &Map<String, Value>) -> Result<String, OidcError> {
     match claims.get("sub") {

@@ -38,6 +38,8 @@ pub struct FederatedIdentity {
     pub issuer: String,
     /// The token's subject (`sub`).
     pub subject: String,
+    /// When the token expires (`exp`).
+    pub expires: Option<SystemTime>,
 }
 
 /// Why an OIDC token was not accepted. The messages are safe to show clients; the
@@ -350,6 +352,7 @@ impl OidcVerifier {
                     name: federation.name.clone(),
                     issuer: token.issuer.clone(),
                     subject: subject.clone(),
+                    expires: jwt::expiry(&token.claims),
                 });
             }
         }

@@ -253,7 +253,9 @@ async fn a_valid_token_matches_its_federation() {
     ];
     let verifier = OidcVerifier::with_settings(quick());
     for key in [&es, &rs] {
-        let token = key.sign(&issuer.claims("builder"));
+        let claims = issuer.claims("builder");
+        let exp = claims["exp"].as_u64().unwrap();
+        let token = key.sign(&claims);
         let identities = verifier
             .verify(&token, &federations, SystemTime::now())
             .await
@@ -265,6 +267,7 @@ async fn a_valid_token_matches_its_federation() {
                 name: "ci".to_owned(),
                 issuer: issuer.url.clone(),
                 subject: "builder".to_owned(),
+                expires: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp)),
             }]
         );
     }

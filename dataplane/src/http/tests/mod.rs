@@ -5,6 +5,7 @@
 mod authz;
 mod blobs;
 mod immutable;
+mod internal;
 mod listing;
 mod manifests;
 mod names;

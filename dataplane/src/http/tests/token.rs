@@ -40,7 +40,7 @@ credentials:
     doc
 }
 
-fn app_for(config: Config, transport: Transport) -> TestApp {
+pub(super) fn app_for(config: Config, transport: Transport) -> TestApp {
     let storage: Arc<dyn crate::storage::Storage> = Arc::new(MemoryStorage::new());
     let registry = Arc::new(Registry::new(Arc::clone(&storage)));
     let state = AppState::with_config(registry, config, transport).expect("applies");
@@ -55,14 +55,32 @@ fn enforced(tokens: &str) -> TestApp {
     app_for(config, Transport::default())
 }
 
-fn basic(user: &str, password: &str) -> String {
+/// An app whose one namespace `acme` trusts the tokens of `issuer_url` for audience `registry`
+/// (federation `ci`, push and pull).
+fn federated_app(issuer_url: &str) -> TestApp {
+    let yaml = format!(
+        r#"
+apiVersion: registry.thalassa.cloud/v1alpha1
+kind: DataPlaneConfig
+namespaces: [{{name: acme}}]
+federations:
+  - {{name: ci, issuer: "{issuer_url}", audience: registry, scope: containerRegistry, namespaces: [acme]}}
+"#
+    );
+    app_for(
+        crate::config::Config::from_yaml_str(&yaml).unwrap(),
+        Transport::default(),
+    )
+}
+
+pub(super) fn basic(user: &str, password: &str) -> String {
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
 }
 
-async fn post_form(app: &TestApp, form: &str) -> Reply {
+pub(super) async fn post_form(app: &TestApp, form: &str) -> Reply {
     app.call_with(
         Method::POST,
         "/token",
@@ -390,17 +408,7 @@ async fn an_unreachable_identity_provider_is_a_retryable_503() {
         "iss": url, "sub": "job", "aud": "registry", "exp": now + 600, "iat": now,
     }));
     drop(issuer);
-    let yaml = format!(
-        r#"
-apiVersion: registry.thalassa.cloud/v1alpha1
-kind: DataPlaneConfig
-namespaces: [{{name: acme}}]
-federations:
-  - {{name: ci, issuer: "{url}", audience: registry, scope: containerRegistry, namespaces: [acme]}}
-"#
-    );
-    let config = crate::config::Config::from_yaml_str(&yaml).unwrap();
-    let app = app_for(config, Transport::default());
+    let app = federated_app(&url);
     let r = post_form(
         &app,
         &format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={token}"),
@@ -485,4 +493,75 @@ async fn a_mount_with_a_token_that_does_not_cover_the_source_asks_for_one_that_d
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn a_workload_identity_gets_a_pull_only_refresh_token_that_works_as_a_password() {
+    let issuer = super::authz::issuer::TestIssuer::start().await;
+    let url = issuer.url().to_owned();
+    let now = crate::auth::token::unix_seconds(std::time::SystemTime::now());
+    let token = issuer.sign(&serde_json::json!({
+        "iss": url, "sub": "system:serviceaccount:apps:puller", "aud": "registry",
+        "exp": now + 600, "iat": now,
+    }));
+    let app = federated_app(&url);
+    let scope = "scope=repository%3Aacme%2Fapp%3Apull%2Cpush";
+    let exchange = format!(
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={token}&{scope}"
+    );
+    // Without access_type=offline: an access token only (the federation may push).
+    let r = post_form(&app, &exchange).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["scope"], "repository:acme/app:pull,push");
+    assert!(r.json().get("refresh_token").is_none());
+    let r = post_form(&app, &format!("{exchange}&access_type=offline")).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    // It never outlives the OIDC token that proved the identity.
+    let payload = refresh.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(claims["exp"].as_u64().unwrap() <= now + 600, "{claims}");
+    assert_eq!(claims["federations"], serde_json::json!(["ci"]));
+
+    // Presented as the password of `<token>`: pull only, through the password grant and
+    // through Basic authentication at GET /token.
+    let r = post_form(
+        &app,
+        &format!("grant_type=password&username=%3Ctoken%3E&password={refresh}&{scope}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["scope"], "repository:acme/app:pull");
+    let r = app
+        .call_with(
+            Method::GET,
+            &format!("/token?service=registry&{scope}"),
+            &[("authorization", &basic("<token>", &refresh))],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["scope"], "repository:acme/app:pull");
+    // As the refresh token grant, the same.
+    let r = post_form(
+        &app,
+        &format!("grant_type=refresh_token&refresh_token={refresh}&{scope}"),
+    )
+    .await;
+    assert_eq!(r.json()["scope"], "repository:acme/app:pull");
+    // An access token is no refresh token, and a forged one is refused.
+    let access = r.json()["token"].as_str().unwrap().to_owned();
+    for password in [access.as_str(), "not-a-token"] {
+        let r = post_form(
+            &app,
+            &format!("grant_type=password&username=%3Ctoken%3E&password={password}&{scope}"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+    }
 }

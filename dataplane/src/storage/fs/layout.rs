@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::{fmt, fs, io};
 
 use super::{
-    BLOBS_DIR, Inner, MANIFESTS_DIR, REFERRERS_DIR, REPOSITORIES_DIR, TAGS_DIR, UPLOADS_DIR,
+    BLOBS_DIR, Inner, MANIFESTS_DIR, PULLED_MANIFESTS, PULLED_TAGS, PULLS_DIR, REFERRERS_DIR,
+    REPOSITORIES_DIR, SYSTEM_DIR, TAGS_DIR, UPLOADS_DIR,
 };
 use crate::oci::{Digest, RepoName, Tag};
-use crate::storage::{ManifestMeta, Result, StorageError, UploadId};
+use crate::storage::{ManifestMeta, PullTarget, RecordKey, Result, StorageError, UploadId};
 
 impl Inner {
     pub(super) fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -41,6 +42,26 @@ impl Inner {
         p
     }
 
+    pub(super) fn pulls_dir(&self, repo: &RepoName) -> PathBuf {
+        self.repo_dir(repo).join(PULLS_DIR)
+    }
+
+    pub(super) fn pull_path(&self, repo: &RepoName, target: &PullTarget) -> PathBuf {
+        let mut p = self.pulls_dir(repo);
+        match target {
+            PullTarget::Tag(tag) => {
+                p.push(PULLED_TAGS);
+                p.push(tag.as_str());
+            }
+            PullTarget::Manifest(digest) => {
+                p.push(PULLED_MANIFESTS);
+                p.push(digest.algorithm().as_str());
+                p.push(digest.hex());
+            }
+        }
+        p
+    }
+
     pub(super) fn referrers_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
         self.repo_digest_path(repo, REFERRERS_DIR, subject)
     }
@@ -54,6 +75,12 @@ impl Inner {
         let mut p = self.referrers_dir(repo, subject);
         p.push(referrer.algorithm().as_str());
         p.push(referrer.hex());
+        p
+    }
+
+    pub(super) fn record_path(&self, key: &RecordKey) -> PathBuf {
+        let mut p = self.root.join(SYSTEM_DIR);
+        p.extend(key.as_str().split('/'));
         p
     }
 

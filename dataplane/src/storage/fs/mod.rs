@@ -83,12 +83,16 @@ const TMP_DIR: &str = "_tmp";
 const BLOBS_DIR: &str = "blobs";
 const REPOSITORIES_DIR: &str = "repositories";
 const UPLOADS_DIR: &str = "uploads";
+const SYSTEM_DIR: &str = "_system";
 const UPLOAD_DATA: &str = "data";
 const UPLOAD_INFO: &str = "info";
 const LAYERS_DIR: &str = "_layers";
 const MANIFESTS_DIR: &str = "_manifests";
 const TAGS_DIR: &str = "_tags";
 const REFERRERS_DIR: &str = "_referrers";
+const PULLS_DIR: &str = "_pulls";
+const PULLED_TAGS: &str = "tags";
+const PULLED_MANIFESTS: &str = "manifests";
 const LOCK_SUFFIX: &str = ".lock";
 
 /// How long a pull by tag may be answered from memory after the records were read from disk

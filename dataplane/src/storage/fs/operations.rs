@@ -17,12 +17,13 @@ use super::reads::{Opened, check_range, file_stream, parse_digest_parts};
 use super::uploads::Append;
 use super::walk::walk_repositories;
 use super::{
-    FsStorage, Inner, LAYERS_DIR, MANIFESTS_DIR, READ_CHUNK, REPOSITORIES_DIR, TAGS_DIR,
-    UPLOAD_DATA, UPLOAD_INFO, not_found,
+    FsStorage, Inner, LAYERS_DIR, MANIFESTS_DIR, PULLED_MANIFESTS, PULLED_TAGS, READ_CHUNK,
+    REPOSITORIES_DIR, TAGS_DIR, UPLOAD_DATA, UPLOAD_INFO, not_found,
 };
 use crate::oci::{Digest, RepoName, Tag};
 use crate::storage::{
-    ByteStream, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo,
+    ByteStream, ManifestMeta, ManifestRecord, PullTarget, RecordKey, Result, Storage, StorageError,
+    TagRecord, UploadId, UploadInfo,
 };
 
 #[async_trait::async_trait]
@@ -326,7 +327,14 @@ impl Storage for FsStorage {
         self.run(move |inner| {
             let path = inner.repo_digest_path(&repo, MANIFESTS_DIR, &digest);
             if Inner::read_optional(&path)?.is_some_and(|existing| existing == record) {
-                return Ok(());
+                // A push again: its time is the push time retention reads.
+                return match File::options().write(true).open(&path) {
+                    Ok(file) => Ok(file.set_modified(SystemTime::now())?),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Ok(inner.write_record(&path, &record)?)
+                    }
+                    Err(e) => Err(e.into()),
+                };
             }
             let written = inner.write_record(&path, &record);
             inner.tags.invalidate(&repo, None);
@@ -500,6 +508,116 @@ impl Storage for FsStorage {
         .await
     }
 
+    async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>> {
+        let repo = repo.clone();
+        self.run(move |inner| {
+            let dir = inner.repo_dir(&repo).join(TAGS_DIR);
+            let mut records = Vec::new();
+            for_each_dir_entry(&dir, |name, kind| {
+                let Ok(tag) = name.parse::<Tag>() else {
+                    return Ok::<_, StorageError>(());
+                };
+                if !kind.is_file() {
+                    return Ok(());
+                }
+                let set_at = match fs::metadata(dir.join(&name)).and_then(|m| m.modified()) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                };
+                if let Some(digest) = inner.read_tag(&repo, &tag)? {
+                    records.push(TagRecord {
+                        tag,
+                        digest,
+                        set_at,
+                    });
+                }
+                Ok(())
+            })?;
+            records.sort_by(|a, b| a.tag.cmp(&b.tag));
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn manifest_records(&self, repo: &RepoName) -> Result<Vec<ManifestRecord>> {
+        let repo = repo.clone();
+        self.run(move |inner| {
+            let dir = inner.repo_dir(&repo).join(MANIFESTS_DIR);
+            let mut records = Vec::new();
+            for (alg, kind) in read_dir_names(&dir)? {
+                if !kind.is_dir() {
+                    continue;
+                }
+                for (hex, kind) in read_dir_names(&dir.join(&alg))? {
+                    let Some(digest) = parse_digest_parts(&alg, &hex).filter(|_| kind.is_file())
+                    else {
+                        continue;
+                    };
+                    let path = dir.join(&alg).join(&hex);
+                    let linked_at = match fs::metadata(&path).and_then(|m| m.modified()) {
+                        Ok(t) => t,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if let Some(meta) = inner.read_manifest_meta(&repo, &digest)? {
+                        records.push(ManifestRecord {
+                            digest,
+                            meta,
+                            linked_at,
+                        });
+                    }
+                }
+            }
+            records.sort_by(|a, b| a.digest.cmp(&b.digest));
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn pull_record(&self, repo: &RepoName, target: &PullTarget) -> Result<()> {
+        let (repo, target) = (repo.clone(), target.clone());
+        self.run(move |inner| Ok(inner.write_record(&inner.pull_path(&repo, &target), b"")?))
+            .await
+    }
+
+    async fn pull_records(&self, repo: &RepoName) -> Result<Vec<(PullTarget, SystemTime)>> {
+        let repo = repo.clone();
+        self.run(move |inner| {
+            let dir = inner.pulls_dir(&repo);
+            let modified =
+                |path: &std::path::Path| match fs::metadata(path).and_then(|m| m.modified()) {
+                    Ok(t) => Ok(Some(t)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                };
+            let mut records = Vec::new();
+            for (name, kind) in read_dir_names(&dir.join(PULLED_TAGS))? {
+                if let (Ok(tag), true) = (name.parse::<Tag>(), kind.is_file())
+                    && let Some(at) = modified(&dir.join(PULLED_TAGS).join(&name))?
+                {
+                    records.push((PullTarget::Tag(tag), at));
+                }
+            }
+            let manifests = dir.join(PULLED_MANIFESTS);
+            for (alg, kind) in read_dir_names(&manifests)? {
+                if !kind.is_dir() {
+                    continue;
+                }
+                for (hex, _) in read_dir_names(&manifests.join(&alg))? {
+                    if let Some(digest) = parse_digest_parts(&alg, &hex)
+                        && let Some(at) = modified(&manifests.join(&alg).join(&hex))?
+                    {
+                        records.push((PullTarget::Manifest(digest), at));
+                    }
+                }
+            }
+            records.sort();
+            Ok(records)
+        })
+        .await
+    }
+
     async fn referrer_add(
         &self,
         repo: &RepoName,
@@ -558,6 +676,18 @@ impl Storage for FsStorage {
             Ok(found.into_iter().map(|(_, d)| d).collect())
         })
         .await
+    }
+
+    async fn record_get(&self, key: &RecordKey) -> Result<Option<Bytes>> {
+        let key = key.clone();
+        self.run(move |inner| Ok(Inner::read_optional(&inner.record_path(&key))?.map(Bytes::from)))
+            .await
+    }
+
+    async fn record_put(&self, key: &RecordKey, data: Bytes) -> Result<()> {
+        let key = key.clone();
+        self.run(move |inner| Ok(inner.write_record(&inner.record_path(&key), &data)?))
+            .await
     }
 
     async fn repositories(&self) -> Result<Vec<RepoName>> {

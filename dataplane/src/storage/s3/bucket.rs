@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io;
 use std::ops::Range;
+use std::time::SystemTime;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -74,6 +75,8 @@ pub(super) struct Object {
 pub(super) struct Listing {
     /// Keys of the objects found.
     pub(super) keys: Vec<String>,
+    /// When each of `keys` was last written, in the same order.
+    pub(super) modified: Vec<SystemTime>,
     /// Common prefixes (only when listing with a delimiter).
     pub(super) prefixes: Vec<String>,
 }
@@ -349,12 +352,16 @@ impl Bucket {
                 .send()
                 .await
                 .map_err(|e| StorageError::from(self.failure("ListObjectsV2", prefix, e)))?;
-            listing.keys.extend(
-                out.contents()
-                    .iter()
-                    .filter_map(|o| o.key())
-                    .map(str::to_owned),
-            );
+            for object in out.contents() {
+                if let Some(key) = object.key() {
+                    listing.keys.push(key.to_owned());
+                    let modified = object
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    listing.modified.push(modified);
+                }
+            }
             listing.prefixes.extend(
                 out.common_prefixes()
                     .iter()

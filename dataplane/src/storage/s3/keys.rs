@@ -1,7 +1,7 @@
 //! The key layout of [`crate::storage`], as object keys under a configurable prefix.
 
 use crate::oci::{Digest, RepoName, Tag};
-use crate::storage::UploadId;
+use crate::storage::{PullTarget, RecordKey, UploadId};
 
 /// Builds every object key the backend uses, so the layout lives in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +84,29 @@ impl Keys {
         format!("{}{}", self.tags(repo), tag.as_str())
     }
 
+    /// `repositories/<name...>/_manifests/` (every revision of a repository).
+    pub(super) fn manifest_links(&self, repo: &RepoName) -> String {
+        format!("{}{MANIFESTS_DIR}", self.repository(repo))
+    }
+
+    /// `repositories/<name...>/_pulls/` (every pull record of a repository).
+    pub(super) fn pulls(&self, repo: &RepoName) -> String {
+        format!("{}_pulls/", self.repository(repo))
+    }
+
+    /// `repositories/<name...>/_pulls/tags/<tag>` or `.../_pulls/manifests/<alg>/<hex>`.
+    pub(super) fn pull(&self, repo: &RepoName, target: &PullTarget) -> String {
+        match target {
+            PullTarget::Tag(tag) => format!("{}tags/{}", self.pulls(repo), tag.as_str()),
+            PullTarget::Manifest(digest) => format!(
+                "{}manifests/{}/{}",
+                self.pulls(repo),
+                digest.algorithm(),
+                digest.hex()
+            ),
+        }
+    }
+
     /// `repositories/<name...>/_referrers/<alg>/<hex>/` (all referrers of a subject).
     pub(super) fn referrers(&self, repo: &RepoName, subject: &Digest) -> String {
         format!(
@@ -102,6 +125,11 @@ impl Keys {
             referrer.algorithm(),
             referrer.hex()
         )
+    }
+
+    /// `_system/<key>`.
+    pub(super) fn record(&self, key: &RecordKey) -> String {
+        format!("{}_system/{}", self.prefix, key.as_str())
     }
 
     /// `uploads/` (every session).

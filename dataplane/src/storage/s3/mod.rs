@@ -112,7 +112,8 @@ use self::keys::Keys;
 use self::requests::RequestCounts;
 use super::buffers::BufferPool;
 use super::{
-    ByteStream, Checkpoint, ManifestMeta, Result, Storage, StorageError, UploadId, UploadInfo,
+    ByteStream, Checkpoint, ManifestMeta, ManifestRecord, PullTarget, RecordKey, Result, Storage,
+    StorageError, TagRecord, UploadId, UploadInfo,
 };
 use crate::caches::CacheMemory;
 use crate::oci::{Digest, RepoName, Tag};
@@ -389,6 +390,22 @@ impl S3Storage {
         }
         Ok(found)
     }
+}
+
+/// Runs `read` over `items`, [`TAG_READS_AT_ONCE`] at a time, keeping what it finds (small
+/// records read one request each: tags, revision records).
+async fn read_many<I, T, F, Fut>(items: I, read: F) -> Result<Vec<T>>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    futures_util::stream::iter(items)
+        .map(read)
+        .buffer_unordered(TAG_READS_AT_ONCE)
+        .try_filter_map(|found| async move { Ok(found) })
+        .try_collect()
+        .await
 }
 
 fn corrupt(key: &str, what: impl std::fmt::Display) -> StorageError {
@@ -770,19 +787,102 @@ impl Storage for S3Storage {
     }
 
     async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>> {
-        use futures_util::{StreamExt as _, TryStreamExt as _};
         let read = |tag: Tag| async move {
             let target = self.tag_get(repo, &tag).await?;
             Ok::<_, StorageError>((target.as_ref() == Some(digest)).then_some(tag))
         };
-        let mut pointing: Vec<Tag> = futures_util::stream::iter(self.tags(repo).await?)
-            .map(read)
-            .buffer_unordered(TAG_READS_AT_ONCE)
-            .try_filter_map(|tag| async move { Ok(tag) })
-            .try_collect()
-            .await?;
+        let mut pointing: Vec<Tag> = read_many(self.tags(repo).await?, read).await?;
         pointing.sort();
         Ok(pointing)
+    }
+
+    async fn tag_records(&self, repo: &RepoName) -> Result<Vec<TagRecord>> {
+        let prefix = self.keys.tags(repo);
+        let listing = self.bucket.list(&prefix, None).await?;
+        let read = |(key, set_at): (String, std::time::SystemTime)| {
+            let prefix = &prefix;
+            async move {
+                let tag: Tag = key[prefix.len()..].parse().map_err(|e| corrupt(&key, e))?;
+                // A tag deleted since the listing is left out.
+                let Some(object) = self.bucket.get_optional(&key).await? else {
+                    return Ok(None);
+                };
+                let digest = tag_digest(&key, &object)?;
+                Ok::<_, StorageError>(Some(TagRecord {
+                    tag,
+                    digest,
+                    set_at,
+                }))
+            }
+        };
+        let mut records: Vec<TagRecord> =
+            read_many(listing.keys.into_iter().zip(listing.modified), read).await?;
+        records.sort_by(|a, b| a.tag.cmp(&b.tag));
+        Ok(records)
+    }
+
+    async fn manifest_records(&self, repo: &RepoName) -> Result<Vec<ManifestRecord>> {
+        let prefix = self.keys.manifest_links(repo);
+        let listing = self.bucket.list(&prefix, None).await?;
+        let read = |(key, linked_at): (String, std::time::SystemTime)| {
+            let prefix = &prefix;
+            async move {
+                let digest: Digest = key[prefix.len()..]
+                    .replacen('/', ":", 1)
+                    .parse()
+                    .map_err(|e| corrupt(&key, e))?;
+                let Some(meta) = self.manifest_meta(repo, &digest).await? else {
+                    return Ok(None);
+                };
+                Ok::<_, StorageError>(Some(ManifestRecord {
+                    digest,
+                    meta,
+                    linked_at,
+                }))
+            }
+        };
+        let mut records: Vec<ManifestRecord> =
+            read_many(listing.keys.into_iter().zip(listing.modified), read).await?;
+        records.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(records)
+    }
+
+    async fn pull_record(&self, repo: &RepoName, target: &PullTarget) -> Result<()> {
+        let key = self.keys.pull(repo, target);
+        self.bucket
+            .put(&key, Bytes::new(), Condition::None)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    async fn pull_records(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Vec<(PullTarget, std::time::SystemTime)>> {
+        let prefix = self.keys.pulls(repo);
+        let listing = self.bucket.list(&prefix, None).await?;
+        let mut records = Vec::with_capacity(listing.keys.len());
+        for (key, at) in listing.keys.iter().zip(listing.modified) {
+            let rest = &key[prefix.len()..];
+            let target = if let Some(tag) = rest.strip_prefix("tags/") {
+                tag.parse().ok().map(PullTarget::Tag)
+            } else if let Some(digest) = rest.strip_prefix("manifests/") {
+                digest
+                    .replacen('/', ":", 1)
+                    .parse()
+                    .ok()
+                    .map(PullTarget::Manifest)
+            } else {
+                None
+            };
+            match target {
+                Some(target) => records.push((target, at)),
+                None => tracing::warn!(key, "skipping an unrecognised pull record"),
+            }
+        }
+        records.sort();
+        Ok(records)
     }
 
     async fn referrer_add(
@@ -835,6 +935,24 @@ impl Storage for S3Storage {
             .try_collect()
             .await?;
         Ok(descriptors.into_iter().flatten().collect())
+    }
+
+    async fn record_get(&self, key: &RecordKey) -> Result<Option<Bytes>> {
+        let key = self.keys.record(key);
+        Ok(self
+            .bucket
+            .get_optional(&key)
+            .await?
+            .map(|object| object.data))
+    }
+
+    async fn record_put(&self, key: &RecordKey, data: Bytes) -> Result<()> {
+        let key = self.keys.record(key);
+        self.bucket
+            .put(&key, data, Condition::None)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(())
     }
 
     async fn repositories(&self) -> Result<Vec<RepoName>> {

@@ -1,0 +1,260 @@
+//! Retention end to end on the harness cluster: 30 tags pushed, a `dryRun` policy whose plan
+//! is read from the object, an image a Pod runs spared with its reason, and a real run that
+//! deletes exactly the planned tags while every kept tag still pulls with a real client.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use crds::v1alpha1::RetentionPolicy;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use testkit::clients::{Client, Credentials, pull_image, sha256_digest};
+
+use common::{Region, cluster, credentials_of, ready, wait_object};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+/// A run happens at the next minute of the schedule `* * * * *`.
+const RUN: Duration = Duration::from_secs(100);
+
+/// Pushes a blob with the registry API and Basic credentials; returns its digest.
+async fn push_blob(
+    http: &reqwest::Client,
+    host: &str,
+    repo: &str,
+    auth: &str,
+    data: Vec<u8>,
+) -> String {
+    let digest = sha256_digest(&data);
+    let response = http
+        .post(format!(
+            "http://{host}/v2/{repo}/blobs/uploads/?digest={digest}"
+        ))
+        .header("authorization", auth)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "blob push: {:?}",
+        response.text().await
+    );
+    digest
+}
+
+/// Pushes one image (a shared base layer, its own layer, its own config) under `tag`; returns
+/// the manifest digest.
+async fn push(http: &reqwest::Client, host: &str, repo: &str, tag: &str, auth: &str) -> String {
+    let blob = |data: Vec<u8>| push_blob(http, host, repo, auth, data);
+    let base = blob(b"shared base layer".to_vec()).await;
+    let own = blob(format!("layer of {tag}").into_bytes()).await;
+    let config_bytes = format!("{{\"tag\":\"{tag}\"}}").into_bytes();
+    let config_size = config_bytes.len();
+    let config = blob(config_bytes).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": base, "size": 17},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": own, "size": format!("layer of {tag}").len()},
+        ],
+    })
+    .to_string();
+    let response = http
+        .put(format!("http://{host}/v2/{repo}/manifests/{tag}"))
+        .header("authorization", auth)
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "manifest push: {:?}",
+        response.text().await
+    );
+    sha256_digest(manifest.as_bytes())
+}
+
+async fn tags(http: &reqwest::Client, host: &str, repo: &str, auth: &str) -> Vec<String> {
+    let response = http
+        .get(format!("http://{host}/v2/{repo}/tags/list"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let mut tags: Vec<String> = body["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    tags.sort();
+    tags
+}
+
+fn basic(c: &Credentials) -> String {
+    let pair = format!("{}:{}", c.username, c.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// The planned tags of a policy's status, with their reasons.
+fn planned_tags(policy: &RetentionPolicy) -> Option<Vec<(String, String)>> {
+    let plan = policy.status.as_ref()?.plan.as_ref()?;
+    Some(
+        plan.items
+            .iter()
+            .filter_map(|i| Some((i.tag.clone()?, format!("{:?}", i.reason))))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_plan() {
+    let region = Region::start(&["acme"]).await;
+    let project = region.project(Some("acme")).await;
+    let p = project.name();
+    region
+        .apply(&region.namespace_manifest(p, "shop", ""))
+        .unwrap();
+    region
+        .apply(&region.credential_manifest(p, "ci", "containerRegistry", &["shop"], ""))
+        .unwrap();
+    let client = cluster().client().await.unwrap();
+    let secrets = Api::<Secret>::namespaced(client.clone(), p);
+    let ci = wait_object(&secrets, "ci", CONVERGE, |s| Some(credentials_of(s))).await;
+    let auth = basic(&ci);
+    let http = reqwest::Client::new();
+    let repo = "shop/app";
+    // The data plane serves the credential once the document is in force.
+    for _ in 0..150 {
+        let r = http
+            .get(format!("http://{}/v2/", region.host))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 30 tags, oldest first: t01 .. t30.
+    let mut digests = Vec::new();
+    for i in 1..=30 {
+        let tag = format!("t{i:02}");
+        digests.push((
+            tag.clone(),
+            push(&http, &region.host, repo, &tag, &auth).await,
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A dry-run policy keeping the 5 most recent tags: 25 planned, read from the object.
+    let policy = format!(
+        "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RetentionPolicy\n\
+         metadata: {{name: keep-five, namespace: {p}}}\n\
+         spec:\n  region: {}\n  namespaces: [shop]\n  schedule: '* * * * *'\n  dryRun: true\n  \
+         rules:\n    keepLast: [{{tags: '*', count: 5}}]\n",
+        region.name
+    );
+    region.apply(&policy).unwrap();
+    let policies = Api::<RetentionPolicy>::namespaced(client.clone(), p);
+    let planned = wait_object(&policies, "keep-five", CONVERGE, |rp| {
+        let status = rp.status.as_ref()?;
+        let (ready, _) = ready(rp, &status.conditions)?;
+        (ready == "True" && status.plan.as_ref()?.tags == 25).then(|| status.clone())
+    })
+    .await;
+    let plan = planned.plan.as_ref().unwrap();
+    assert_eq!(plan.manifests, 25);
+    assert!(plan.bytes > 0);
+    assert!(planned.next_run.is_some());
+    assert!(planned.last_run.is_none(), "a dry run deletes nothing");
+    let yaml = cluster()
+        .kubectl_ok(["get", "retentionpolicy", "-n", p, "keep-five", "-o", "yaml"])
+        .unwrap();
+    assert!(yaml.contains("reason: BeyondKeepLast"), "{yaml}");
+    assert!(yaml.contains("tag: t01"), "{yaml}");
+    assert_eq!(tags(&http, &region.host, repo, &auth).await.len(), 30);
+
+    // A Pod runs t03: its status as a kubelet reports it (this cluster has no node, so the
+    // Pod stays unscheduled and nothing else writes its container statuses).
+    let (_, t03) = &digests[2];
+    let pods = Api::<Pod>::namespaced(client.clone(), p);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "runs-t03"},
+        "spec": {"containers": [{"name": "app", "image": format!("{}/{repo}:t03", region.host)}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let running = serde_json::json!({"status": {"phase": "Running", "containerStatuses": [{
+        "name": "app", "image": format!("{}/{repo}:t03", region.host),
+        "imageID": format!("{}/{repo}@{t03}", region.host),
+        "ready": true, "restartCount": 0, "started": true,
+        "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+    }]}});
+    pods.patch_status("runs-t03", &PatchParams::default(), &Patch::Merge(&running))
+        .await
+        .unwrap();
+    let spared = wait_object(&policies, "keep-five", CONVERGE, |rp| {
+        let plan = rp.status.as_ref()?.plan.as_ref()?;
+        (plan.tags == 24).then(|| plan.clone())
+    })
+    .await;
+    assert_eq!(spared.spared.len(), 1, "{spared:?}");
+    assert_eq!(format!("{:?}", spared.spared[0].reason), "InUse");
+    assert_eq!(spared.spared[0].count, 1);
+    let policy_now = policies.get("keep-five").await.unwrap();
+    let still_planned = planned_tags(&policy_now).unwrap();
+    assert!(
+        !still_planned.iter().any(|(t, _)| t == "t03"),
+        "{still_planned:?}"
+    );
+    let message = &policy_now.status.as_ref().unwrap().conditions[0].message;
+    assert!(message.contains("InUse"), "{message}");
+
+    // The real run: exactly the planned tags go, at the next minute.
+    policies
+        .patch(
+            "keep-five",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"dryRun": false}})),
+        )
+        .await
+        .unwrap();
+    let ran = wait_object(&policies, "keep-five", RUN, |rp| {
+        rp.status.as_ref()?.last_run.clone()
+    })
+    .await;
+    assert_eq!((ran.deleted.tags, ran.deleted.manifests), (24, 24));
+    let kept = tags(&http, &region.host, repo, &auth).await;
+    assert_eq!(kept, ["t03", "t26", "t27", "t28", "t29", "t30"]);
+
+    // Every kept tag pulls with a real client; a deleted one does not.
+    for tag in &kept {
+        let reference = format!("{}/{repo}:{tag}", region.host);
+        let pulled = pull_image(Client::Crane, &reference, Some(&ci)).unwrap();
+        let expected = &digests.iter().find(|(t, _)| t == tag).unwrap().1;
+        assert_eq!(pulled.digest_or_error(&reference).unwrap(), *expected);
+    }
+    let gone = pull_image(
+        Client::Crane,
+        &format!("{}/{repo}:t01", region.host),
+        Some(&ci),
+    )
+    .unwrap();
+    assert!(!gone.succeeded());
+    project.cleanup().await.unwrap();
+}
