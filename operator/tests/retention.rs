@@ -6,107 +6,19 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use crds::v1alpha1::RetentionPolicy;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
-use testkit::clients::{Client, Credentials, pull_image, sha256_digest};
+use kube::api::{Patch, PatchParams};
+use testkit::clients::{Client, pull_image};
 
-use common::{Region, cluster, credentials_of, ready, wait_object};
+use common::{
+    Region, basic, cluster, credentials_of, push, ready, running_pod, served, tags, wait_object,
+};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 /// A run happens at the next minute of the schedule `* * * * *`.
 const RUN: Duration = Duration::from_secs(100);
-
-/// Pushes a blob with the registry API and Basic credentials; returns its digest.
-async fn push_blob(
-    http: &reqwest::Client,
-    host: &str,
-    repo: &str,
-    auth: &str,
-    data: Vec<u8>,
-) -> String {
-    let digest = sha256_digest(&data);
-    let response = http
-        .post(format!(
-            "http://{host}/v2/{repo}/blobs/uploads/?digest={digest}"
-        ))
-        .header("authorization", auth)
-        .body(data)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        201,
-        "blob push: {:?}",
-        response.text().await
-    );
-    digest
-}
-
-/// Pushes one image (a shared base layer, its own layer, its own config) under `tag`; returns
-/// the manifest digest.
-async fn push(http: &reqwest::Client, host: &str, repo: &str, tag: &str, auth: &str) -> String {
-    let blob = |data: Vec<u8>| push_blob(http, host, repo, auth, data);
-    let base = blob(b"shared base layer".to_vec()).await;
-    let own = blob(format!("layer of {tag}").into_bytes()).await;
-    let config_bytes = format!("{{\"tag\":\"{tag}\"}}").into_bytes();
-    let config_size = config_bytes.len();
-    let config = blob(config_bytes).await;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": base, "size": 17},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": own, "size": format!("layer of {tag}").len()},
-        ],
-    })
-    .to_string();
-    let response = http
-        .put(format!("http://{host}/v2/{repo}/manifests/{tag}"))
-        .header("authorization", auth)
-        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        201,
-        "manifest push: {:?}",
-        response.text().await
-    );
-    sha256_digest(manifest.as_bytes())
-}
-
-async fn tags(http: &reqwest::Client, host: &str, repo: &str, auth: &str) -> Vec<String> {
-    let response = http
-        .get(format!("http://{host}/v2/{repo}/tags/list"))
-        .header("authorization", auth)
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = response.json().await.unwrap();
-    let mut tags: Vec<String> = body["tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.as_str().map(str::to_owned))
-        .collect();
-    tags.sort();
-    tags
-}
-
-fn basic(c: &Credentials) -> String {
-    let pair = format!("{}:{}", c.username, c.password);
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
 
 /// The planned tags of a policy's status, with their reasons.
 fn planned_tags(policy: &RetentionPolicy) -> Option<Vec<(String, String)>> {
@@ -136,19 +48,7 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     let auth = basic(&ci);
     let http = reqwest::Client::new();
     let repo = "shop/app";
-    // The data plane serves the credential once the document is in force.
-    for _ in 0..150 {
-        let r = http
-            .get(format!("http://{}/v2/", region.host))
-            .header("authorization", &auth)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    served(&http, &region.host, &auth).await;
 
     // 30 tags, oldest first: t01 .. t30.
     let mut digests = Vec::new();
@@ -193,21 +93,13 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     // Pod stays unscheduled and nothing else writes its container statuses).
     let (_, t03) = &digests[2];
     let pods = Api::<Pod>::namespaced(client.clone(), p);
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "runs-t03"},
-        "spec": {"containers": [{"name": "app", "image": format!("{}/{repo}:t03", region.host)}]}
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let running = serde_json::json!({"status": {"phase": "Running", "containerStatuses": [{
-        "name": "app", "image": format!("{}/{repo}:t03", region.host),
-        "imageID": format!("{}/{repo}@{t03}", region.host),
-        "ready": true, "restartCount": 0, "started": true,
-        "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
-    }]}});
-    pods.patch_status("runs-t03", &PatchParams::default(), &Patch::Merge(&running))
-        .await
-        .unwrap();
+    running_pod(
+        &pods,
+        "runs-t03",
+        &format!("{}/{repo}:t03", region.host),
+        &format!("{}/{repo}@{t03}", region.host),
+    )
+    .await;
     let spared = wait_object(&policies, "keep-five", CONVERGE, |rp| {
         let plan = rp.status.as_ref()?.plan.as_ref()?;
         (plan.tags == 24).then(|| plan.clone())

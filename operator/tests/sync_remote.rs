@@ -14,20 +14,22 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crds::v1alpha1::RegistryCredential;
+use crds::v1alpha1::{RegistryCredential, RetentionPolicy};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Event, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt as _};
 use testkit::clients::{Client, push_image, unique_repo_in};
 use testkit::cluster::Cluster;
 
 use common::{
-    Region, cluster, create_service_account, credentials_of, image_pull_secrets, skopeo_inspect,
-    wait_object,
+    Region, basic, cluster, create_service_account, credentials_of, image_pull_secrets, push,
+    running_pod, served, skopeo_inspect, tags, wait_object,
 };
 
 const CONVERGE: Duration = Duration::from_secs(30);
+/// A run happens at the next minute of the schedule `* * * * *`.
+const RUN: Duration = Duration::from_secs(100);
 /// How soon a namespace or ServiceAccount created later must have the Secret.
 const PROMPT: Duration = Duration::from_secs(5);
 const PULL_SECRETS: &str = "registry.thalassa.cloud/pull-secrets";
@@ -577,4 +579,181 @@ async fn foreign_or_unsafe_kubeconfigs_are_refused_and_nothing_is_written() {
         !names.contains_key("foreign-pull") && !names.contains_key("sneaky-pull"),
         "{names:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_spares_images_remote_pods_run_and_waits_while_a_cluster_is_unseen() {
+    let (a, _) = remotes();
+    // The credential's copies in the unreachable cluster are given up soon at cleanup.
+    let region = Region::start_with_settings(&["globex"], "remoteGiveUp: 3s\n").await;
+    let project = region.project(Some("globex")).await;
+    let p = project.name();
+    let a_apps = namespace_in(a, "apps", serde_json::json!({})).await;
+    kubeconfig_secret(p, "cluster-a", &a.embedded_kubeconfig().unwrap()).await;
+    let nowhere = a
+        .embedded_kubeconfig()
+        .unwrap()
+        .replace(a.server(), "https://127.0.0.1:1");
+    kubeconfig_secret(p, "cluster-gone", &nowhere).await;
+    region
+        .apply(&region.namespace_manifest(p, "shop", ""))
+        .unwrap();
+    region
+        .apply(&region.credential_manifest(p, "ci", "containerRegistry", &["shop"], ""))
+        .unwrap();
+    let client = cluster().client().await.unwrap();
+    let ci = wait_object(
+        &Api::<Secret>::namespaced(client.clone(), p),
+        "ci",
+        CONVERGE,
+        |s| Some(credentials_of(s)),
+    )
+    .await;
+    let auth = basic(&ci);
+    let http = reqwest::Client::new();
+    served(&http, &region.host, &auth).await;
+    let repo = "shop/app";
+    let mut digests = Vec::new();
+    for tag in ["t1", "t2", "t3"] {
+        digests.push(push(&http, &region.host, repo, tag, &auth).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The tenant's workloads run in cluster a, where its pull credential syncs.
+    let to_a = format!(
+        "  sync:\n  - cluster: {{name: a, kubeconfigSecret: {{name: cluster-a}}}}\n    \
+         namespaces: [{a_apps}]\n    secretName: registry-pull\n"
+    );
+    region
+        .apply(&region.credential_manifest(p, "deploy", "containerRegistry:pull", &["shop"], &to_a))
+        .unwrap();
+    wait_ready(p, "deploy", |s, _| s == "True/Ready").await;
+
+    // Keep the newest tag: t1 and t2 planned.
+    region
+        .apply(&format!(
+            "apiVersion: registry.thalassa.cloud/v1alpha1\nkind: RetentionPolicy\n\
+             metadata: {{name: newest, namespace: {p}}}\n\
+             spec:\n  region: {}\n  namespaces: [shop]\n  schedule: '* * * * *'\n  \
+             dryRun: true\n  rules:\n    keepLast: [{{tags: '*', count: 1}}]\n",
+            region.name
+        ))
+        .unwrap();
+    let policies = Api::<RetentionPolicy>::namespaced(client.clone(), p);
+    let policy_state = |want: &'static str| {
+        let policies = policies.clone();
+        async move {
+            wait_object(&policies, "newest", CONVERGE, |rp| {
+                let status = rp.status.as_ref()?;
+                let (ready, reason) = common::ready(rp, &status.conditions)?;
+                (format!("{ready}/{reason}") == want).then(|| status.clone())
+            })
+            .await
+        }
+    };
+    let planned = wait_object(&policies, "newest", CONVERGE, |rp| {
+        let plan = rp.status.as_ref()?.plan.as_ref()?;
+        (plan.tags == 2).then(|| plan.clone())
+    })
+    .await;
+    assert!(planned.spared.is_empty(), "{planned:?}");
+    policy_state("True/Ready").await;
+
+    // A Pod in cluster a runs t1 (its status as a kubelet reports it): t1 is spared.
+    let pods = Api::<Pod>::namespaced(a.client().await.unwrap(), &a_apps);
+    let image = format!("{}/{repo}:t1", region.host);
+    running_pod(
+        &pods,
+        "runs-t1",
+        &image,
+        &format!("{}/{repo}@{}", region.host, digests[0]),
+    )
+    .await;
+    let spared = wait_object(&policies, "newest", CONVERGE, |rp| {
+        let plan = rp.status.as_ref()?.plan.as_ref()?;
+        (plan.tags == 1).then(|| plan.clone())
+    })
+    .await;
+    assert_eq!(spared.spared.len(), 1, "{spared:?}");
+    assert_eq!(format!("{:?}", spared.spared[0].reason), "InUse");
+    assert_eq!(spared.items[0].tag.as_deref(), Some("t2"));
+
+    // A second cluster whose Pods cannot be listed: the policy is Degraded, naming it, and
+    // a due run waits (nothing is deleted) until that cluster is known or gone.
+    region
+        .apply(&region.credential_manifest(
+            p,
+            "deploy",
+            "containerRegistry:pull",
+            &["shop"],
+            &format!(
+                "{to_a}  - cluster: {{name: gone, kubeconfigSecret: {{name: cluster-gone}}}}\n    \
+                 namespaces: [apps]\n    secretName: registry-pull\n"
+            ),
+        ))
+        .unwrap();
+    let blind = policy_state("False/Degraded").await;
+    let message = &blind.conditions[0].message;
+    assert!(message.contains("cluster \"gone\""), "{message}");
+    assert!(!message.contains("cluster \"a\""), "{message}");
+    policies
+        .patch(
+            "newest",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"dryRun": false}})),
+        )
+        .await
+        .unwrap();
+    let events = Api::<Event>::namespaced(client.clone(), p);
+    let deadline = Instant::now() + RUN;
+    let skipped = loop {
+        let list = events.list(&ListParams::default()).await.unwrap();
+        if let Some(e) = list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("RunSkipped")
+                && e.involved_object.name.as_deref() == Some("newest")
+        }) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no RunSkipped Event");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        skipped
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("\"gone\""),
+        "{skipped:?}"
+    );
+    assert_eq!(
+        tags(&http, &region.host, repo, &auth).await,
+        ["t1", "t2", "t3"]
+    );
+    let policy = policies.get("newest").await.unwrap();
+    assert!(policy.status.unwrap().last_run.is_none());
+
+    // The unreachable target goes: the waiting run happens, and only t2 goes.
+    region
+        .apply(&region.credential_manifest(p, "deploy", "containerRegistry:pull", &["shop"], &to_a))
+        .unwrap();
+    let ran = wait_object(&policies, "newest", RUN, |rp| {
+        rp.status.as_ref()?.last_run.clone()
+    })
+    .await;
+    assert_eq!((ran.deleted.tags, ran.deleted.manifests), (1, 1));
+    assert_eq!(tags(&http, &region.host, repo, &auth).await, ["t1", "t3"]);
+    // A cluster that never answered is given up like one that stopped answering.
+    wait_ready(p, "deploy", |s, _| s == "True/Ready").await;
+    let events = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("GaveUp")
+                && e.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("\"gone\"")),
+        "no GaveUp Event for cluster gone"
+    );
+    project.cleanup().await.unwrap();
 }

@@ -193,6 +193,9 @@ pub struct Remote {
     /// The kubeconfig Secret (in this cluster), cached.
     kubeconfig: Store<Secret>,
     health: Arc<Health>,
+    /// The images its Pods run (for retention); its failures do not make the cluster
+    /// unreachable for sync.
+    pub pods: tokio::sync::watch::Receiver<super::in_use::PodImages>,
     _tasks: JoinSet<()>,
 }
 
@@ -225,6 +228,8 @@ pub struct RemoteClusters {
     triggers: mpsc::UnboundedSender<SyncTrigger>,
     metrics: Arc<Metrics>,
     entries: tokio::sync::Mutex<HashMap<ClusterKey, Arc<Remote>>>,
+    /// Bumped whenever what the Pods of a remote cluster run changes.
+    pods_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl RemoteClusters {
@@ -241,7 +246,13 @@ impl RemoteClusters {
             triggers,
             metrics,
             entries: tokio::sync::Mutex::new(HashMap::new()),
+            pods_changed: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// Changes whenever what the Pods of any remote cluster run changes.
+    pub fn pods_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pods_changed.subscribe()
     }
 
     /// The cluster reached with `kubeconfig`: the one in use when the kubeconfig is the same,
@@ -397,6 +408,12 @@ impl RemoteClusters {
                 }
             },
         );
+        let pods = {
+            let changed = Arc::clone(&self.pods_changed);
+            super::in_use::watch_pods(&client, &label, &mut tasks, &self.metrics, move || {
+                changed.send_modify(|n| *n = n.wrapping_add(1));
+            })
+        };
         Remote {
             cluster: TargetCluster {
                 name: name.to_owned(),
@@ -409,6 +426,7 @@ impl RemoteClusters {
             fingerprint,
             kubeconfig,
             health,
+            pods,
             _tasks: tasks,
         }
     }
@@ -516,7 +534,12 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
-                    let recovered = watch.health.as_ref().is_some_and(|h| h.recovered());
+                    // `Init` starts a (re)list before any answer: only what follows it shows
+                    // that the cluster answers. Counting it would restart the failure clock
+                    // at every retry, and a cluster that never answers would never be given up.
+                    let answered = !matches!(event, watcher::Event::Init);
+                    let recovered =
+                        answered && watch.health.as_ref().is_some_and(|h| h.recovered());
                     if recovered {
                         tracing::info!(cluster = %watch.cluster, resource = watch.resource, "watch recovered");
                     }

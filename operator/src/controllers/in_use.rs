@@ -2,11 +2,14 @@
 //!
 //! The digests come from every container's status (`imageID`, of regular, init and ephemeral
 //! containers) and from images the spec pins by digest (a Pod not started yet). A cache of
-//! this cluster's Pods, stripped to those fields, keeps the set current; each change of the
-//! set is published to the retention controller.
+//! the Pods of each cluster (this one, and every remote sync target), stripped to those
+//! fields, keeps its set current; each change of a set is published to the retention
+//! controller. A set is unknown until its cache has listed, and again from a watch failure
+//! until it has listed anew.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -90,13 +93,21 @@ fn strip(pod: &mut Pod) {
     }
 }
 
-/// Starts a cache of this cluster's Pods; the receiver holds the digests they run, updated
-/// about a second after each change.
+/// What the Pods of one cluster run: the digests, or `None` while that is unknown (before
+/// the first list, and from a watch failure until the watch has listed again). Retention
+/// never runs on an unknown set.
+pub type PodImages = Option<Arc<BTreeSet<String>>>;
+
+/// Starts a cache of the Pods of the cluster `client` reaches (named `cluster` in logs and
+/// metrics); the receiver holds the digests they run, updated about a second after each
+/// change. `on_change` is called after each change of the receiver's value.
 pub fn watch_pods(
     client: &Client,
+    cluster: &str,
     tasks: &mut JoinSet<()>,
     metrics: &Arc<Metrics>,
-) -> watch::Receiver<Arc<BTreeSet<String>>> {
+    on_change: impl Fn() + Send + Sync + 'static,
+) -> watch::Receiver<PodImages> {
     let (reader, writer) = reflector::store();
     let changed = Arc::new(Notify::new());
     let stream = reflector::reflector(
@@ -108,38 +119,64 @@ pub fn watch_pods(
         .default_backoff()
         .modify(strip),
     );
-    let (sender, receiver) = watch::channel(Arc::new(BTreeSet::new()));
-    let notify = Arc::clone(&changed);
-    let metrics = Arc::clone(metrics);
-    tasks.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => notify.notify_one(),
-                Err(error) => {
-                    metrics.watch_failed(super::clusters::LOCAL, "pods");
-                    tracing::warn!(%error, "pod watch failed; restarting");
+    let (sender, receiver) = watch::channel(None);
+    let sender = Arc::new(sender);
+    let on_change = Arc::new(on_change);
+    // Whether the cache holds a complete list that no failure has followed since.
+    let listed = Arc::new(AtomicBool::new(false));
+    {
+        let (notify, sender, on_change, listed) = (
+            Arc::clone(&changed),
+            Arc::clone(&sender),
+            Arc::clone(&on_change),
+            Arc::clone(&listed),
+        );
+        let (metrics, cluster) = (Arc::clone(metrics), cluster.to_owned());
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        listed.store(true, Ordering::Release);
+                        notify.notify_one();
+                    }
+                    Ok(_) => notify.notify_one(),
+                    Err(error) => {
+                        metrics.watch_failed(&cluster, "pods");
+                        tracing::warn!(%cluster, %error,
+                            "pod watch failed; images in use unknown until it lists again");
+                        listed.store(false, Ordering::Release);
+                        if sender.send_replace(None).is_some() {
+                            on_change();
+                        }
+                    }
                 }
             }
-        }
-    });
+        });
+    }
     tasks.spawn(async move {
         loop {
             changed.notified().await;
             tokio::time::sleep(SETTLE).await;
+            if !listed.load(Ordering::Acquire) {
+                continue;
+            }
             let digests: BTreeSet<String> = reader
                 .state()
                 .iter()
                 .flat_map(|pod| pod_digests(pod).collect::<Vec<_>>())
                 .collect();
-            sender.send_if_modified(|current| {
-                if **current == digests {
+            let modified = sender.send_if_modified(|current| {
+                if current.as_deref() == Some(&digests) {
                     false
                 } else {
-                    *current = Arc::new(digests);
+                    *current = Some(Arc::new(digests));
                     true
                 }
             });
+            if modified {
+                on_change();
+            }
         }
     });
     receiver

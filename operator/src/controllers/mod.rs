@@ -20,7 +20,7 @@ pub mod renderer;
 pub mod retention;
 pub mod status;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -190,8 +190,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The data plane's internal endpoints.
     pub dataplane: crate::dataplane::DataPlane,
-    /// Digests of the images Pods run.
-    pub in_use: watch::Receiver<Arc<BTreeSet<String>>>,
+    /// Digests of the images this cluster's Pods run (remote clusters: [`Self::remotes`]).
+    pub in_use: watch::Receiver<in_use::PodImages>,
     /// The last plan made of each retention policy.
     pub plans: retention::Plans,
 }
@@ -235,7 +235,7 @@ pub async fn run(
     let render = Arc::new(Notify::new());
     let (stores, mut reflectors, trigger_sender, sync_triggers) =
         renderer::start_reflectors(&client, &settings, &metrics, Arc::clone(&render));
-    let in_use = in_use::watch_pods(&client, &mut reflectors, &metrics);
+    let in_use = in_use::watch_pods(&client, clusters::LOCAL, &mut reflectors, &metrics, || {});
     let dataplane =
         match crate::dataplane::DataPlane::new(settings.dataplane_url(), settings.region.clone()) {
             Ok(dataplane) => dataplane,

@@ -9,8 +9,8 @@
 //! kept: it re-plans and deletes only what both plans agree on. The plan is refreshed when the
 //! policy or the running images change, after a run, and every [`PLAN_REFRESH`].
 
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash as _, Hasher as _};
 use std::str::FromStr as _;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,8 @@ use kube::{Api, Resource as _};
 use tokio_stream::wrappers::WatchStream;
 use tracing::Instrument as _;
 
+use super::clusters::{ClusterKey, LOCAL};
+use super::in_use::PodImages;
 use super::status::{Phase, apply_status, now, ready_reason, same_conditions};
 use super::{Context, backoff};
 use crate::dataplane::{RetentionAnswer, RetentionCall};
@@ -78,11 +80,19 @@ pub async fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api = Api::<RetentionPolicy>::all(ctx.client.clone());
-    // Running images and namespace decisions change plans: every policy is looked at again.
-    let woken = futures::stream::select(
-        WatchStream::from_changes(ctx.in_use.clone()).map(|_| ()),
-        WatchStream::from_changes(ctx.decisions.clone()).map(|_| ()),
-    );
+    // Running images (here and in remote clusters) and namespace decisions change plans:
+    // every policy is looked at again.
+    let woken = futures::stream::select_all([
+        WatchStream::from_changes(ctx.in_use.clone())
+            .map(|_| ())
+            .boxed(),
+        WatchStream::from_changes(ctx.remotes.pods_changed())
+            .map(|_| ())
+            .boxed(),
+        WatchStream::from_changes(ctx.decisions.clone())
+            .map(|_| ())
+            .boxed(),
+    ]);
     Controller::new(api, watcher::Config::default().any_semantic())
         .reconcile_all_on(woken)
         .graceful_shutdown_on(shutdown)
@@ -211,7 +221,7 @@ async fn decide(
             "waiting for the region's token keys".into(),
         )));
     };
-    let in_use = ctx.in_use.borrow().clone();
+    let in_use = images_in_use(&key.namespace, ctx).await;
     let request = RetentionRequest {
         policy: format!("{}/{}", key.namespace, key.name),
         scope: RetentionScope {
@@ -219,11 +229,11 @@ async fn decide(
             repositories: policy.spec.repositories.clone(),
         },
         rules,
-        in_use: in_use.iter().cloned().collect(),
+        in_use: in_use.digests.iter().cloned().collect(),
     };
     let fingerprint = MadePlan {
         policy: fingerprint(&(&request.policy, &request.scope, &request.rules)),
-        in_use: fingerprint(&*in_use),
+        in_use: fingerprint(&in_use.digests),
         at: Instant::now(),
     };
     let now_ts = Timestamp::now();
@@ -235,9 +245,23 @@ async fn decide(
     let made = ctx.plans.get(policy);
     let plan_kept = made.is_some_and(|m| m.policy == fingerprint.policy);
 
+    // A run needs to know every image in use: while a cluster's Pods are unknown, it waits.
+    let blind = (!in_use.unknown.is_empty()).then(|| {
+        format!(
+            "the images Pods run in {} are unknown (their Pods cannot be listed yet)",
+            in_use.unknown.join(", ")
+        )
+    });
     let mut last_run = previous.last_run.clone();
     let mut ran = false;
-    if due && !policy.spec.dry_run && plan_kept {
+    if let Some(blind) = &blind
+        && due
+        && !policy.spec.dry_run
+    {
+        let note = format!("{blind}; the run waits until they are known");
+        event(ctx, policy, EventType::Warning, "RunSkipped", note).await;
+    }
+    if due && !policy.spec.dry_run && plan_kept && blind.is_none() {
         match ctx
             .dataplane
             .retention(RetentionCall::Run, &token, &request)
@@ -302,7 +326,9 @@ async fn decide(
         {
             next.0
         }
-        Some(next) if due && !ran && !policy.spec.dry_run && !plan_kept => next.0,
+        Some(next) if due && !ran && !policy.spec.dry_run && (!plan_kept || blind.is_some()) => {
+            next.0
+        }
         _ => next_after(&schedule, now_ts)?,
     };
     let until_next = Duration::try_from(next_run.duration_since(now_ts)).unwrap_or_default();
@@ -323,13 +349,81 @@ async fn decide(
             spared_note(&summary)
         )
     };
+    let (phase, requeue) = match blind {
+        None => (Phase::Ready(message), requeue),
+        Some(blind) => (
+            refused(
+                reasons::DEGRADED,
+                format!("{blind}: runs wait until they are known; {message}"),
+                false,
+            ),
+            requeue.min(RETRY),
+        ),
+    };
     Ok(Outcome {
-        phase: Phase::Ready(message),
+        phase,
         plan,
         last_run,
         next_run: Some(Time(next_run)),
         requeue,
     })
+}
+
+/// The images Pods run in the clusters of a policy's tenant, and the clusters where that is
+/// unknown.
+struct InUse {
+    digests: BTreeSet<String>,
+    /// Names of the clusters whose Pods cannot be seen (yet).
+    unknown: Vec<String>,
+}
+
+/// The images Pods run in this cluster and in every remote cluster that credentials of
+/// Kubernetes namespace `namespace` sync to (through its kubeconfig Secrets: a tenant's
+/// clusters protect the tenant's images, and tell nothing to another tenant's policies).
+async fn images_in_use(namespace: &str, ctx: &Context) -> InUse {
+    let mut in_use = InUse {
+        digests: BTreeSet::new(),
+        unknown: Vec::new(),
+    };
+    let mut add = |name: &str, images: PodImages| match images {
+        Some(digests) => in_use.digests.extend(digests.iter().cloned()),
+        None => in_use.unknown.push(format!("cluster {name:?}")),
+    };
+    add(LOCAL, ctx.in_use.borrow().clone());
+    let mut remotes = BTreeMap::new();
+    for credential in ctx.stores.credentials.state() {
+        if credential.metadata.namespace.as_deref() != Some(namespace)
+            || credential.spec.region != ctx.settings.region
+        {
+            continue;
+        }
+        for remote in credential
+            .spec
+            .sync
+            .iter()
+            .filter_map(|t| t.cluster.as_ref())
+        {
+            // A kubeconfig of another namespace is refused: nothing is synced through it.
+            let reference = &remote.kubeconfig_secret;
+            if reference
+                .namespace
+                .as_deref()
+                .is_none_or(|n| n == namespace)
+            {
+                remotes
+                    .entry(ClusterKey::of(namespace, reference))
+                    .or_insert_with(|| remote.name.clone());
+            }
+        }
+    }
+    for (key, name) in remotes {
+        let images = match ctx.remotes.last(&key).await {
+            Some(remote) => remote.pods.borrow().clone(),
+            None => None,
+        };
+        add(&name, images);
+    }
+    in_use
 }
 
 /// The region's signing key, from the keys Secret the renderer keeps.

@@ -364,3 +364,139 @@ pub async fn create_service_account(
         .await
         .unwrap();
 }
+
+/// Pushes a blob with the registry API and Basic credentials; returns its digest.
+pub async fn push_blob(
+    http: &reqwest::Client,
+    host: &str,
+    repo: &str,
+    auth: &str,
+    data: Vec<u8>,
+) -> String {
+    let digest = testkit::clients::sha256_digest(&data);
+    let response = http
+        .post(format!(
+            "http://{host}/v2/{repo}/blobs/uploads/?digest={digest}"
+        ))
+        .header("authorization", auth)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "blob push: {:?}",
+        response.text().await
+    );
+    digest
+}
+
+/// Pushes one image (a shared base layer, its own layer, its own config) under `tag`; returns
+/// the manifest digest.
+pub async fn push(http: &reqwest::Client, host: &str, repo: &str, tag: &str, auth: &str) -> String {
+    let blob = |data: Vec<u8>| push_blob(http, host, repo, auth, data);
+    let base = blob(b"shared base layer".to_vec()).await;
+    let own = blob(format!("layer of {tag}").into_bytes()).await;
+    let config_bytes = format!("{{\"tag\":\"{tag}\"}}").into_bytes();
+    let config_size = config_bytes.len();
+    let config = blob(config_bytes).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": base, "size": 17},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": own, "size": format!("layer of {tag}").len()},
+        ],
+    })
+    .to_string();
+    let response = http
+        .put(format!("http://{host}/v2/{repo}/manifests/{tag}"))
+        .header("authorization", auth)
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "manifest push: {:?}",
+        response.text().await
+    );
+    testkit::clients::sha256_digest(manifest.as_bytes())
+}
+
+/// The tags of `repo`, sorted.
+pub async fn tags(http: &reqwest::Client, host: &str, repo: &str, auth: &str) -> Vec<String> {
+    let response = http
+        .get(format!("http://{host}/v2/{repo}/tags/list"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let mut tags: Vec<String> = body["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    tags.sort();
+    tags
+}
+
+/// The `Authorization` value of Basic credentials.
+pub fn basic(c: &testkit::clients::Credentials) -> String {
+    let pair = format!("{}:{}", c.username, c.password);
+    format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pair)
+    )
+}
+
+/// Waits until the data plane at `host` accepts `auth` (the document holding the credential
+/// is in force); panics after 30 s.
+pub async fn served(http: &reqwest::Client, host: &str, auth: &str) {
+    for _ in 0..150 {
+        let r = http
+            .get(format!("http://{host}/v2/"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the data plane at {host} never accepted the credential");
+}
+
+/// Creates Pod `name` running `image` in the namespace of `pods`, with the status a kubelet
+/// reports once it runs (`imageID` = `image_id`): the harness cluster has no node for it, so
+/// nothing else writes its container statuses.
+pub async fn running_pod(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    image: &str,
+    image_id: &str,
+) {
+    let pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": image}]}
+    }))
+    .unwrap();
+    pods.create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let running = serde_json::json!({"status": {"phase": "Running", "containerStatuses": [{
+        "name": "app", "image": image, "imageID": image_id,
+        "ready": true, "restartCount": 0, "started": true,
+        "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+    }]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&running))
+        .await
+        .unwrap();
+}
