@@ -11,6 +11,8 @@
 //! - [`registry`]: registry semantics — uploads with streaming digest verification, manifest
 //!   validation, tags, referrers, catalog.
 //! - [`retention`]: which tags and manifests a retention policy deletes (a pure plan).
+//! - [`fsck`]: checks the storage for missing blobs and dangling tags and links, and
+//!   repairs what is safe (`dataplane fsck`).
 //! - [`storage`]: the storage trait and its backends.
 //! - [`auth`]: access control (credentials, tokens, workload identity, the authorization
 //!   rule), used by [`live`] and [`http`]; pure policy over [`config`].
@@ -23,6 +25,7 @@
 pub mod auth;
 pub mod caches;
 pub mod config;
+pub mod fsck;
 pub mod fuzzing;
 pub mod http;
 pub mod live;

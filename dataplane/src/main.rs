@@ -40,7 +40,7 @@ use dataplane::config::{
     SecretSource,
 };
 use dataplane::live::{Applier, Source};
-use dataplane::server::{ServeOptions, Server, check_exposure};
+use dataplane::server::{ServeOptions, Server, check_exposure, open_storage};
 use dataplane::telemetry::{self, ConfigMetrics, LogFormat};
 use dataplane::tls::TlsFiles;
 
@@ -72,6 +72,29 @@ enum Command {
         /// The key id (the `kid` of the tokens it signs).
         id: String,
     },
+    /// Check the storage: blobs that manifests need and the store lacks, indexes listing
+    /// manifests the repository does not hold, tags and blob links that lead nowhere, and
+    /// blobs no manifest references. Exits 1 when problems remain (unreferenced blobs are
+    /// not problems), 2 when the storage cannot be read.
+    Fsck(FsckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FsckArgs {
+    /// Configuration document whose storage to check; without it, filesystem storage under
+    /// ./registry-data (as `serve`).
+    #[arg(long, env = "DATAPLANE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Filesystem storage root; replaces the storage of the configuration document.
+    #[arg(long, env = "DATAPLANE_ROOT")]
+    root: Option<PathBuf>,
+    /// Repair what is safe: delete tags naming a manifest the repository does not hold, and
+    /// remove links to blobs the store lacks (each checked again right before).
+    #[arg(long)]
+    repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,6 +180,7 @@ fn main() -> ExitCode {
         Command::HashSecret => hash_secret(),
         Command::GenerateSecret => generate_secret(),
         Command::GenerateKey { id } => generate_key(&id),
+        Command::Fsck(args) => fsck(&args),
         Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -176,6 +200,77 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `dataplane fsck`: prints the report; exit 0 when no problem remains.
+fn fsck(args: &FsckArgs) -> ExitCode {
+    let run = async {
+        let source = ConfigSource::new(args.config.clone(), args.root.clone());
+        let settings = source.load()?.config.settings;
+        let storage = open_storage(&settings.storage, CacheMemory::DEFAULT).await?;
+        let mut report = dataplane::fsck::check(&*storage).await?;
+        if args.repair {
+            dataplane::fsck::repair(&*storage, &mut report).await?;
+        }
+        anyhow::Ok(report)
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(run) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        println!(
+            "{} repositories, {} manifests, {} tags, {} blobs ({} bytes)",
+            report.repositories, report.manifests, report.tags, report.blobs, report.blob_bytes
+        );
+        println!(
+            "{} blobs ({} bytes) no manifest references (those of pushes in progress among them)",
+            report.unreferenced.len(),
+            report.unreferenced_bytes()
+        );
+        for problem in &report.repaired {
+            println!("repaired: {problem}");
+        }
+        for problem in &report.problems {
+            let hint = if problem.repairable() {
+                " (--repair removes it)"
+            } else {
+                ""
+            };
+            println!("problem: {problem}{hint}");
+        }
+        println!(
+            "{} problems, {} repaired",
+            report.problems.len(),
+            report.repaired.len()
+        );
+    }
+    if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

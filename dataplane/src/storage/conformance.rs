@@ -41,6 +41,7 @@ macro_rules! storage_conformance_tests {
             blob_sha512,
             blob_delete,
             links_are_per_repository,
+            blobs_and_links_are_listed,
             upload_lifecycle,
             upload_offset_mismatch,
             upload_body_failure_keeps_session,
@@ -275,6 +276,45 @@ pub async fn links_are_per_repository(s: Backend) {
     assert!(!s.unlink_blob(&a, &digest).await.unwrap());
     assert!(!s.unlink_blob(&b, &digest).await.unwrap());
     assert!(!s.blob_linked(&a, &digest).await.unwrap());
+}
+
+/// Every blob is listed with its size, whether put whole or committed from an upload, and
+/// gone once deleted; each repository lists its own links, and not those of its children.
+pub async fn blobs_and_links_are_listed(s: Backend) {
+    assert!(s.blobs().await.unwrap().is_empty());
+    let small = put(&s, b"listed").await;
+    let empty = put(&s, b"").await;
+    let r = repo("listed/repo");
+    let uploaded_bytes = content(7, 70_000);
+    let info = s.upload_create(&r).await.unwrap();
+    s.upload_append(&r, &info.id, 0, stream_of(vec![uploaded_bytes.clone()]))
+        .await
+        .unwrap();
+    let uploaded = Digest::sha256_of(&uploaded_bytes);
+    s.upload_commit(&r, &info.id, &uploaded).await.unwrap();
+    let mut expected = vec![
+        (small.clone(), 6),
+        (empty.clone(), 0),
+        (uploaded.clone(), 70_000),
+    ];
+    expected.sort();
+    assert_eq!(s.blobs().await.unwrap(), expected);
+
+    let nested = repo("listed/repo/nested");
+    assert!(s.blob_links(&r).await.unwrap().is_empty());
+    for d in [&uploaded, &small] {
+        s.link_blob(&r, d).await.unwrap();
+    }
+    s.link_blob(&nested, &empty).await.unwrap();
+    let mut linked = vec![small.clone(), uploaded.clone()];
+    linked.sort();
+    assert_eq!(s.blob_links(&r).await.unwrap(), linked);
+    assert_eq!(s.blob_links(&nested).await.unwrap(), [empty]);
+
+    s.blob_delete(&small).await.unwrap();
+    assert!(!s.blobs().await.unwrap().iter().any(|(d, _)| *d == small));
+    // Links are the repository's own: deleting the bytes leaves them (fsck finds those).
+    assert_eq!(s.blob_links(&r).await.unwrap(), linked);
 }
 
 // ---------------------------------------------------------------------------------------------

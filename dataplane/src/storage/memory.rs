@@ -202,6 +202,28 @@ impl Storage for MemoryStorage {
             .is_some_and(|r| r.layers.remove(digest)))
     }
 
+    async fn blob_links(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let mut links: Vec<Digest> = self
+            .state()
+            .repos
+            .get(repo)
+            .map(|r| r.layers.iter().cloned().collect())
+            .unwrap_or_default();
+        links.sort();
+        Ok(links)
+    }
+
+    async fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        let mut blobs: Vec<(Digest, u64)> = self
+            .state()
+            .blobs
+            .iter()
+            .map(|(d, b)| (d.clone(), b.len() as u64))
+            .collect();
+        blobs.sort();
+        Ok(blobs)
+    }
+
     async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo> {
         let info = UploadInfo {
             id: UploadId::generate(),

@@ -309,6 +309,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Removes a blob link from `repo`; returns whether it existed.
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
 
+    /// The blobs linked into `repo`, sorted (for `fsck` and garbage collection).
+    async fn blob_links(&self, repo: &RepoName) -> Result<Vec<Digest>>;
+
+    /// Every blob in the store with its size, sorted by digest (for `fsck` and garbage
+    /// collection; a listing, not a snapshot: blobs written meanwhile may be missing).
+    async fn blobs(&self) -> Result<Vec<(Digest, u64)>>;
+
     // ---- Upload sessions.
 
     /// Opens a new, empty upload session for `repo`.

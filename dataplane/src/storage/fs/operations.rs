@@ -17,8 +17,8 @@ use super::reads::{Opened, check_range, file_stream, parse_digest_parts};
 use super::uploads::Append;
 use super::walk::walk_repositories;
 use super::{
-    FsStorage, Inner, LAYERS_DIR, MANIFESTS_DIR, PULLED_MANIFESTS, PULLED_TAGS, READ_CHUNK,
-    REPOSITORIES_DIR, TAGS_DIR, UPLOAD_DATA, UPLOAD_INFO, not_found,
+    BLOBS_DIR, FsStorage, Inner, LAYERS_DIR, MANIFESTS_DIR, PULLED_MANIFESTS, PULLED_TAGS,
+    READ_CHUNK, REPOSITORIES_DIR, TAGS_DIR, UPLOAD_DATA, UPLOAD_INFO, not_found,
 };
 use crate::oci::{Digest, RepoName, Tag};
 use crate::storage::{
@@ -115,6 +115,62 @@ impl Storage for FsStorage {
         let (repo, digest) = (repo.clone(), digest.clone());
         self.run(move |inner| {
             Ok(inner.remove_record(&inner.repo_digest_path(&repo, LAYERS_DIR, &digest))?)
+        })
+        .await
+    }
+
+    async fn blob_links(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let repo = repo.clone();
+        self.run(move |inner| {
+            let dir = inner.repo_dir(&repo).join(LAYERS_DIR);
+            let mut links = Vec::new();
+            for (alg, kind) in read_dir_names(&dir)? {
+                if !kind.is_dir() {
+                    continue;
+                }
+                for (hex, kind) in read_dir_names(&dir.join(&alg))? {
+                    if let Some(digest) = parse_digest_parts(&alg, &hex).filter(|_| kind.is_file())
+                    {
+                        links.push(digest);
+                    }
+                }
+            }
+            links.sort();
+            Ok(links)
+        })
+        .await
+    }
+
+    async fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        self.run(move |inner| {
+            let root = inner.root.join(BLOBS_DIR);
+            let mut blobs = Vec::new();
+            for (alg, kind) in read_dir_names(&root)? {
+                if !kind.is_dir() {
+                    continue;
+                }
+                for (fanout, kind) in read_dir_names(&root.join(&alg))? {
+                    if !kind.is_dir() {
+                        continue;
+                    }
+                    let dir = root.join(&alg).join(&fanout);
+                    for (hex, kind) in read_dir_names(&dir)? {
+                        let Some(digest) = parse_digest_parts(&alg, &hex)
+                            .filter(|d| kind.is_file() && d.hex().starts_with(fanout.as_str()))
+                        else {
+                            continue;
+                        };
+                        match fs::metadata(dir.join(&hex)) {
+                            Ok(m) => blobs.push((digest, m.len())),
+                            // Removed since the directory was read.
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+            }
+            blobs.sort();
+            Ok(blobs)
         })
         .await
     }

@@ -77,6 +77,8 @@ pub(super) struct Listing {
     pub(super) keys: Vec<String>,
     /// When each of `keys` was last written, in the same order.
     pub(super) modified: Vec<SystemTime>,
+    /// The size of each of `keys`, in the same order.
+    pub(super) sizes: Vec<u64>,
     /// Common prefixes (only when listing with a delimiter).
     pub(super) prefixes: Vec<String>,
 }
@@ -360,6 +362,12 @@ impl Bucket {
                         .and_then(|t| SystemTime::try_from(*t).ok())
                         .unwrap_or(SystemTime::UNIX_EPOCH);
                     listing.modified.push(modified);
+                    listing.sizes.push(
+                        object
+                            .size()
+                            .and_then(|n| u64::try_from(n).ok())
+                            .unwrap_or(0),
+                    );
                 }
             }
             listing.prefixes.extend(

@@ -44,6 +44,16 @@ impl Keys {
         )
     }
 
+    /// `blobs/` (the root of every blob).
+    pub(super) fn blobs_root(&self) -> String {
+        format!("{}blobs/", self.prefix)
+    }
+
+    /// `repositories/<name...>/_layers/` (every blob link of a repository).
+    pub(super) fn layer_links(&self, repo: &RepoName) -> String {
+        format!("{}_layers/", self.repository(repo))
+    }
+
     /// `repositories/<name...>/`.
     pub(super) fn repository(&self, repo: &RepoName) -> String {
         format!("{}{REPOSITORIES}{}/", self.prefix, repo.as_str())

@@ -568,6 +568,39 @@ impl Storage for S3Storage {
             .await
     }
 
+    async fn blob_links(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let prefix = self.keys.layer_links(repo);
+        let listing = self.bucket.list(&prefix, None).await?;
+        let mut links: Vec<Digest> = listing
+            .keys
+            .iter()
+            .filter_map(|key| key[prefix.len()..].replacen('/', ":", 1).parse().ok())
+            .collect();
+        links.sort();
+        Ok(links)
+    }
+
+    async fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        let prefix = self.keys.blobs_root();
+        let listing = self.bucket.list(&prefix, None).await?;
+        let mut blobs = Vec::with_capacity(listing.keys.len());
+        for (key, size) in listing.keys.iter().zip(listing.sizes) {
+            // `<alg>/<hex[0..2]>/<hex>`
+            let mut parts = key[prefix.len()..].split('/');
+            let (Some(alg), Some(fanout), Some(hex), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            match format!("{alg}:{hex}").parse::<Digest>() {
+                Ok(digest) if hex.starts_with(fanout) => blobs.push((digest, size)),
+                _ => tracing::warn!(key, "skipping an unrecognised blob key"),
+            }
+        }
+        blobs.sort();
+        Ok(blobs)
+    }
+
     async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo> {
         self.session_create(repo).await
     }
