@@ -182,15 +182,8 @@ fn main() -> ExitCode {
         Command::GenerateKey { id } => generate_key(&id),
         Command::Fsck(args) => fsck(&args),
         Command::Serve(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("error: cannot start the async runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -201,6 +194,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The multi-threaded runtime of `serve` and `fsck`; `None` (said on stderr) when it cannot
+/// start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|err| eprintln!("error: cannot start the async runtime: {err}"))
+        .ok()
 }
 
 /// `dataplane fsck`: prints the report; exit 0 when no problem remains.
@@ -215,15 +218,8 @@ fn fsck(args: &FsckArgs) -> ExitCode {
         }
         anyhow::Ok(report)
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(2);
     };
     let report = match runtime.block_on(run) {
         Ok(report) => report,

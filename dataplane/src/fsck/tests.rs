@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{Problem, Unreferenced, check, repair};
 use crate::oci::{Digest, RepoName, Tag};
+use crate::registry::test_support::upload as blob;
 use crate::registry::{PutTarget, Registry};
 use crate::storage::Storage;
 use crate::storage::fs::FsStorage;
@@ -21,19 +22,6 @@ fn repo(name: &str) -> RepoName {
 
 fn tag(name: &str) -> Tag {
     name.parse().unwrap()
-}
-
-async fn blob(registry: &Registry, repo: &RepoName, data: &[u8]) -> Digest {
-    let digest = Digest::sha256_of(data);
-    let body = Box::pin(futures_util::stream::once({
-        let data = Bytes::copy_from_slice(data);
-        async move { Ok(data) }
-    }));
-    registry
-        .upload_monolithic(repo, &digest, Some(data.len() as u64), body)
-        .await
-        .unwrap();
-    digest
 }
 
 async fn put(

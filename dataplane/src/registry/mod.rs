@@ -16,6 +16,8 @@ pub mod jobs;
 mod listing;
 mod manifest;
 mod pulls;
+#[cfg(test)]
+pub(crate) mod test_support;
 mod upload;
 
 use std::sync::Arc;

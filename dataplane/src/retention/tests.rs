@@ -11,6 +11,7 @@ use crds::retention::{KeepLast, RetentionRules, RetentionScope};
 
 use super::run::{apply, plan};
 use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::registry::test_support::upload as blob;
 use crate::registry::{PutTarget, Registry};
 use crate::storage::memory::MemoryStorage;
 
@@ -20,19 +21,6 @@ fn registry() -> Registry {
 
 fn repo(name: &str) -> RepoName {
     name.parse().unwrap()
-}
-
-async fn blob(registry: &Registry, repo: &RepoName, data: &[u8]) -> Digest {
-    let digest = Digest::sha256_of(data);
-    let body = Box::pin(futures_util::stream::once({
-        let data = Bytes::copy_from_slice(data);
-        async move { Ok(data) }
-    }));
-    registry
-        .upload_monolithic(repo, &digest, Some(data.len() as u64), body)
-        .await
-        .unwrap();
-    digest
 }
 
 /// Pushes an image (its own config, a shared base layer and a layer of its own) under `tags`.
