@@ -39,6 +39,8 @@ use crate::resolve::{Key, Verdict};
 use crate::{Error, Result};
 
 const CONTROLLER: &str = "retention";
+/// How long the controller waits at start for the first list of this cluster's Pods.
+const LOCAL_PODS_WAIT: Duration = Duration::from_secs(30);
 /// How often a plan is refreshed while nothing it depends on changes.
 pub const PLAN_REFRESH: Duration = Duration::from_secs(300);
 /// How soon a policy waiting for something that may appear (a registry namespace, the
@@ -79,6 +81,15 @@ pub async fn controller(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // What this cluster's Pods run is known within a moment of the start; waiting for it
+    // spares every policy a Degraded flicker. A cluster whose Pods cannot be listed shows up
+    // as Degraded policies after this wait instead.
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let mut local = ctx.in_use.clone();
+    tokio::select! {
+        _ = tokio::time::timeout(LOCAL_PODS_WAIT, local.wait_for(Option::is_some)) => {}
+        () = shutdown.clone() => return,
+    }
     let api = Api::<RetentionPolicy>::all(ctx.client.clone());
     // Running images (here and in remote clusters) and namespace decisions change plans:
     // every policy is looked at again.
