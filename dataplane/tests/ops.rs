@@ -429,6 +429,16 @@ async fn abandoned_upload_sessions_expire() {
         .unwrap();
     assert_eq!(response.status(), 202);
     let location = common::absolute(&base, response.headers()["location"].to_str().unwrap());
+    // Five bytes, then the client goes away.
+    let patched = client
+        .patch(&location)
+        .header("content-type", "application/octet-stream")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 202);
+    let location = common::absolute(&base, patched.headers()["location"].to_str().unwrap());
     assert_eq!(client.get(&location).send().await.unwrap().status(), 204);
 
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -443,6 +453,24 @@ async fn abandoned_upload_sessions_expire() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(server.log().contains("removed abandoned upload session"));
+    // The sweep counts the session and its bytes once it has gone through all of them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = common::metrics_text(&client, &base).await;
+        if metric_value(&text, "dataplane_uploads_expired_total").is_some_and(|n| n > 0.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "expiry never counted: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        metric_value(&text, "dataplane_uploads_expired_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&text, "dataplane_uploads_expired_bytes_total"),
+        Some(5.0)
+    );
 }
 
 /// Sends `head` and all of `body` before reading anything (as Python's `http.client` does),

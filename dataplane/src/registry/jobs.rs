@@ -1,39 +1,79 @@
 //! Background jobs of a running registry: work no request does, run on a timer until the
 //! process stops. Today: removing abandoned upload sessions. [`spawn`] starts them all; the
 //! server calls it once and waits for the tasks at shutdown.
+//!
+//! Metrics ([`JobMetrics`]): `dataplane_uploads_expired_total` and
+//! `dataplane_uploads_expired_bytes_total` (sessions removed and the bytes they held).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::task::JoinHandle;
 
 use crate::config::ProcessSettings;
 use crate::oci::RepoName;
 use crate::storage::{Storage, StorageError};
 
+/// What the background jobs did; shared counters, cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct JobMetrics {
+    uploads_expired: Counter,
+    uploads_expired_bytes: Counter,
+}
+
+impl JobMetrics {
+    /// New counters, registered in `registry`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "uploads_expired",
+            "Abandoned upload sessions removed",
+            metrics.uploads_expired.clone(),
+        );
+        registry.register(
+            "uploads_expired_bytes",
+            "Bytes the removed upload sessions held",
+            metrics.uploads_expired_bytes.clone(),
+        );
+        metrics
+    }
+}
+
 /// Starts every background job over `storage` with these settings; each ends when `stop`
 /// completes.
 pub fn spawn(
     storage: Arc<dyn Storage>,
     settings: &ProcessSettings,
+    metrics: JobMetrics,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Vec<JoinHandle<()>> {
     vec![tokio::spawn(expire_uploads(
         storage,
         settings.uploads.session_timeout.0,
+        metrics,
         stop,
     ))]
 }
 
-/// Removes upload sessions started more than `max_age` before `now`; returns how many.
-/// Sessions that vanish meanwhile (finished or cancelled by their client) are not errors.
+/// Upload sessions removed by one sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Sessions removed.
+    pub sessions: usize,
+    /// The bytes they held.
+    pub bytes: u64,
+}
+
+/// Removes upload sessions started more than `max_age` before `now`. Sessions that vanish
+/// meanwhile (finished or cancelled by their client) are not errors.
 pub async fn expire_upload_sessions(
     storage: &dyn Storage,
     max_age: Duration,
     now: SystemTime,
-) -> Result<usize, StorageError> {
-    let mut removed = 0;
+) -> Result<Expired, StorageError> {
+    let mut removed = Expired::default();
     for upload in storage.uploads().await? {
         let age = now.duration_since(upload.started_at).unwrap_or_default();
         if age <= max_age {
@@ -46,8 +86,10 @@ pub async fn expire_upload_sessions(
         };
         match storage.upload_delete(&repo, &upload.id).await {
             Ok(()) => {
-                removed += 1;
-                tracing::info!(id = %upload.id, repository = %repo, ?age, "removed abandoned upload session");
+                removed.sessions += 1;
+                removed.bytes += upload.size;
+                tracing::info!(id = %upload.id, repository = %repo, ?age, bytes = upload.size,
+                    "removed abandoned upload session");
             }
             Err(StorageError::NotFound) => {}
             Err(err) => return Err(err),
@@ -61,6 +103,7 @@ pub async fn expire_upload_sessions(
 async fn expire_uploads(
     storage: Arc<dyn Storage>,
     max_age: Duration,
+    metrics: JobMetrics,
     stop: impl Future<Output = ()>,
 ) {
     let interval = (max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -70,8 +113,12 @@ async fn expire_uploads(
             () = &mut stop => return,
             () = tokio::time::sleep(interval) => {}
         }
-        if let Err(err) = expire_upload_sessions(&*storage, max_age, SystemTime::now()).await {
-            tracing::warn!(error = %err, "expiring abandoned upload sessions failed");
+        match expire_upload_sessions(&*storage, max_age, SystemTime::now()).await {
+            Ok(expired) => {
+                metrics.uploads_expired.inc_by(expired.sessions as u64);
+                metrics.uploads_expired_bytes.inc_by(expired.bytes);
+            }
+            Err(err) => tracing::warn!(error = %err, "expiring abandoned upload sessions failed"),
         }
     }
 }
@@ -86,13 +133,18 @@ mod tests {
         let storage = MemoryStorage::new();
         let repo: RepoName = "a/b".parse().unwrap();
         let session = storage.upload_create(&repo).await.unwrap();
+        let body = crate::storage::conformance::stream_of(vec![vec![7; 1000]]);
+        storage
+            .upload_append(&repo, &session.id, 0, body)
+            .await
+            .unwrap();
         let max_age = Duration::from_secs(1800);
 
         // Younger than the timeout: kept.
         let removed = expire_upload_sessions(&storage, max_age, SystemTime::now())
             .await
             .unwrap();
-        assert_eq!(removed, 0);
+        assert_eq!(removed, Expired::default());
         assert!(storage.upload_info(&repo, &session.id).await.is_ok());
 
         // An hour later: removed, and a second sweep finds nothing more.
@@ -100,7 +152,13 @@ mod tests {
         let removed = expire_upload_sessions(&storage, max_age, later)
             .await
             .unwrap();
-        assert_eq!(removed, 1);
+        assert_eq!(
+            removed,
+            Expired {
+                sessions: 1,
+                bytes: 1000
+            }
+        );
         assert!(matches!(
             storage.upload_info(&repo, &session.id).await,
             Err(StorageError::NotFound)
@@ -109,7 +167,7 @@ mod tests {
             expire_upload_sessions(&storage, max_age, later)
                 .await
                 .unwrap(),
-            0
+            Expired::default()
         );
     }
 }

@@ -281,6 +281,7 @@ impl Server {
         storage.register_metrics(metrics.registry_mut());
         let registry = Registry::with_cache_memory(storage.clone(), self.options.cache_memory);
         registry.register_metrics(metrics.registry_mut());
+        let job_metrics = jobs::JobMetrics::register(metrics.registry_mut());
         let registry = Arc::new(registry);
         let metrics = Arc::new(metrics);
         let shutting_down = Arc::new(AtomicBool::new(false));
@@ -322,6 +323,7 @@ impl Server {
         tasks.extend(jobs::spawn(
             Arc::clone(&storage),
             &self.settings,
+            job_metrics,
             stopped(stop_rx.clone()),
         ));
         let tls = certificate.is_some();
