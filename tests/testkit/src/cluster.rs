@@ -666,7 +666,13 @@ impl TestNamespace {
     }
 
     /// Deletes the namespace and waits (up to two minutes) until it is gone.
-    pub async fn cleanup(mut self) -> Result<()> {
+    pub async fn cleanup(self) -> Result<()> {
+        self.cleanup_within(Duration::from_secs(120)).await
+    }
+
+    /// Deletes the namespace and waits up to `timeout` until it is gone (for namespaces
+    /// holding hundreds of objects whose finalizers take their turn).
+    pub async fn cleanup_within(mut self, timeout: Duration) -> Result<()> {
         self.deleted = true;
         let api: Api<Namespace> = Api::all(self.client.clone());
         match api.delete(&self.name, &DeleteParams::default()).await {
@@ -675,20 +681,16 @@ impl TestNamespace {
             Err(e) => return Err(e.into()),
         }
         let name = self.name.clone();
-        wait_for(
-            &format!("namespace {name} to be deleted"),
-            Duration::from_secs(120),
-            || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    match api.get_opt(&name).await {
-                        Ok(None) => Some(()),
-                        _ => None,
-                    }
+        wait_for(&format!("namespace {name} to be deleted"), timeout, || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                match api.get_opt(&name).await {
+                    Ok(None) => Some(()),
+                    _ => None,
                 }
-            },
-        )
+            }
+        })
         .await
     }
 }
