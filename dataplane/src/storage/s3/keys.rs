@@ -3,6 +3,12 @@
 use crate::oci::{Digest, RepoName, Tag};
 use crate::storage::{PullTarget, RecordKey, UploadId};
 
+/// The digest a key ends with, as the layout writes it (`<alg>/<hex>`), given the key's rest
+/// after its listing prefix.
+pub(super) fn digest_in_key(rest: &str) -> Result<Digest, <Digest as std::str::FromStr>::Err> {
+    rest.replacen('/', ":", 1).parse()
+}
+
 /// Builds every object key the backend uses, so the layout lives in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Keys {

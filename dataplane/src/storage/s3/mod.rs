@@ -108,7 +108,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use self::bucket::{Bucket, Condition, FAN_OUT, Failure, Object};
 use self::cache::{Fact, FactCache};
-use self::keys::Keys;
+use self::keys::{Keys, digest_in_key};
 use self::requests::RequestCounts;
 use super::buffers::BufferPool;
 use super::{
@@ -574,7 +574,7 @@ impl Storage for S3Storage {
         let mut links: Vec<Digest> = listing
             .keys
             .iter()
-            .filter_map(|key| key[prefix.len()..].replacen('/', ":", 1).parse().ok())
+            .filter_map(|key| digest_in_key(&key[prefix.len()..]).ok())
             .collect();
         links.sort();
         Ok(links)
@@ -860,10 +860,7 @@ impl Storage for S3Storage {
         let read = |(key, linked_at): (String, std::time::SystemTime)| {
             let prefix = &prefix;
             async move {
-                let digest: Digest = key[prefix.len()..]
-                    .replacen('/', ":", 1)
-                    .parse()
-                    .map_err(|e| corrupt(&key, e))?;
+                let digest = digest_in_key(&key[prefix.len()..]).map_err(|e| corrupt(&key, e))?;
                 let Some(meta) = self.manifest_meta(repo, &digest).await? else {
                     return Ok(None);
                 };
@@ -901,11 +898,7 @@ impl Storage for S3Storage {
             let target = if let Some(tag) = rest.strip_prefix("tags/") {
                 tag.parse().ok().map(PullTarget::Tag)
             } else if let Some(digest) = rest.strip_prefix("manifests/") {
-                digest
-                    .replacen('/', ":", 1)
-                    .parse()
-                    .ok()
-                    .map(PullTarget::Manifest)
+                digest_in_key(digest).ok().map(PullTarget::Manifest)
             } else {
                 None
             };
@@ -951,10 +944,7 @@ impl Storage for S3Storage {
             .keys
             .into_iter()
             .map(|key| {
-                let digest = key[prefix.len()..]
-                    .replacen('/', ":", 1)
-                    .parse::<Digest>()
-                    .map_err(|e| corrupt(&key, e))?;
+                let digest = digest_in_key(&key[prefix.len()..]).map_err(|e| corrupt(&key, e))?;
                 Ok((digest, key))
             })
             .collect::<Result<Vec<_>>>()?;
