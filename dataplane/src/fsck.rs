@@ -170,7 +170,12 @@ impl Report {
 
 /// Walks the whole store (see the module documentation).
 pub async fn check(storage: &dyn Storage) -> Result<Report, StorageError> {
-    let stored: BTreeMap<Digest, u64> = storage.blobs().await?.into_iter().collect();
+    let stored: BTreeMap<Digest, u64> = storage
+        .blobs()
+        .await?
+        .into_iter()
+        .map(|blob| (blob.digest, blob.size))
+        .collect();
     let mut report = Report {
         blobs: stored.len(),
         blob_bytes: stored.values().sum(),

@@ -13,6 +13,7 @@
 //! storage:
 //!   filesystem: {root: ./registry-data}
 //! uploads: {sessionTimeout: 24h}
+//! gc: {grace: 24h, interval: 1h}
 //! namespaces:
 //!   - {name: acme-platform, visibility: private, immutableTags: ["v*"]}
 //! credentials: []
@@ -23,7 +24,7 @@
 //! ```
 //!
 //! The document has two parts with different owners ([`Config::settings`] and
-//! [`Config::spec`]): the process settings (storage, uploads, connections, logins), fixed
+//! [`Config::spec`]): the process settings (storage, uploads, connections, logins, gc), fixed
 //! for the life of a process, and the operator-owned region spec (region, revision, namespaces, credentials,
 //! federations, tokens, retention, shards), which a reload replaces.
 //!
@@ -180,6 +181,8 @@ struct Document {
     connections: Option<ConnectionsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     logins: Option<LoginLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gc: Option<GcConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     namespaces: Vec<NamespaceConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -210,6 +213,7 @@ impl From<Document> for Config {
                 uploads: d.uploads.unwrap_or_default(),
                 connections: d.connections.unwrap_or_default(),
                 logins: d.logins.unwrap_or_default(),
+                gc: d.gc.unwrap_or_default(),
             },
             spec: RegionSpec {
                 region: d.region,
@@ -232,6 +236,7 @@ impl From<Config> for Document {
         document.uploads = Some(c.settings.uploads);
         document.connections = Some(c.settings.connections);
         document.logins = Some(c.settings.logins);
+        document.gc = Some(c.settings.gc);
         document
     }
 }
@@ -247,6 +252,7 @@ impl From<RegionSpec> for Document {
             uploads: None,
             connections: None,
             logins: None,
+            gc: None,
             namespaces: c.namespaces,
             credentials: c.credentials,
             federations: c.federations,

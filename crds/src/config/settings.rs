@@ -25,6 +25,8 @@ pub struct ProcessSettings {
     pub connections: ConnectionsConfig,
     /// Limits on failed logins.
     pub logins: LoginLimits,
+    /// Online garbage collection of unreferenced blobs.
+    pub gc: GcConfig,
 }
 
 /// Storage backend settings: exactly one of the fields is set.
@@ -124,6 +126,55 @@ impl Default for UploadsConfig {
     fn default() -> Self {
         Self {
             session_timeout: default_session_timeout(),
+        }
+    }
+}
+
+/// How long a blob must stay unreferenced and untouched before it is collected, by default.
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+/// How often the collector runs, by default.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Online garbage collection: blobs that no manifest references are removed once they have
+/// been neither written nor relied upon (linked, mounted, named by a pushed manifest) for the
+/// whole grace period, while pushes and pulls go on. One replica collects at a time (a lease
+/// kept in storage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GcConfig {
+    /// Whether this process takes part in collecting (default true). Every process touches
+    /// the blobs it relies on either way.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long an unreferenced blob is kept after it was last written or relied upon (default
+    /// 24h; at least 1s). It is the time a client has between uploading a layer and pushing
+    /// the manifest that names it. The clocks of the replicas and of an S3 service must agree
+    /// within a small fraction of it.
+    #[serde(default = "default_gc_grace")]
+    pub grace: HumanDuration,
+    /// Time between two collections (default 1h; at least 1s).
+    #[serde(default = "default_gc_interval")]
+    pub interval: HumanDuration,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_gc_grace() -> HumanDuration {
+    HumanDuration(DEFAULT_GC_GRACE)
+}
+
+fn default_gc_interval() -> HumanDuration {
+    HumanDuration(DEFAULT_GC_INTERVAL)
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            grace: default_gc_grace(),
+            interval: default_gc_interval(),
         }
     }
 }

@@ -10,6 +10,7 @@ region: nl-01
 storage:
   filesystem: {root: /var/lib/registry}
 uploads: {sessionTimeout: 1h 30m}
+gc: {grace: 2h, interval: 10m}
 namespaces:
   - {name: acme-platform, visibility: public}
   - name: acme-dev
@@ -43,6 +44,9 @@ fn parses_a_full_document() {
         c.settings.uploads.session_timeout.0,
         Duration::from_secs(5400)
     );
+    assert_eq!(c.settings.gc.grace.0, Duration::from_secs(7200));
+    assert_eq!(c.settings.gc.interval.0, Duration::from_secs(600));
+    assert!(c.settings.gc.enabled);
     assert_eq!(c.spec.namespaces[0].visibility, Visibility::Public);
     assert_eq!(c.spec.namespaces[1].visibility, Visibility::Private);
     assert_eq!(c.spec.credentials[0].scope, Scope::ContainerRegistryPull);
@@ -68,6 +72,22 @@ fn minimal_document_gets_defaults() {
     assert_eq!(
         c.settings.uploads.session_timeout.0,
         DEFAULT_SESSION_TIMEOUT
+    );
+    assert_eq!(c.settings.gc.grace.0, DEFAULT_GC_GRACE);
+    assert_eq!(c.settings.gc.interval.0, DEFAULT_GC_INTERVAL);
+    assert!(c.settings.gc.enabled);
+}
+
+#[test]
+fn gc_times_below_a_second_are_refused() {
+    let p = invalid(
+        "gc: {grace: 0s, interval: 500ms, enabled: false}
+",
+    );
+    let err = ConfigError::Invalid(p).to_string();
+    assert!(
+        err.contains("gc.grace: must be at least 1s") && err.contains("gc.interval"),
+        "{err}"
     );
 }
 

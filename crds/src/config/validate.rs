@@ -68,6 +68,15 @@ impl Config {
             );
         }
 
+        for (path, value) in [
+            ("gc.grace", self.settings.gc.grace.0),
+            ("gc.interval", self.settings.gc.interval.0),
+        ] {
+            if value < Duration::from_secs(1) {
+                problem(path.into(), "must be at least 1s".into());
+            }
+        }
+
         let connections = &self.settings.connections;
         for (path, value, max, max_text) in [
             (

@@ -1,6 +1,6 @@
 //! Background jobs of a running registry: work no request does, run on a timer until the
-//! process stops. Today: removing abandoned upload sessions. [`spawn`] starts them all; the
-//! server calls it once and waits for the tasks at shutdown.
+//! process stops: removing abandoned upload sessions, and garbage collection ([`super::gc`]).
+//! [`spawn`] starts them all; the server calls it once and waits for the tasks at shutdown.
 //!
 //! Metrics ([`JobMetrics`]): `dataplane_uploads_expired_total` and
 //! `dataplane_uploads_expired_bytes_total` (sessions removed and the bytes they held).
@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use tokio::task::JoinHandle;
 
+use super::Registry;
+use super::gc::{self, Collector, GcMetrics};
 use crate::config::ProcessSettings;
 use crate::oci::RepoName;
 use crate::storage::{Storage, StorageError};
@@ -41,20 +43,33 @@ impl JobMetrics {
     }
 }
 
-/// Starts every background job over `storage` with these settings; each ends when `stop`
-/// completes.
-pub fn spawn(
-    storage: Arc<dyn Storage>,
+/// Starts every background job of `registry` with these settings: upload expiry, and garbage
+/// collection when `settings.gc.enabled`. Each ends when its future from `stop` completes.
+pub fn spawn<S>(
+    registry: &Arc<Registry>,
     settings: &ProcessSettings,
     metrics: JobMetrics,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Vec<JoinHandle<()>> {
-    vec![tokio::spawn(expire_uploads(
-        storage,
+    gc_metrics: GcMetrics,
+    stop: impl Fn() -> S,
+) -> Vec<JoinHandle<()>>
+where
+    S: Future<Output = ()> + Send + 'static,
+{
+    let mut jobs = vec![tokio::spawn(expire_uploads(
+        Arc::clone(registry.storage()),
         settings.uploads.session_timeout.0,
         metrics,
-        stop,
-    ))]
+        stop(),
+    ))];
+    if settings.gc.enabled {
+        let collector = Collector::new(Arc::clone(registry), settings.gc.grace.0, gc_metrics);
+        jobs.push(tokio::spawn(gc::run(
+            collector,
+            settings.gc.interval.0,
+            stop(),
+        )));
+    }
+    jobs
 }
 
 /// Upload sessions removed by one sweep.

@@ -74,6 +74,9 @@ pub struct ParsedManifest {
     pub blobs: Vec<Digest>,
     /// The sizes the manifest declares for `blobs`, in the same order.
     pub blob_sizes: Vec<u64>,
+    /// Foreign layers (with `urls`): not required, but kept by garbage collection when a
+    /// client pushed them anyway.
+    pub foreign_blobs: Vec<Digest>,
     /// Manifests it references that must exist in the repository (index entries).
     pub manifests: Vec<Digest>,
     /// Whether the config is the OCI empty descriptor (whose content the registry knows).
@@ -204,6 +207,7 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedM
             kind,
             blobs: Vec::new(),
             blob_sizes: Vec::new(),
+            foreign_blobs: Vec::new(),
             manifests,
             empty_config: None,
             subject,
@@ -220,10 +224,13 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedM
         .then(|| config_digest.clone());
         let mut blobs = vec![config_digest];
         let mut blob_sizes = vec![config.size()];
+        let mut foreign_blobs = Vec::new();
         for (i, layer) in manifest.layers().iter().enumerate() {
             let digest = descriptor_digest(layer, &format!("layers[{i}]"))?;
             let foreign = layer.urls().as_ref().is_some_and(|u| !u.is_empty());
-            if !foreign {
+            if foreign {
+                foreign_blobs.push(digest);
+            } else {
                 blobs.push(digest);
                 blob_sizes.push(layer.size());
             }
@@ -242,6 +249,7 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedM
             kind,
             blobs,
             blob_sizes,
+            foreign_blobs,
             manifests: Vec::new(),
             empty_config,
             subject,
@@ -428,6 +436,12 @@ impl Registry {
                 return Err(RegistryError::ManifestBlobUnknown(child.clone()));
             }
         }
+        // Touch what the manifest names before it becomes visible (see `gc`): a blob that a
+        // collection removed meanwhile is refused here rather than acknowledged missing.
+        let named = parsed.blobs.iter().chain(&parsed.manifests);
+        if let Some(gone) = self.touch_all(named).await? {
+            return Err(RegistryError::ManifestBlobUnknown(gone));
+        }
         let meta = ManifestMeta {
             media_type: content_type
                 .map(essence)
@@ -438,6 +452,16 @@ impl Registry {
         };
         let media_type = meta.media_type.clone();
         self.storage.blob_put(&digest, body.clone()).await?;
+        if !self.storage.blob_touch(&digest).await? {
+            // An identical manifest's bytes, unreferenced for the grace period, were collected
+            // between the write (which kept them) and the touch: write them again.
+            self.storage.blob_put(&digest, body.clone()).await?;
+            if !self.storage.blob_touch(&digest).await? {
+                return Err(RegistryError::Storage(StorageError::Unavailable(
+                    "the manifest's bytes were removed while being stored; push again".into(),
+                )));
+            }
+        }
         self.manifests.insert(&digest, &body);
         self.storage.manifest_link(repo, &digest, &meta).await?;
         if let Some(subject) = &parsed.subject {
@@ -493,7 +517,7 @@ impl Registry {
     }
 
     /// Reads a manifest's bytes (known to be stored), from the cache when it holds them.
-    async fn manifest_bytes(&self, digest: &Digest, size: u64) -> Result<Bytes> {
+    pub(super) async fn manifest_bytes(&self, digest: &Digest, size: u64) -> Result<Bytes> {
         if let Some(bytes) = self.manifests.get(digest) {
             return Ok(bytes);
         }

@@ -7,11 +7,12 @@
 //! existence check goes through the repository's links, so content held by another repository
 //! is indistinguishable from absent content.
 //!
-//! Work no request does (removing abandoned uploads; later garbage collection) lives in
-//! [`jobs`], started once by the server.
+//! Work no request does (removing abandoned uploads, garbage collection) lives in [`jobs`]
+//! and [`gc`], started once by the server.
 
 mod blob;
 mod error;
+pub mod gc;
 pub mod jobs;
 mod listing;
 mod manifest;

@@ -233,6 +233,14 @@ impl Registry {
             .upload_commit(repo, id, digest)
             .await
             .map_err(map_session_error)?;
+        // Publishing keeps an identical blob already stored; the touch protects it for the
+        // grace period (see `gc`), or finds that a collection removed it in between.
+        if !self.storage.blob_touch(digest).await? {
+            return Err(RegistryError::Storage(StorageError::Unavailable(
+                "the blob was removed by garbage collection while being stored; upload it again"
+                    .into(),
+            )));
+        }
         self.storage.link_blob(repo, digest).await?;
         Ok(size)
     }
@@ -280,6 +288,7 @@ impl Registry {
         if let Some(from) = from
             && from_readable
             && self.storage.blob_linked(from, digest).await?
+            && self.storage.blob_touch(digest).await?
             && let Some(size) = self.storage.blob_size(digest).await?
         {
             self.storage.link_blob(repo, digest).await?;

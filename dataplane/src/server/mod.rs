@@ -59,6 +59,7 @@ use crate::caches::CacheMemory;
 use crate::config::{Config, ConfigReloader, Loaded, ProcessSettings, SecretSource, StorageConfig};
 use crate::http::{AppState, build_app};
 use crate::live::{Applier, ApplyError, LiveConfig, Source};
+use crate::registry::gc::GcMetrics;
 use crate::registry::{Registry, jobs};
 use crate::storage::fs::FsStorage;
 use crate::storage::s3::{S3Settings, S3Storage};
@@ -282,11 +283,12 @@ impl Server {
         let registry = Registry::with_cache_memory(storage.clone(), self.options.cache_memory);
         registry.register_metrics(metrics.registry_mut());
         let job_metrics = jobs::JobMetrics::register(metrics.registry_mut());
+        let gc_metrics = GcMetrics::register(metrics.registry_mut());
         let registry = Arc::new(registry);
         let metrics = Arc::new(metrics);
         let shutting_down = Arc::new(AtomicBool::new(false));
         let app = router(
-            AppState::new(registry, auth, live.clone()),
+            AppState::new(Arc::clone(&registry), auth, live.clone()),
             OpsState {
                 storage: storage.clone(),
                 metrics,
@@ -321,10 +323,11 @@ impl Server {
             )));
         }
         tasks.extend(jobs::spawn(
-            Arc::clone(&storage),
+            &registry,
             &self.settings,
             job_metrics,
-            stopped(stop_rx.clone()),
+            gc_metrics,
+            || stopped(stop_rx.clone()),
         ));
         let tls = certificate.is_some();
         let tls_config = certificate.map(|(certificate, tls_config)| {

@@ -42,6 +42,10 @@ macro_rules! storage_conformance_tests {
             blob_delete,
             links_are_per_repository,
             blobs_and_links_are_listed,
+            touches_keep_blobs_from_collection,
+            collection_after_concurrent_touches_keeps_what_touch_reported,
+            record_swap_is_compare_and_swap,
+            concurrent_record_swaps_admit_one,
             upload_lifecycle,
             upload_offset_mismatch,
             upload_body_failure_keeps_session,
@@ -298,7 +302,14 @@ pub async fn blobs_and_links_are_listed(s: Backend) {
         (uploaded.clone(), 70_000),
     ];
     expected.sort();
-    assert_eq!(s.blobs().await.unwrap(), expected);
+    let listed: Vec<(Digest, u64)> = s
+        .blobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.digest, b.size))
+        .collect();
+    assert_eq!(listed, expected);
 
     let nested = repo("listed/repo/nested");
     assert!(s.blob_links(&r).await.unwrap().is_empty());
@@ -312,9 +323,152 @@ pub async fn blobs_and_links_are_listed(s: Backend) {
     assert_eq!(s.blob_links(&nested).await.unwrap(), [empty]);
 
     s.blob_delete(&small).await.unwrap();
-    assert!(!s.blobs().await.unwrap().iter().any(|(d, _)| *d == small));
+    assert!(!s.blobs().await.unwrap().iter().any(|b| b.digest == small));
     // Links are the repository's own: deleting the bytes leaves them (fsck finds those).
     assert_eq!(s.blob_links(&r).await.unwrap(), linked);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage collection: touches, fenced collection, compare-and-swap records.
+
+/// A blob is collected only when neither written nor touched since the cutoff; a touch reports
+/// whether the blob exists; collecting an absent blob frees nothing. (Backends may keep times
+/// to the second and count a time within a second of the cutoff as after it, so the times here
+/// are seconds apart.)
+pub async fn touches_keep_blobs_from_collection(s: Backend) {
+    let long_ago = SystemTime::now() - Duration::from_secs(3600);
+    let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
+    let kept = put(&s, b"touched later").await;
+    let dropped = put(&s, b"never touched").await;
+    let fresh = put(&s, b"written just now").await;
+
+    assert_eq!(s.blob_collect(&fresh, long_ago).await.unwrap(), None);
+    assert_eq!(s.blob_size(&fresh).await.unwrap(), Some(16));
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before_touch = SystemTime::now();
+    assert!(s.blob_touch(&kept).await.unwrap());
+    let listed = s.blobs().await.unwrap();
+    let touched = |d: &Digest| listed.iter().find(|b| b.digest == *d).unwrap().touched;
+    assert!(
+        touched(&kept) + Duration::from_secs(1) >= before_touch,
+        "a touch moves the blob's time forward"
+    );
+    assert!(touched(&dropped) < before_touch);
+
+    let cutoff = before_touch - Duration::from_millis(500);
+    assert_eq!(s.blob_collect(&kept, cutoff).await.unwrap(), None);
+    assert_eq!(s.blob_size(&kept).await.unwrap(), Some(13));
+    assert_eq!(s.blob_collect(&dropped, cutoff).await.unwrap(), Some(13));
+    assert_eq!(s.blob_size(&dropped).await.unwrap(), None);
+    assert!(
+        !s.blob_touch(&dropped).await.unwrap(),
+        "a touch finds it gone"
+    );
+    assert_eq!(s.blob_collect(&dropped, in_an_hour).await.unwrap(), None);
+    assert!(!s.blobs().await.unwrap().iter().any(|b| b.digest == dropped));
+
+    assert_eq!(s.blob_collect(&kept, in_an_hour).await.unwrap(), Some(13));
+    assert_eq!(s.blob_collect_recover().await.unwrap(), 0);
+    assert_eq!(s.blob_size(&kept).await.unwrap(), None);
+}
+
+/// Touches racing collections: every touch that answered `true` left its blob in place, and
+/// every blob no touch reached was collected.
+pub async fn collection_after_concurrent_touches_keeps_what_touch_reported(s: Backend) {
+    let blobs: Vec<Digest> = futures_util::future::join_all((0..24).map(|i| {
+        let s = Arc::clone(&s);
+        async move { put(&s, format!("raced blob {i}").as_bytes()).await }
+    }))
+    .await;
+    // Written well before the cutoff; every touch comes after it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let cutoff = SystemTime::now() - Duration::from_millis(500);
+    let touches = blobs.iter().map(|d| {
+        let (s, d) = (Arc::clone(&s), d.clone());
+        tokio::spawn(async move { (d.clone(), s.blob_touch(&d).await.unwrap()) })
+    });
+    let collections = blobs.iter().map(|d| {
+        let (s, d) = (Arc::clone(&s), d.clone());
+        tokio::spawn(async move { s.blob_collect(&d, cutoff).await.unwrap() })
+    });
+    let collections: Vec<_> = collections.collect();
+    let touches: Vec<_> = touches.collect();
+    let mut freed = 0;
+    for collection in collections {
+        freed += usize::from(collection.await.unwrap().is_some());
+    }
+    assert!(freed <= blobs.len());
+    for touch in touches {
+        let (digest, exists) = touch.await.unwrap();
+        if exists {
+            assert!(
+                s.blob_size(&digest).await.unwrap().is_some(),
+                "{digest} was reported present by a touch, then collected"
+            );
+        }
+    }
+}
+
+/// `record_swap` writes only over the version it was given (or only when absent), and
+/// `record_read` returns the version of what is stored.
+pub async fn record_swap_is_compare_and_swap(s: Backend) {
+    let key: RecordKey = "gc/swap-test".parse().unwrap();
+    assert_eq!(s.record_read(&key).await.unwrap(), None);
+    let first = s
+        .record_swap(&key, None, Bytes::from_static(b"one"))
+        .await
+        .unwrap()
+        .expect("created when absent");
+    assert_eq!(
+        s.record_swap(&key, None, Bytes::from_static(b"again"))
+            .await
+            .unwrap(),
+        None,
+        "not created twice"
+    );
+    let read = s.record_read(&key).await.unwrap().unwrap();
+    assert_eq!((&read.data[..], &read.version), (&b"one"[..], &first));
+    let second = s
+        .record_swap(&key, Some(&first), Bytes::from_static(b"two"))
+        .await
+        .unwrap()
+        .expect("written over the version read");
+    assert_ne!(first, second);
+    assert_eq!(
+        s.record_swap(&key, Some(&first), Bytes::from_static(b"stale"))
+            .await
+            .unwrap(),
+        None,
+        "a stale version writes nothing"
+    );
+    let read = s.record_read(&key).await.unwrap().unwrap();
+    assert_eq!((&read.data[..], &read.version), (&b"two"[..], &second));
+    assert_eq!(s.record_get(&key).await.unwrap().unwrap(), "two");
+}
+
+/// Of concurrent swaps over the same version, exactly one writes.
+pub async fn concurrent_record_swaps_admit_one(s: Backend) {
+    let key: RecordKey = "gc/swap-race".parse().unwrap();
+    let base = s
+        .record_swap(&key, None, Bytes::from_static(b"base"))
+        .await
+        .unwrap()
+        .unwrap();
+    let swaps = (0..8).map(|i| {
+        let (s, key, base) = (Arc::clone(&s), key.clone(), base.clone());
+        tokio::spawn(async move {
+            s.record_swap(&key, Some(&base), Bytes::from(format!("writer {i}")))
+                .await
+                .unwrap()
+        })
+    });
+    let swaps: Vec<_> = swaps.collect();
+    let mut won = 0;
+    for swap in swaps {
+        won += usize::from(swap.await.unwrap().is_some());
+    }
+    assert_eq!(won, 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 
 use super::{
     ByteStream, Checkpoint, ManifestMeta, ManifestRecord, PullTarget, RecordKey, Result, Storage,
-    StorageError, TagRecord, UploadId, UploadInfo,
+    StorageError, StoredBlob, TagRecord, UploadId, UploadInfo, VersionedRecord,
 };
 use crate::oci::{Digest, RepoName, Tag};
 
@@ -37,9 +37,29 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 struct State {
     blobs: HashMap<Digest, Bytes>,
+    /// When each blob was written or last touched.
+    touched: HashMap<Digest, SystemTime>,
     repos: HashMap<RepoName, Repo>,
     uploads: HashMap<UploadId, Arc<Upload>>,
-    records: HashMap<RecordKey, Bytes>,
+    /// Records with their version (a number from `versions`).
+    records: HashMap<RecordKey, (Bytes, u64)>,
+    versions: u64,
+}
+
+impl State {
+    /// Stores a blob unless present (content-addressed), marking it written now.
+    fn put_blob(&mut self, digest: &Digest, data: Bytes) {
+        if !self.blobs.contains_key(digest) {
+            self.blobs.insert(digest.clone(), data);
+            self.touched.insert(digest.clone(), SystemTime::now());
+        }
+    }
+
+    fn put_record(&mut self, key: &RecordKey, data: Bytes) -> u64 {
+        self.versions += 1;
+        self.records.insert(key.clone(), (data, self.versions));
+        self.versions
+    }
 }
 
 #[derive(Debug, Default)]
@@ -167,12 +187,14 @@ impl Storage for MemoryStorage {
     }
 
     async fn blob_put(&self, digest: &Digest, data: Bytes) -> Result<()> {
-        self.state().blobs.entry(digest.clone()).or_insert(data);
+        self.state().put_blob(digest, data);
         Ok(())
     }
 
     async fn blob_delete(&self, digest: &Digest) -> Result<()> {
-        self.state().blobs.remove(digest);
+        let mut state = self.state();
+        state.blobs.remove(digest);
+        state.touched.remove(digest);
         Ok(())
     }
 
@@ -213,15 +235,47 @@ impl Storage for MemoryStorage {
         Ok(links)
     }
 
-    async fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
-        let mut blobs: Vec<(Digest, u64)> = self
-            .state()
+    async fn blobs(&self) -> Result<Vec<StoredBlob>> {
+        let state = self.state();
+        let mut blobs: Vec<StoredBlob> = state
             .blobs
             .iter()
-            .map(|(d, b)| (d.clone(), b.len() as u64))
+            .map(|(digest, data)| StoredBlob {
+                digest: digest.clone(),
+                size: data.len() as u64,
+                touched: state
+                    .touched
+                    .get(digest)
+                    .copied()
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            })
             .collect();
         blobs.sort();
         Ok(blobs)
+    }
+
+    async fn blob_touch(&self, digest: &Digest) -> Result<bool> {
+        let mut state = self.state();
+        if !state.blobs.contains_key(digest) {
+            return Ok(false);
+        }
+        state.touched.insert(digest.clone(), SystemTime::now());
+        Ok(true)
+    }
+
+    /// Atomic under the state lock: no touch can come between the check and the removal.
+    async fn blob_collect(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<u64>> {
+        let mut state = self.state();
+        let fresh = state.touched.get(digest).is_some_and(|t| *t >= cutoff);
+        if fresh {
+            return Ok(None);
+        }
+        state.touched.remove(digest);
+        Ok(state.blobs.remove(digest).map(|data| data.len() as u64))
+    }
+
+    async fn blob_collect_recover(&self) -> Result<usize> {
+        Ok(0)
     }
 
     async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo> {
@@ -293,7 +347,7 @@ impl Storage for MemoryStorage {
         state.uploads.remove(id);
         let size = data.len() as u64;
         let bytes = Bytes::from(std::mem::take(&mut *data));
-        state.blobs.entry(digest.clone()).or_insert(bytes);
+        state.put_blob(digest, bytes);
         Ok(size)
     }
 
@@ -543,12 +597,37 @@ impl Storage for MemoryStorage {
     }
 
     async fn record_get(&self, key: &RecordKey) -> Result<Option<Bytes>> {
-        Ok(self.state().records.get(key).cloned())
+        Ok(self.state().records.get(key).map(|(data, _)| data.clone()))
     }
 
     async fn record_put(&self, key: &RecordKey, data: Bytes) -> Result<()> {
-        self.state().records.insert(key.clone(), data);
+        self.state().put_record(key, data);
         Ok(())
+    }
+
+    async fn record_read(&self, key: &RecordKey) -> Result<Option<VersionedRecord>> {
+        Ok(self
+            .state()
+            .records
+            .get(key)
+            .map(|(data, version)| VersionedRecord {
+                data: data.clone(),
+                version: version.to_string(),
+            }))
+    }
+
+    async fn record_swap(
+        &self,
+        key: &RecordKey,
+        expected: Option<&str>,
+        data: Bytes,
+    ) -> Result<Option<String>> {
+        let mut state = self.state();
+        let current = state.records.get(key).map(|(_, v)| v.to_string());
+        if current.as_deref() != expected {
+            return Ok(None);
+        }
+        Ok(Some(state.put_record(key, data).to_string()))
     }
 
     async fn repositories(&self) -> Result<Vec<RepoName>> {

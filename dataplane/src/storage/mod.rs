@@ -33,7 +33,11 @@
 //!                                                      pulled (its modification time)
 //! repositories/<name...>/_pulls/manifests/<alg>/<hex>  the same for a manifest
 //! _system/<key>                                        records of the registry's own (retention
-//!                                                      plans and runs)
+//!                                                      plans and runs, the collector's lease)
+//! _system/gc/touch/<alg>/<hex>                         S3 only: when a blob was last relied upon
+//!                                                      (its modification time; see `blob_touch`)
+//! _system/gc/trash/<alg>/<hex>                         a blob being collected, set aside until
+//!                                                      its removal is final
 //! uploads/<id>/data                                    upload session bytes received so far
 //! uploads/<id>/info                                    upload session record (JSON UploadInfo)
 //! ```
@@ -216,6 +220,26 @@ pub struct ManifestRecord {
     pub linked_at: SystemTime,
 }
 
+/// A blob in the store, as listed for garbage collection and `fsck`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoredBlob {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was written or last relied upon ([`Storage::blob_touch`]), whichever is later.
+    pub touched: SystemTime,
+}
+
+/// A record of the registry's own with the version a conditional write compares against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionedRecord {
+    /// The record's bytes.
+    pub data: Bytes,
+    /// Opaque version: changes with every write.
+    pub version: String,
+}
+
 /// What a pull asked for: a tag, or a manifest by digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PullTarget {
@@ -312,9 +336,28 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// The blobs linked into `repo`, sorted (for `fsck` and garbage collection).
     async fn blob_links(&self, repo: &RepoName) -> Result<Vec<Digest>>;
 
-    /// Every blob in the store with its size, sorted by digest (for `fsck` and garbage
-    /// collection; a listing, not a snapshot: blobs written meanwhile may be missing).
-    async fn blobs(&self) -> Result<Vec<(Digest, u64)>>;
+    /// Every blob in the store with its size and last touch, sorted by digest (for `fsck` and
+    /// garbage collection; a listing, not a snapshot: blobs written meanwhile may be missing).
+    async fn blobs(&self) -> Result<Vec<StoredBlob>>;
+
+    // ---- Garbage collection: touches, and the fenced removal of unreferenced blobs.
+
+    /// Records that `digest` is relied upon now (linked, mounted, referenced by a manifest
+    /// being pushed), then reports whether the blob exists. The order is the contract with
+    /// [`Storage::blob_collect`]: a collection that removes the blob concurrently puts it back
+    /// when this touch came first, so `true` means the blob stays; `false` means it is gone.
+    async fn blob_touch(&self, digest: &Digest) -> Result<bool>;
+
+    /// Removes blob `digest` when it was neither written nor touched at or after `cutoff`,
+    /// fenced against concurrent touches: the blob is first set aside (under `_system/gc/
+    /// trash/`), its touch is read again, and it is put back if a touch arrived meanwhile.
+    /// Returns the bytes freed, or `None` when the blob was kept or is absent. Links and
+    /// manifests are not looked at: the caller decides what is unreferenced.
+    async fn blob_collect(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<u64>>;
+
+    /// Puts back every blob that an interrupted [`Storage::blob_collect`] left set aside;
+    /// returns how many. A collector calls it before collecting.
+    async fn blob_collect_recover(&self) -> Result<usize>;
 
     // ---- Upload sessions.
 
@@ -500,6 +543,19 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Writes a record whole, atomically replacing any previous value.
     async fn record_put(&self, key: &RecordKey, data: Bytes) -> Result<()>;
+
+    /// A record with its version, or `None` if absent.
+    async fn record_read(&self, key: &RecordKey) -> Result<Option<VersionedRecord>>;
+
+    /// Writes a record only if it is still at version `expected` (`None`: only if absent),
+    /// atomically against every process sharing the backend. Returns the new version, or
+    /// `None` when the record had changed (nothing written). Leases are built on it.
+    async fn record_swap(
+        &self,
+        key: &RecordKey,
+        expected: Option<&str>,
+        data: Bytes,
+    ) -> Result<Option<String>>;
 
     // ---- Repositories and health.
 

@@ -54,7 +54,8 @@
 //!
 //! `layout` (paths and small records), `publish` (durable writes), `temp_area`, `tag_cache`,
 //! `uploads` (session locks and appends), `reads` (streaming reads), `walk` (the catalog
-//! walk) and `operations` (the [`Storage`](super::Storage) trait).
+//! walk), `collect` (touches, fenced blob removal, compare-and-swap records) and
+//! `operations` (the [`Storage`](super::Storage) trait).
 
 use std::fmt;
 use std::fs;
@@ -201,6 +202,7 @@ fn not_found(e: io::Error) -> StorageError {
     }
 }
 
+mod collect;
 mod layout;
 mod operations;
 mod publish;

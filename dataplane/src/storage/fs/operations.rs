@@ -23,7 +23,7 @@ use super::{
 use crate::oci::{Digest, RepoName, Tag};
 use crate::storage::{
     ByteStream, ManifestMeta, ManifestRecord, PullTarget, RecordKey, Result, Storage, StorageError,
-    TagRecord, UploadId, UploadInfo,
+    StoredBlob, TagRecord, UploadId, UploadInfo, VersionedRecord,
 };
 
 #[async_trait::async_trait]
@@ -141,7 +141,7 @@ impl Storage for FsStorage {
         .await
     }
 
-    async fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
+    async fn blobs(&self) -> Result<Vec<StoredBlob>> {
         self.run(move |inner| {
             let root = inner.root.join(BLOBS_DIR);
             let mut blobs = Vec::new();
@@ -161,7 +161,11 @@ impl Storage for FsStorage {
                             continue;
                         };
                         match fs::metadata(dir.join(&hex)) {
-                            Ok(m) => blobs.push((digest, m.len())),
+                            Ok(m) => blobs.push(StoredBlob {
+                                digest,
+                                size: m.len(),
+                                touched: m.modified()?,
+                            }),
                             // Removed since the directory was read.
                             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                             Err(e) => return Err(e.into()),
@@ -173,6 +177,21 @@ impl Storage for FsStorage {
             Ok(blobs)
         })
         .await
+    }
+
+    async fn blob_touch(&self, digest: &Digest) -> Result<bool> {
+        let digest = digest.clone();
+        self.run(move |inner| Ok(inner.touch_blob(&digest)?)).await
+    }
+
+    async fn blob_collect(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<u64>> {
+        let digest = digest.clone();
+        self.run(move |inner| Ok(inner.collect_blob(&digest, cutoff)?))
+            .await
+    }
+
+    async fn blob_collect_recover(&self) -> Result<usize> {
+        self.run(|inner| Ok(inner.recover_trash()?)).await
     }
 
     async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo> {
@@ -743,6 +762,22 @@ impl Storage for FsStorage {
     async fn record_put(&self, key: &RecordKey, data: Bytes) -> Result<()> {
         let key = key.clone();
         self.run(move |inner| Ok(inner.write_record(&inner.record_path(&key), &data)?))
+            .await
+    }
+
+    async fn record_read(&self, key: &RecordKey) -> Result<Option<VersionedRecord>> {
+        let key = key.clone();
+        self.run(move |inner| Ok(inner.read_versioned(&key)?)).await
+    }
+
+    async fn record_swap(
+        &self,
+        key: &RecordKey,
+        expected: Option<&str>,
+        data: Bytes,
+    ) -> Result<Option<String>> {
+        let (key, expected) = (key.clone(), expected.map(str::to_owned));
+        self.run(move |inner| Ok(inner.swap_record(&key, expected.as_deref(), &data)?))
             .await
     }
 

@@ -70,6 +70,14 @@ pub(super) struct Object {
     pub(super) metadata: HashMap<String, String>,
 }
 
+/// What a `HeadObject` tells of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stamp {
+    pub(super) size: u64,
+    pub(super) etag: String,
+    pub(super) modified: SystemTime,
+}
+
 /// A listing page's worth of results, accumulated over every page.
 #[derive(Debug, Default)]
 pub(super) struct Listing {
@@ -175,6 +183,12 @@ impl Bucket {
         if let Some(direct) = &self.direct {
             return direct.head(key).await;
         }
+        Ok(self.stamp(key).await?.map(|stamp| stamp.size))
+    }
+
+    /// The size, ETag and modification time of an object, or `None` if it does not exist;
+    /// always asked of the bucket through the SDK (never around it), for the collector's checks.
+    pub(super) async fn stamp(&self, key: &str) -> Result<Option<Stamp>, StorageError> {
         match self
             .records
             .head_object()
@@ -183,7 +197,14 @@ impl Bucket {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(content_length(out.content_length()))),
+            Ok(out) => Ok(Some(Stamp {
+                size: content_length(out.content_length()),
+                etag: out.e_tag().unwrap_or_default().to_owned(),
+                modified: out
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            })),
             Err(e) => match self.failure("HeadObject", key, e) {
                 Failure::NotFound => Ok(None),
                 other => Err(other.into()),

@@ -148,6 +148,36 @@ impl Keys {
         format!("{}_system/{}", self.prefix, key.as_str())
     }
 
+    /// `_system/gc/touch/<alg>/<hex>`: when a blob was last relied upon.
+    pub(super) fn touch(&self, digest: &Digest) -> String {
+        format!(
+            "{}{}/{}",
+            self.touches_root(),
+            digest.algorithm(),
+            digest.hex()
+        )
+    }
+
+    /// `_system/gc/touch/` (every touch marker).
+    pub(super) fn touches_root(&self) -> String {
+        format!("{}_system/gc/touch/", self.prefix)
+    }
+
+    /// `_system/gc/trash/<alg>/<hex>`: a blob set aside while it is being collected.
+    pub(super) fn trash(&self, digest: &Digest) -> String {
+        format!(
+            "{}{}/{}",
+            self.trash_root(),
+            digest.algorithm(),
+            digest.hex()
+        )
+    }
+
+    /// `_system/gc/trash/` (every blob set aside).
+    pub(super) fn trash_root(&self) -> String {
+        format!("{}_system/gc/trash/", self.prefix)
+    }
+
     /// `uploads/` (every session).
     pub(super) fn uploads_root(&self) -> String {
         format!("{}{UPLOADS}", self.prefix)

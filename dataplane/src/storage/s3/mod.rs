@@ -86,6 +86,7 @@
 
 mod bucket;
 mod cache;
+mod collect;
 mod direct;
 mod keys;
 mod requests;
@@ -113,7 +114,7 @@ use self::requests::RequestCounts;
 use super::buffers::BufferPool;
 use super::{
     ByteStream, Checkpoint, ManifestMeta, ManifestRecord, PullTarget, RecordKey, Result, Storage,
-    StorageError, TagRecord, UploadId, UploadInfo,
+    StorageError, StoredBlob, TagRecord, UploadId, UploadInfo, VersionedRecord,
 };
 use crate::caches::CacheMemory;
 use crate::oci::{Digest, RepoName, Tag};
@@ -580,25 +581,24 @@ impl Storage for S3Storage {
         Ok(links)
     }
 
-    async fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
-        let prefix = self.keys.blobs_root();
-        let listing = self.bucket.list(&prefix, None).await?;
-        let mut blobs = Vec::with_capacity(listing.keys.len());
-        for (key, size) in listing.keys.iter().zip(listing.sizes) {
-            // `<alg>/<hex[0..2]>/<hex>`
-            let mut parts = key[prefix.len()..].split('/');
-            let (Some(alg), Some(fanout), Some(hex), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            match format!("{alg}:{hex}").parse::<Digest>() {
-                Ok(digest) if hex.starts_with(fanout) => blobs.push((digest, size)),
-                _ => tracing::warn!(key, "skipping an unrecognised blob key"),
-            }
-        }
-        blobs.sort();
-        Ok(blobs)
+    async fn blobs(&self) -> Result<Vec<StoredBlob>> {
+        self.list_blobs().await
+    }
+
+    async fn blob_touch(&self, digest: &Digest) -> Result<bool> {
+        self.touch_blob(digest).await
+    }
+
+    async fn blob_collect(
+        &self,
+        digest: &Digest,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Option<u64>> {
+        self.collect_blob(digest, cutoff).await
+    }
+
+    async fn blob_collect_recover(&self) -> Result<usize> {
+        self.recover_trash().await
     }
 
     async fn upload_create(&self, repo: &RepoName) -> Result<UploadInfo> {
@@ -976,6 +976,19 @@ impl Storage for S3Storage {
             .await
             .map_err(StorageError::from)?;
         Ok(())
+    }
+
+    async fn record_read(&self, key: &RecordKey) -> Result<Option<VersionedRecord>> {
+        self.read_versioned(key).await
+    }
+
+    async fn record_swap(
+        &self,
+        key: &RecordKey,
+        expected: Option<&str>,
+        data: Bytes,
+    ) -> Result<Option<String>> {
+        self.swap_record(key, expected, data).await
     }
 
     async fn repositories(&self) -> Result<Vec<RepoName>> {

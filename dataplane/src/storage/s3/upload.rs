@@ -520,7 +520,11 @@ async fn cleanup(bucket: Bucket, key: String, upload_id: Option<String>) {
 }
 
 /// Publishes the concatenation of `sources` (key, size) at `target`, server side.
-async fn compose(bucket: &Bucket, target: &str, sources: &[(String, u64)]) -> Result<()> {
+pub(super) async fn compose(
+    bucket: &Bucket,
+    target: &str,
+    sources: &[(String, u64)],
+) -> Result<()> {
     match sources {
         [] => match bucket.put(target, Bytes::new(), Condition::Absent).await {
             Ok(_) | Err(Failure::Precondition) => Ok(()),
