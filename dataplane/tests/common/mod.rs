@@ -439,6 +439,19 @@ impl S3Dataplane {
         settings: &[&str],
         extra_args: &[&str],
     ) -> Self {
+        Self::start_with_document(s3, prefix, endpoint, settings, "", extra_args)
+    }
+
+    /// [`S3Dataplane::start_with_args`], with more top-level sections of the document
+    /// (YAML, e.g. `"gc: {grace: 1s}\n"`).
+    pub fn start_with_document(
+        s3: &testkit::s3::S3Server,
+        prefix: &str,
+        endpoint: &str,
+        settings: &[&str],
+        document: &str,
+        extra_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         let yaml = format!(
@@ -458,7 +471,7 @@ impl S3Dataplane {
         let yaml = settings
             .iter()
             .fold(yaml, |yaml, line| format!("{yaml}    {line}\n"));
-        std::fs::write(&path, yaml).unwrap();
+        std::fs::write(&path, format!("{yaml}{document}")).unwrap();
         let mut args = vec![
             "serve".to_owned(),
             "--listen".to_owned(),
