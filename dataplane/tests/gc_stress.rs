@@ -147,7 +147,7 @@ async fn run_client(id: u64, push_base: String, pull_bases: Vec<String>, until: 
             digest: sha256(&manifest),
             blobs,
         });
-        if n % 3 == 0 && ledger.live.len() > 2 {
+        if n.is_multiple_of(3) && ledger.live.len() > 2 {
             let old = ledger.live.remove(0);
             let status = http
                 .delete(format!(

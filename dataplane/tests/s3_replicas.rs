@@ -411,3 +411,63 @@ async fn server_killed_mid_append_gives_a_clean_error() {
     }
     assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");
 }
+
+/// A collection that died between copying a blob aside and deciding leaves it in the trash:
+/// the next collector (another replica) copies it back, and a collection of it on another
+/// replica frees it again, touch marker included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blobs_left_in_the_trash_are_put_back_by_another_replica() {
+    let server = shared_server();
+    let prefix = unique_prefix("trash");
+    let (a, b) = (
+        replica(&server, &prefix).await,
+        replica(&server, &prefix).await,
+    );
+    let data = b"set aside by a collector that died".to_vec();
+    let digest = Digest::sha256_of(&data);
+    a.blob_put(&digest, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    assert!(a.blob_touch(&digest).await.unwrap());
+    let hex = digest.hex();
+    let blob_key = format!("{prefix}/blobs/sha256/{}/{hex}", &hex[..2]);
+    let trash_key = format!("{prefix}/_system/gc/trash/sha256/{hex}");
+    let raw = s3_common::raw_client(&server);
+    raw.copy_object()
+        .bucket(server.bucket())
+        .key(&trash_key)
+        .copy_source(format!("{}/{blob_key}", server.bucket()))
+        .send()
+        .await
+        .unwrap();
+    raw.delete_object()
+        .bucket(server.bucket())
+        .key(&blob_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.blob_size(&digest).await.unwrap(), None);
+
+    assert_eq!(b.blob_collect_recover().await.unwrap(), 1);
+    assert_eq!(
+        collect(a.blob_read(&digest, None).await.unwrap()).await,
+        data
+    );
+    assert!(
+        keys_under(&server, &format!("{prefix}/_system/gc/trash/"))
+            .await
+            .is_empty()
+    );
+
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    assert_eq!(
+        b.blob_collect(&digest, later).await.unwrap(),
+        Some(data.len() as u64)
+    );
+    assert!(
+        keys_under(&server, &format!("{prefix}/_system/gc/"))
+            .await
+            .is_empty()
+    );
+    assert!(!a.blob_touch(&digest).await.unwrap());
+}

@@ -1,6 +1,7 @@
 //! Retention end to end on the harness cluster: 30 tags pushed, a `dryRun` policy whose plan
 //! is read from the object, an image a Pod runs spared with its reason, and a real run that
-//! deletes exactly the planned tags while every kept tag still pulls with a real client.
+//! deletes exactly the planned tags while every kept tag still pulls with a real client; the
+//! data plane's garbage collection then frees exactly the bytes the plan announced.
 
 mod common;
 
@@ -20,6 +21,39 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// A run happens at the next minute of the schedule `* * * * *`.
 const RUN: Duration = Duration::from_secs(100);
 
+/// `dataplane_gc_freed_bytes_total` of the data plane at `host`.
+async fn freed_bytes(http: &reqwest::Client, host: &str) -> u64 {
+    let text = http
+        .get(format!("http://{host}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("dataplane_gc_freed_bytes_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
+/// Waits (up to a minute) until the collector has freed at least `at_least` bytes in all.
+async fn wait_for_freed(http: &reqwest::Client, host: &str, at_least: u64) -> u64 {
+    for _ in 0..120 {
+        let freed = freed_bytes(http, host).await;
+        if freed >= at_least {
+            // One more interval: a run still going on finishes, and nothing more is freed.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            return freed_bytes(http, host).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "the collector freed {} of {at_least} bytes",
+        freed_bytes(http, host).await
+    );
+}
+
 /// The planned tags of a policy's status, with their reasons.
 fn planned_tags(policy: &RetentionPolicy) -> Option<Vec<(String, String)>> {
     let plan = policy.status.as_ref()?.plan.as_ref()?;
@@ -33,7 +67,9 @@ fn planned_tags(policy: &RetentionPolicy) -> Option<Vec<(String, String)>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_plan() {
-    let region = Region::start(&["acme"]).await;
+    // Collection every 2 s of what stayed unreferenced for 5 s.
+    let region =
+        Region::start_with_dataplane_settings(&["acme"], "gc: {grace: 5s, interval: 2s}\n").await;
     let project = region.project(Some("acme")).await;
     let p = project.name();
     region
@@ -118,6 +154,7 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     assert!(message.contains("InUse"), "{message}");
 
     // The real run: exactly the planned tags go, at the next minute.
+    let freed_before = freed_bytes(&http, &region.host).await;
     policies
         .patch(
             "keep-five",
@@ -148,5 +185,26 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     )
     .unwrap();
     assert!(!gone.succeeded());
+
+    // After the grace period the collector frees the deleted images' own blobs (layer,
+    // config, manifest): exactly the bytes the plan announced; shared and kept blobs stay.
+    let freed = wait_for_freed(&http, &region.host, freed_before + spared.bytes).await;
+    assert_eq!(freed - freed_before, spared.bytes);
+    let blob_status = |tag: &str| {
+        let (http, host, auth) = (&http, &region.host, &auth);
+        let digest = testkit::clients::sha256_digest(format!("layer of {tag}").as_bytes());
+        async move {
+            http.head(format!("http://{host}/v2/{repo}/blobs/{digest}"))
+                .header("authorization", auth)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(blob_status("t01").await, 404, "a deleted tag's own layer");
+    assert_eq!(blob_status("t03").await, 200, "the spared tag's layer");
+    assert_eq!(blob_status("t30").await, 200, "a kept tag's layer");
     project.cleanup().await.unwrap();
 }

@@ -153,6 +153,11 @@ max 0: no upper bound). Call with (dict "path" "tokens.ttl" "value" "5m" "min" 3
 {{- with $v.dataplane.connections.idleTimeout }}
 {{- include "registry.checkDuration" (dict "path" "dataplane.connections.idleTimeout" "value" . "min" 1000 "max" 3600000 "range" "between 1s and 1h") }}
 {{- end }}
+{{- range $field := list "grace" "interval" }}
+{{- with (get $v.dataplane.gc $field) }}
+{{- include "registry.checkDuration" (dict "path" (printf "dataplane.gc.%s" $field) "value" . "min" 1000 "max" 0 "range" "at least 1s") }}
+{{- end }}
+{{- end }}
 {{- range $limit := list "perSource" "perCredential" }}
 {{- with (get $v.dataplane.logins $limit) }}
 {{- include "registry.checkDuration" (dict "path" (printf "dataplane.logins.%s.per" $limit) "value" .per "min" 1000 "max" 86400000 "range" "between 1s and 24h") }}

@@ -124,6 +124,24 @@ impl Region {
         Self::start_with(organisations, "", true).await
     }
 
+    /// Starts a region whose data plane gets more process settings (top-level YAML sections,
+    /// e.g. `"gc: {grace: 5s}\n"`).
+    pub async fn start_with_dataplane_settings(organisations: &[&str], settings: &str) -> Self {
+        let mut region = Self::start_with(organisations, "", false).await;
+        let port = region.port();
+        region.dataplane = Some(region.spawn_dataplane_with(port, settings));
+        region
+    }
+
+    /// The data plane's port.
+    fn port(&self) -> u16 {
+        self.host
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("host is 127.0.0.1:PORT")
+    }
+
     /// Starts a region with more operator settings (YAML lines).
     pub async fn start_with_settings(organisations: &[&str], settings: &str) -> Self {
         Self::start_with(organisations, settings, true).await
@@ -198,12 +216,16 @@ impl Region {
     }
 
     fn spawn_dataplane(&self, port: u16) -> ChildGuard {
+        self.spawn_dataplane_with(port, "")
+    }
+
+    fn spawn_dataplane_with(&self, port: u16, extra_settings: &str) -> ChildGuard {
         let root = self.dir.path().join("data");
         // The process settings. The tests poll pushes and logins with credentials the data
         // plane does not serve yet (or any more), far faster than any client would: the limits
         // on failed logins would refuse those polls, so they are lifted here.
         let settings = self.dir.path().join("dataplane.yaml");
-        std::fs::write(&settings, DATAPLANE_SETTINGS).unwrap();
+        std::fs::write(&settings, format!("{DATAPLANE_SETTINGS}{extra_settings}")).unwrap();
         let mut cmd = Command::new(workspace_bin("dataplane"));
         cmd.args(["serve", "--listen", &self.host, "--config"])
             .arg(&settings)

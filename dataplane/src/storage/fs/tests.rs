@@ -531,3 +531,31 @@ async fn appends_from_two_instances_are_serialized() {
     let stored = collect(instances[1].upload_read(&r, &id).await.unwrap()).await;
     assert_eq!(stored, vec![winners[0]; 256 * 1024]);
 }
+
+/// A collection that died between setting a blob aside and deciding leaves it in the trash;
+/// the next collector puts it back where it was, bytes intact.
+#[tokio::test]
+async fn blobs_left_in_the_trash_are_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FsStorage::open(dir.path()).await.unwrap();
+    let data = b"set aside by a collector that died";
+    let digest = Digest::sha256_of(data);
+    storage
+        .blob_put(&digest, Bytes::from_static(data))
+        .await
+        .unwrap();
+    let blob = dir
+        .path()
+        .join("blobs/sha256")
+        .join(&digest.hex()[..2])
+        .join(digest.hex());
+    let trash = dir.path().join("_system/gc/trash/sha256");
+    fs::create_dir_all(&trash).unwrap();
+    fs::rename(&blob, trash.join(digest.hex())).unwrap();
+    assert_eq!(storage.blob_size(&digest).await.unwrap(), None);
+
+    assert_eq!(storage.blob_collect_recover().await.unwrap(), 1);
+    assert_eq!(fs::read(&blob).unwrap(), data);
+    assert!(files_under(&trash).is_empty());
+    assert_eq!(storage.blob_collect_recover().await.unwrap(), 0);
+}
