@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod retention;
+pub mod usage;
 pub mod v1alpha1;
 
 /// The API group of every custom resource.

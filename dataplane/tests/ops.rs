@@ -638,3 +638,85 @@ fn slow_clients_are_disconnected_after_the_configured_timeouts() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+/// Metering through the binary: stored bytes, pushes and pulls of a namespace appear at the
+/// usage endpoint and in the metrics once the interval has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_metered_per_namespace() {
+    let mut config = dataplane::config::Config::default();
+    config.settings.metering.interval.0 = Duration::from_secs(1);
+    let server = common::ConfiguredDataplane::start(&config);
+    let base = server.url();
+    let http = client();
+    let (config_blob, layer) = (b"{}".to_vec(), pseudo_random(5, 300_000));
+    for blob in [&config_blob, &layer] {
+        assert_eq!(
+            push_blob_monolithic(&http, &base, "acme/app", blob)
+                .await
+                .unwrap(),
+            201
+        );
+    }
+    let manifest = common::image_manifest(
+        (&sha256(&config_blob), 2),
+        &[(&sha256(&layer), layer.len())],
+    );
+    assert_eq!(
+        common::put_manifest(&http, &base, "acme/app", "v1", &manifest)
+            .await
+            .unwrap(),
+        201
+    );
+    let (status, _, body) = get(
+        &http,
+        &format!("{base}/v2/acme/app/blobs/{}", sha256(&layer)),
+    )
+    .await;
+    assert_eq!((status, body.len()), (200, layer.len()));
+
+    let stored = (2 + layer.len() + manifest.len()) as u64;
+    let pushed = stored;
+    let pulled = layer.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let usage = loop {
+        let (status, _, body) = get(&http, &format!("{base}/internal/v1/usage")).await;
+        assert_eq!(status, 200);
+        let usage: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let acme = &usage["namespaces"]["acme"];
+        if acme["storedBytes"] == stored && acme["pushedBytes"] == pushed {
+            break acme.clone();
+        }
+        assert!(Instant::now() < deadline, "usage never caught up: {usage}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(usage["pulledBytes"], pulled);
+    assert!(usage["sampledAt"].is_string(), "{usage}");
+    assert!(
+        usage["gigabyteHours"]
+            .as_str()
+            .unwrap()
+            .starts_with("0.0000"),
+        "{usage}"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = r#"dataplane_transfer_bytes_total{namespace="acme",direction="pull"}"#;
+    assert_eq!(
+        metric_value(&metrics, series),
+        Some(pulled as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"dataplane_namespace_stored_bytes{namespace="acme"}"#
+        ),
+        Some(stored as f64)
+    );
+}

@@ -1,7 +1,8 @@
-//! The data plane's internal endpoints, as the operator calls them: retention plans and runs.
+//! The data plane's internal endpoints, as the operator calls them: retention plans and runs,
+//! and usage.
 //!
 //! Each call carries a short-lived registry access token of subject `system:operator` that
-//! lists `internal:retention:*`, signed with the region's active token key (the operator makes
+//! lists `internal:retention:*` or `internal:usage:*`, signed with the region's active token key (the operator makes
 //! the keys; the data plane verifies with the ones in the document). The token service never
 //! issues such a token, so only the operator can call these endpoints.
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use crds::config::{SigningAlgorithm, SigningKey};
 use crds::retention::{RetentionRequest, RetentionResponse};
+use crds::usage::UsageResponse;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
@@ -83,8 +85,9 @@ impl DataPlane {
         })
     }
 
-    /// A token for the retention endpoints, signed with `key`, valid from `now`.
-    pub fn token(&self, key: &SigningKey, now: Timestamp) -> Result<String> {
+    /// A token for the internal endpoints of `resource` (`retention`, `usage`), signed with
+    /// `key`, valid from `now`.
+    pub fn token(&self, key: &SigningKey, now: Timestamp, resource: &str) -> Result<String> {
         let now = now.as_second().max(0) as u64;
         let claims = Claims {
             iss: &self.service,
@@ -96,7 +99,7 @@ impl DataPlane {
             jti: format!("{:032x}", rand_u128()),
             access: [Access {
                 kind: "internal",
-                name: "retention",
+                name: resource,
                 actions: ["*"],
             }],
         };
@@ -161,6 +164,28 @@ impl DataPlane {
             400 | 409 => Ok(RetentionAnswer::Refused(message)),
             _ => Err(Error::DataPlane(format!("{url}: {status}: {message}"))),
         }
+    }
+}
+
+impl DataPlane {
+    /// Every namespace's metered usage.
+    pub async fn usage(&self, token: &str) -> Result<UsageResponse> {
+        let url = format!("{}/internal/v1/usage", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| Error::DataPlane(format!("{url}: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Error::DataPlane(format!("{url}: {status}")));
+        }
+        response
+            .json::<UsageResponse>()
+            .await
+            .map_err(|e| Error::DataPlane(format!("{url}: unreadable answer: {e}")))
     }
 }
 

@@ -10,6 +10,7 @@
 //!   acme: {containerRegistry: true}
 //! tokens: {ttl: 5m, keyRotation: 720h}
 //! remoteGiveUp: 15m                           # unreachable remote clusters, on removal
+//! usageInterval: 5m                           # RegistryNamespace status.usage refreshes
 //! dataplaneUrl: http://registry-dataplane:5000 # the data plane's internal endpoints
 //! ```
 
@@ -58,6 +59,10 @@ pub struct Settings {
     /// Default: `https://<registryHost>`.
     #[serde(default)]
     pub dataplane_url: Option<String>,
+    /// How often each `RegistryNamespace`'s `status.usage` is refreshed from the data plane's
+    /// metering (default 5m).
+    #[serde(default = "default_usage_interval")]
+    pub usage_interval: HumanDuration,
 }
 
 impl Settings {
@@ -113,6 +118,10 @@ fn default_key_rotation() -> HumanDuration {
 fn default_orphan_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
+fn default_usage_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+
 fn default_remote_give_up() -> HumanDuration {
     HumanDuration(Duration::from_secs(15 * 60))
 }
@@ -175,6 +184,11 @@ impl Settings {
                 "tokens.keyRotation must be at least 1h".into(),
             ));
         }
+        if settings.usage_interval.0 < Duration::from_secs(1) {
+            return Err(SettingsError::Invalid(
+                "usageInterval must be at least 1s".into(),
+            ));
+        }
         if settings.shard_bytes < 16 * 1024 {
             return Err(SettingsError::Invalid(
                 "shardBytes must be at least 16384".into(),
@@ -216,6 +230,7 @@ mod tests {
         assert!(!s.registry_enabled("beta"));
         assert!(!s.registry_enabled("other"));
         assert_eq!(s.tokens.ttl.0, Duration::from_secs(300));
+        assert_eq!(s.usage_interval.0, Duration::from_secs(300));
     }
 
     #[test]
@@ -230,6 +245,10 @@ mod tests {
             (
                 format!("region: r\n{base}tokens: {{ttl: 2h}}\n"),
                 "tokens.ttl",
+            ),
+            (
+                format!("region: r\n{base}usageInterval: 0s\n"),
+                "usageInterval must be at least 1s",
             ),
             (
                 format!("region: r\n{base}bogus: 1\n"),

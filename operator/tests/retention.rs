@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use crds::v1alpha1::RetentionPolicy;
+use crds::v1alpha1::{RegistryNamespace, RetentionPolicy};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -67,9 +67,14 @@ fn planned_tags(policy: &RetentionPolicy) -> Option<Vec<(String, String)>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_plan() {
-    // Collection every 2 s of what stayed unreferenced for 5 s.
-    let region =
-        Region::start_with_dataplane_settings(&["acme"], "gc: {grace: 5s, interval: 2s}\n").await;
+    // Collection every 2 s of what stayed unreferenced for 5 s; metering every second, its
+    // usage published in the RegistryNamespace's status every second.
+    let region = Region::start_with_both_settings(
+        &["acme"],
+        "usageInterval: 1s\n",
+        "gc: {grace: 5s, interval: 2s}\nmetering: {interval: 1s}\n",
+    )
+    .await;
     let project = region.project(Some("acme")).await;
     let p = project.name();
     region
@@ -153,6 +158,14 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     let message = &policy_now.status.as_ref().unwrap().conditions[0].message;
     assert!(message.contains("InUse"), "{message}");
 
+    // Usage as metered, in the RegistryNamespace's status: 30 images pushed, pulled nothing.
+    let namespaces = Api::<RegistryNamespace>::namespaced(client.clone(), p);
+    let before = wait_object(&namespaces, "shop", CONVERGE, |ns| {
+        let usage = ns.status.as_ref()?.usage.clone()?;
+        (usage.stored_bytes > 0 && usage.pushed_bytes >= usage.stored_bytes).then_some(usage)
+    })
+    .await;
+
     // The real run: exactly the planned tags go, at the next minute.
     let freed_before = freed_bytes(&http, &region.host).await;
     policies
@@ -206,5 +219,15 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     assert_eq!(blob_status("t01").await, 404, "a deleted tag's own layer");
     assert_eq!(blob_status("t03").await, 200, "the spared tag's layer");
     assert_eq!(blob_status("t30").await, 200, "a kept tag's layer");
+
+    // The status follows: stored bytes drop by exactly what was freed; crane's pulls counted.
+    let after = wait_object(&namespaces, "shop", CONVERGE, |ns| {
+        let usage = ns.status.as_ref()?.usage.clone()?;
+        (usage.stored_bytes == before.stored_bytes - spared.bytes && usage.pulled_bytes > 0)
+            .then_some(usage)
+    })
+    .await;
+    assert!(after.pushed_bytes >= before.pushed_bytes);
+    assert!(after.sampled_at.is_some());
     project.cleanup().await.unwrap();
 }

@@ -158,6 +158,12 @@ max 0: no upper bound). Call with (dict "path" "tokens.ttl" "value" "5m" "min" 3
 {{- include "registry.checkDuration" (dict "path" (printf "dataplane.gc.%s" $field) "value" . "min" 1000 "max" 0 "range" "at least 1s") }}
 {{- end }}
 {{- end }}
+{{- with $v.dataplane.metering.interval }}
+{{- include "registry.checkDuration" (dict "path" "dataplane.metering.interval" "value" . "min" 1000 "max" 3600000 "range" "between 1s and 1h") }}
+{{- end }}
+{{- with $v.operator.usageInterval }}
+{{- include "registry.checkDuration" (dict "path" "operator.usageInterval" "value" . "min" 1000 "max" 0 "range" "at least 1s") }}
+{{- end }}
 {{- range $limit := list "perSource" "perCredential" }}
 {{- with (get $v.dataplane.logins $limit) }}
 {{- include "registry.checkDuration" (dict "path" (printf "dataplane.logins.%s.per" $limit) "value" .per "min" 1000 "max" 86400000 "range" "between 1s and 24h") }}

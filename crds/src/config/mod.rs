@@ -14,6 +14,7 @@
 //!   filesystem: {root: ./registry-data}
 //! uploads: {sessionTimeout: 24h}
 //! gc: {grace: 24h, interval: 1h}
+//! metering: {interval: 5m}
 //! namespaces:
 //!   - {name: acme-platform, visibility: private, immutableTags: ["v*"]}
 //! credentials: []
@@ -24,7 +25,7 @@
 //! ```
 //!
 //! The document has two parts with different owners ([`Config::settings`] and
-//! [`Config::spec`]): the process settings (storage, uploads, connections, logins, gc), fixed
+//! [`Config::spec`]): the process settings (storage, uploads, connections, logins, gc, metering), fixed
 //! for the life of a process, and the operator-owned region spec (region, revision, namespaces, credentials,
 //! federations, tokens, retention, shards), which a reload replaces.
 //!
@@ -183,6 +184,8 @@ struct Document {
     logins: Option<LoginLimits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gc: Option<GcConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metering: Option<MeteringConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     namespaces: Vec<NamespaceConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -214,6 +217,7 @@ impl From<Document> for Config {
                 connections: d.connections.unwrap_or_default(),
                 logins: d.logins.unwrap_or_default(),
                 gc: d.gc.unwrap_or_default(),
+                metering: d.metering.unwrap_or_default(),
             },
             spec: RegionSpec {
                 region: d.region,
@@ -237,6 +241,7 @@ impl From<Config> for Document {
         document.connections = Some(c.settings.connections);
         document.logins = Some(c.settings.logins);
         document.gc = Some(c.settings.gc);
+        document.metering = Some(c.settings.metering);
         document
     }
 }
@@ -253,6 +258,7 @@ impl From<RegionSpec> for Document {
             connections: None,
             logins: None,
             gc: None,
+            metering: None,
             namespaces: c.namespaces,
             credentials: c.credentials,
             federations: c.federations,

@@ -27,6 +27,8 @@ pub struct ProcessSettings {
     pub logins: LoginLimits,
     /// Online garbage collection of unreferenced blobs.
     pub gc: GcConfig,
+    /// Metering of storage and transfer per namespace.
+    pub metering: MeteringConfig,
 }
 
 /// Storage backend settings: exactly one of the fields is set.
@@ -175,6 +177,34 @@ impl Default for GcConfig {
             enabled: true,
             grace: default_gc_grace(),
             interval: default_gc_interval(),
+        }
+    }
+}
+
+/// How often stored bytes are sampled, by default.
+pub const DEFAULT_METERING_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// Metering per registry namespace: stored bytes sampled and integrated into gigabyte-hours by
+/// one process at a time (a lease kept in storage), and the bytes every process transfers,
+/// all kept in storage (see [`crate::usage`] for how they are counted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeteringConfig {
+    /// Time between two samples of the stored bytes, and between two writes of the transfer
+    /// counted meanwhile (default 5m; between 1s and 1h). Each sample walks every repository's
+    /// links.
+    #[serde(default = "default_metering_interval")]
+    pub interval: HumanDuration,
+}
+
+fn default_metering_interval() -> HumanDuration {
+    HumanDuration(DEFAULT_METERING_INTERVAL)
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_metering_interval(),
         }
     }
 }

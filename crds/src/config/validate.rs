@@ -76,6 +76,13 @@ impl Config {
                 problem(path.into(), "must be at least 1s".into());
             }
         }
+        let metering = self.settings.metering.interval.0;
+        if metering < Duration::from_secs(1) || metering > Duration::from_secs(3600) {
+            problem(
+                "metering.interval".into(),
+                "must be between 1s and 1h".into(),
+            );
+        }
 
         let connections = &self.settings.connections;
         for (path, value, max, max_text) in [

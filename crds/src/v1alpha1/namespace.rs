@@ -114,6 +114,11 @@ pub struct RegistryNamespaceStatus {
     /// Bytes stored in the namespace (filled by metering).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_bytes: Option<i64>,
+    /// What the namespace stores and transfers, as the data plane meters it: stored bytes (each
+    /// blob once per namespace that links it), gigabyte-hours, bytes pulled and pushed.
+    /// Refreshed every few minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::NamespaceUsage>,
 }
 
 impl RegistryNamespace {

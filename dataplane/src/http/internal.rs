@@ -1,13 +1,16 @@
-//! The operator's endpoints, under `/internal/v1/`: retention plans and runs.
+//! The operator's endpoints, under `/internal/v1/`: retention plans and runs, and usage.
 //!
 //! - `POST /internal/v1/retention/plan`: plans a policy ([`RetentionRequest`]) over the
 //!   repositories' present state, keeps the whole plan in storage (any replica can run it)
 //!   and answers its summary ([`RetentionResponse`]).
 //! - `POST /internal/v1/retention/run`: re-plans and deletes what the kept plan and the fresh
 //!   one agree on; answers what was deleted. `409` when no plan was made with these rules.
+//! - `GET /internal/v1/usage`: every namespace's metered usage ([`crds::usage::UsageResponse`]),
+//!   from the books in storage.
 //!
 //! Callers present a registry access token (`Authorization: Bearer`) whose subject is
-//! [`OPERATOR_SUBJECT`] and whose access lists `internal:retention:*`, signed with the
+//! [`OPERATOR_SUBJECT`] and whose access lists `internal:retention:*` (retention) or
+//! `internal:usage:*` (usage), signed with the
 //! region's keys: the token service never issues such a token, only the operator, which
 //! holds the keys, can. With no access control configured (a development registry on
 //! loopback) every caller may.
@@ -38,6 +41,8 @@ pub const OPERATOR_SUBJECT: &str = "system:operator";
 pub const INTERNAL_KIND: &str = "internal";
 /// The resource name of the retention endpoints.
 pub const RETENTION_RESOURCE: &str = "retention";
+/// The resource name of the usage endpoint.
+pub const USAGE_RESOURCE: &str = "usage";
 
 /// A plan kept between planning and the run that follows it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,8 +90,9 @@ impl IntoResponse for InternalError {
     }
 }
 
-/// Succeeds when the caller is the operator (or access control is off).
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), InternalError> {
+/// Succeeds when the caller is the operator with access to `resource` (or access control is
+/// off).
+fn authorize(state: &AppState, headers: &HeaderMap, resource: &str) -> Result<(), InternalError> {
     let index = state.live().current();
     match index.mode() {
         Mode::Open => return Ok(()),
@@ -108,12 +114,12 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), InternalError>
     let claims = index
         .verify_access_token(token)
         .map_err(|_| InternalError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
-    if claims.sub == OPERATOR_SUBJECT && claims.grants(INTERNAL_KIND, RETENTION_RESOURCE, "*") {
+    if claims.sub == OPERATOR_SUBJECT && claims.grants(INTERNAL_KIND, resource, "*") {
         Ok(())
     } else {
         Err(InternalError::new(
             StatusCode::FORBIDDEN,
-            "the token does not grant the retention endpoints",
+            format!("the token does not grant the {resource} endpoints"),
         ))
     }
 }
@@ -140,7 +146,7 @@ fn admit(
     headers: &HeaderMap,
     request: &RetentionRequest,
 ) -> Result<(RecordKey, BTreeSet<String>), InternalError> {
-    authorize(state, headers)?;
+    authorize(state, headers, RETENTION_RESOURCE)?;
     let problems = request.rules.check();
     if !problems.is_empty() {
         let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
@@ -231,4 +237,16 @@ pub async fn run(
         summary,
         skipped: outcome.skipped,
     }))
+}
+
+/// `GET /internal/v1/usage`: every namespace's metered usage.
+pub async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<crds::usage::UsageResponse>, InternalError> {
+    authorize(&state, &headers, USAGE_RESOURCE)?;
+    let usage = crate::registry::metering::usage(&**state.registry().storage())
+        .await
+        .map_err(RegistryError::from)?;
+    Ok(Json(usage))
 }

@@ -137,6 +137,7 @@ pub fn build_app(state: AppState) -> Router {
         .route("/token", get(token::get).post(token::post))
         .route("/internal/v1/retention/plan", post(internal::plan))
         .route("/internal/v1/retention/run", post(internal::run))
+        .route("/internal/v1/usage", get(internal::usage))
         .with_state(state)
         .layer(layers)
 }

@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 
+use super::metering::Direction;
 use super::{Registry, RegistryError, Result};
 use crate::oci::{Digest, RepoName};
 use crate::storage::{ByteStream, StorageError};
@@ -75,7 +76,8 @@ impl Registry {
         let Some(url) = self.storage.blob_download_url(digest).await? else {
             return Ok(None);
         };
-        self.blob_stat(repo, digest).await?;
+        let size = self.blob_stat(repo, digest).await?;
+        self.transfers.count(repo, Direction::Pull, size);
         Ok(Some(url))
     }
 
@@ -105,6 +107,8 @@ impl Registry {
                 }
                 other => RegistryError::Storage(other),
             })?;
+        let served = range.as_ref().map_or(size, |r| r.end - r.start);
+        self.transfers.count(repo, Direction::Pull, served);
         Ok(BlobRead {
             size,
             range,

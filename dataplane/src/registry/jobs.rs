@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::Registry;
 use super::gc::{self, Collector, GcMetrics};
+use super::metering::{self, Meter};
 use crate::config::ProcessSettings;
 use crate::oci::RepoName;
 use crate::storage::{Storage, StorageError};
@@ -43,8 +44,8 @@ impl JobMetrics {
     }
 }
 
-/// Starts every background job of `registry` with these settings: upload expiry, and garbage
-/// collection when `settings.gc.enabled`. Each ends when its future from `stop` completes.
+/// Starts every background job of `registry` with these settings: upload expiry, metering,
+/// and garbage collection when `settings.gc.enabled`. Each ends when its future from `stop` completes.
 pub fn spawn<S>(
     registry: &Arc<Registry>,
     settings: &ProcessSettings,
@@ -61,6 +62,11 @@ where
         metrics,
         stop(),
     ))];
+    jobs.push(tokio::spawn(metering::run(
+        Meter::new(Arc::clone(registry)),
+        settings.metering.interval.0,
+        stop(),
+    )));
     if settings.gc.enabled {
         let collector = Collector::new(Arc::clone(registry), settings.gc.grace.0, gc_metrics);
         jobs.push(tokio::spawn(gc::run(

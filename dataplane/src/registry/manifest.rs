@@ -6,6 +6,8 @@ use std::sync::{PoisonError, RwLock};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+
+use super::metering::Direction;
 use serde_json::{Map, Value};
 
 use super::{Registry, RegistryError, Result};
@@ -396,6 +398,8 @@ impl Registry {
         body: Bytes,
     ) -> Result<ManifestPut> {
         let parsed = parse_manifest(content_type, &body)?;
+        self.transfers
+            .count(repo, Direction::Push, body.len() as u64);
         let digest = match &target.digest {
             Some(declared) => {
                 let computed = Digest::of(declared.algorithm(), &body);
@@ -559,7 +563,10 @@ impl Registry {
                 .chain([PullTarget::Manifest(digest.clone())]),
         );
         let body = if with_body {
-            Some(self.manifest_bytes(&digest, meta.size).await?)
+            let body = self.manifest_bytes(&digest, meta.size).await?;
+            self.transfers
+                .count(repo, Direction::Pull, body.len() as u64);
+            Some(body)
         } else {
             None
         };

@@ -7,8 +7,8 @@
 //! existence check goes through the repository's links, so content held by another repository
 //! is indistinguishable from absent content.
 //!
-//! Work no request does (removing abandoned uploads, garbage collection) lives in [`jobs`]
-//! and [`gc`], started once by the server.
+//! Work no request does (removing abandoned uploads, garbage collection, metering) lives in
+//! [`jobs`], [`gc`] and [`metering`], started once by the server.
 
 mod blob;
 mod error;
@@ -16,6 +16,7 @@ pub mod gc;
 pub mod jobs;
 mod listing;
 mod manifest;
+pub mod metering;
 mod pulls;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -45,6 +46,7 @@ pub struct Registry {
     hashes: upload::HashCache,
     manifests: manifest::ManifestCache,
     pulls: Arc<pulls::PullLog>,
+    transfers: Arc<metering::TransferLog>,
 }
 
 impl Registry {
@@ -61,12 +63,19 @@ impl Registry {
             hashes: upload::HashCache::new(caches.hash_states()),
             manifests: manifest::ManifestCache::new(caches.manifest_bytes()),
             pulls: Arc::default(),
+            transfers: Arc::default(),
         }
     }
 
-    /// Registers the registry's own metrics (pull records) in `registry`.
+    /// Registers the registry's own metrics (pull records, metering) in `registry`.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.pulls.register_metrics(registry);
+        self.transfers.register_metrics(registry);
+    }
+
+    /// The bytes this process transferred and has not written to storage yet.
+    pub fn transfers(&self) -> &metering::TransferLog {
+        &self.transfers
     }
 
     /// The storage backend (for readiness checks).

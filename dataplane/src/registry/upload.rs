@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::metering::Direction;
 use super::{Registry, RegistryError, Result};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName};
 use crate::storage::{ByteStream, Checkpoint, StorageError, UploadId, UploadInfo};
@@ -200,6 +201,8 @@ impl Registry {
                 .await
         };
         let size = appended.map_err(map_session_error)?;
+        self.transfers
+            .count(repo, Direction::Push, size.saturating_sub(info.size));
         let state = lock(&hashed).clone();
         if state.offset == size {
             self.hashes.put(id.clone(), state);

@@ -19,6 +19,7 @@ pub mod pull_secrets;
 pub mod renderer;
 pub mod retention;
 pub mod status;
+pub mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -294,11 +295,13 @@ pub async fn run(
         shutdown.clone(),
     ));
     let forget = tokio::spawn(credential::forget_unused_clusters(Arc::clone(&ctx)));
+    let usage = tokio::spawn(usage::run(Arc::clone(&ctx), shutdown.clone()));
     let namespaces = namespace::controller(Arc::clone(&ctx), shutdown.clone());
     let credentials = credential::controller(Arc::clone(&ctx), shutdown.clone());
     let policies = retention::controller(Arc::clone(&ctx), shutdown.clone());
     tokio::join!(namespaces, credentials, policies);
     renderer.abort();
     forget.abort();
+    usage.abort();
     reflectors.abort_all();
 }

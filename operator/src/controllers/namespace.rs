@@ -91,6 +91,7 @@ async fn apply(ns: &RegistryNamespace, ctx: &Context) -> Result<Action> {
             .then(|| format!("{}/{name}", ctx.settings.registry_host)),
         repository_count: previous.repository_count,
         stored_bytes: previous.stored_bytes,
+        usage: previous.usage.clone(),
     };
     let unchanged = same_conditions(&status.conditions, &previous.conditions)
         && status.observed_generation == previous.observed_generation

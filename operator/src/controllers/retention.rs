@@ -248,7 +248,7 @@ async fn decide(
         at: Instant::now(),
     };
     let now_ts = Timestamp::now();
-    let token = ctx.dataplane.token(&signing_key, now_ts)?;
+    let token = ctx.dataplane.token(&signing_key, now_ts, "retention")?;
     let due = previous
         .next_run
         .as_ref()
@@ -438,7 +438,7 @@ async fn images_in_use(namespace: &str, ctx: &Context) -> InUse {
 }
 
 /// The region's signing key, from the keys Secret the renderer keeps.
-fn active_key(ctx: &Context) -> Option<crds::config::SigningKey> {
+pub(super) fn active_key(ctx: &Context) -> Option<crds::config::SigningKey> {
     let name = format!("{}-keys", ctx.settings.config_secret);
     let secret = ctx.stores.own_secret(&ctx.settings.namespace, &name)?;
     let bytes = secret.data.as_ref()?.get(KEYS_DATA_KEY)?;

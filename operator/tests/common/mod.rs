@@ -127,7 +127,17 @@ impl Region {
     /// Starts a region whose data plane gets more process settings (top-level YAML sections,
     /// e.g. `"gc: {grace: 5s}\n"`).
     pub async fn start_with_dataplane_settings(organisations: &[&str], settings: &str) -> Self {
-        let mut region = Self::start_with(organisations, "", false).await;
+        Self::start_with_both_settings(organisations, "", settings).await
+    }
+
+    /// Starts a region with more operator settings (YAML lines) and more data-plane process
+    /// settings (top-level YAML sections).
+    pub async fn start_with_both_settings(
+        organisations: &[&str],
+        operator: &str,
+        settings: &str,
+    ) -> Self {
+        let mut region = Self::start_with(organisations, operator, false).await;
         let port = region.port();
         region.dataplane = Some(region.spawn_dataplane_with(port, settings));
         region
