@@ -62,6 +62,13 @@ impl Lease {
         }
     }
 
+    /// Takes the lease for `duration` at a time from now on. A job that runs on an interval
+    /// holds it for longer than the interval, so that the same process does every run while
+    /// it lives (a process that dies without releasing blocks the others for `duration`).
+    pub fn set_duration(&mut self, duration: Duration) {
+        self.duration = duration;
+    }
+
     /// Who holds this lease object (its holder name).
     pub fn holder(&self) -> &str {
         &self.holder

@@ -9,7 +9,8 @@
 //! manifest. A push whose touch finds the blob gone fails (`BLOB_UNKNOWN`) instead of
 //! acknowledging a manifest with a missing blob.
 //!
-//! A collection, under the lease ([`lease`]):
+//! A collection, under the lease ([`lease`], taken for twice the interval, so one process
+//! keeps collecting while it lives; released at shutdown):
 //!
 //! 1. takes the time `start` and the cutoff `start - grace`;
 //! 2. puts back whatever an interrupted collection left set aside;
@@ -330,8 +331,17 @@ pub async fn last_report(registry: &Registry) -> Result<Option<RunReport>, Stora
         .and_then(|data| serde_json::from_slice(&data).ok()))
 }
 
+/// How long a job running every `interval` takes its lease for: past its next run, so the
+/// holder keeps it.
+pub(in crate::registry) fn lease_for(interval: Duration, minimum: Duration) -> Duration {
+    (interval * 2 + Duration::from_secs(30)).max(minimum)
+}
+
 /// Runs a collection every `interval` until `stop` completes, then gives the lease up.
 pub async fn run(mut collector: Collector, interval: Duration, stop: impl Future<Output = ()>) {
+    collector
+        .lease
+        .set_duration(lease_for(interval, LEASE_DURATION));
     let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {

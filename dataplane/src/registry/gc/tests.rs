@@ -186,3 +186,16 @@ async fn one_process_collects_at_a_time() {
         "released: taken over"
     );
 }
+
+#[test]
+fn a_job_holds_its_lease_past_its_next_run() {
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        lease_for(hour, LEASE_DURATION),
+        2 * hour + Duration::from_secs(30)
+    );
+    assert_eq!(
+        lease_for(Duration::from_secs(1), LEASE_DURATION),
+        LEASE_DURATION
+    );
+}

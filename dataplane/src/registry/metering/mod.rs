@@ -326,6 +326,9 @@ impl Meter {
 /// Every `interval` until `stop`: writes this process's transfer counts and takes a sample
 /// when holding the lease; at `stop`, writes the counts once more and gives the lease up.
 pub async fn run(mut meter: Meter, interval: Duration, stop: impl Future<Output = ()>) {
+    meter
+        .lease
+        .set_duration(super::gc::lease_for(interval, LEASE_DURATION));
     let mut stop = std::pin::pin!(stop);
     let storage = Arc::clone(meter.registry.storage());
     loop {
