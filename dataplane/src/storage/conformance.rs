@@ -326,6 +326,23 @@ pub async fn blobs_and_links_are_listed(s: Backend) {
     assert!(!s.blobs().await.unwrap().iter().any(|b| b.digest == small));
     // Links are the repository's own: deleting the bytes leaves them (fsck finds those).
     assert_eq!(s.blob_links(&r).await.unwrap(), linked);
+
+    // Manifest digests list what the records list.
+    let meta = ManifestMeta {
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        size: 6,
+    };
+    s.manifest_link(&r, &uploaded, &meta).await.unwrap();
+    let records: Vec<Digest> = s
+        .manifest_records(&r)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.digest)
+        .collect();
+    assert_eq!(s.manifest_digests(&r).await.unwrap(), records);
+    assert_eq!(records, std::slice::from_ref(&uploaded));
+    assert!(s.manifest_digests(&nested).await.unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

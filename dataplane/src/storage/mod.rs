@@ -504,6 +504,17 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// by digest (empty if the repository does not exist).
     async fn manifest_records(&self, repo: &RepoName) -> Result<Vec<ManifestRecord>>;
 
+    /// The digests of every manifest revision of `repo`, sorted (metering): what
+    /// [`Storage::manifest_records`] lists, without reading the records, where a backend can.
+    async fn manifest_digests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        Ok(self
+            .manifest_records(repo)
+            .await?
+            .into_iter()
+            .map(|record| record.digest)
+            .collect())
+    }
+
     // ---- Pull records: when a tag or manifest was last pulled, coarsely (the registry
     // records a pull at most once an hour per item and process).
 

@@ -216,13 +216,7 @@ pub async fn stored_bytes(storage: &dyn Storage) -> Result<HashMap<String, u64>,
     for repo in storage.repositories().await? {
         let digests = held.entry(repo.namespace().to_owned()).or_default();
         digests.extend(storage.blob_links(&repo).await?);
-        digests.extend(
-            storage
-                .manifest_records(&repo)
-                .await?
-                .into_iter()
-                .map(|record| record.digest),
-        );
+        digests.extend(storage.manifest_digests(&repo).await?);
     }
     Ok(held
         .into_iter()

@@ -877,6 +877,19 @@ impl Storage for S3Storage {
         Ok(records)
     }
 
+    /// One listing, no record reads.
+    async fn manifest_digests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let prefix = self.keys.manifest_links(repo);
+        let listing = self.bucket.list(&prefix, None).await?;
+        let mut digests = listing
+            .keys
+            .iter()
+            .map(|key| digest_in_key(&key[prefix.len()..]).map_err(|e| corrupt(key, e)))
+            .collect::<Result<Vec<_>>>()?;
+        digests.sort();
+        Ok(digests)
+    }
+
     async fn pull_record(&self, repo: &RepoName, target: &PullTarget) -> Result<()> {
         let key = self.keys.pull(repo, target);
         self.bucket
