@@ -172,11 +172,11 @@ fn write(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Distribution's filesystem layout of the same region, with only the tags our run kept
-/// (`kept`: per repository, tag and manifest digest), as a tool deleting the others through
+/// (`kept`: per repository in order, tag and manifest digest), as a tool deleting the others through
 /// the API would leave it.
-fn populate_distribution(root: &Path, repos: usize, kept: &[Vec<(String, String)>]) -> Result<()> {
+fn populate_distribution(root: &Path, kept: &[Vec<(String, String)>]) -> Result<()> {
     let v2 = root.join("docker/registry/v2");
-    for index in 0..repos {
+    for (index, kept_tags) in kept.iter().enumerate() {
         let repo_content = content(index);
         let repo_dir = v2.join("repositories").join(&repo_content.name);
         let blob = |data: &[u8]| -> Result<String> {
@@ -207,7 +207,7 @@ fn populate_distribution(root: &Path, repos: usize, kept: &[Vec<(String, String)
                 format!("sha256:{hex}").as_bytes(),
             )?;
         }
-        for (tag, digest) in &kept[index] {
+        for (tag, digest) in kept_tags {
             let hex = digest.trim_start_matches("sha256:");
             let tag_dir = repo_dir.join("_manifests/tags").join(tag);
             write(&tag_dir.join("current/link"), digest.as_bytes())?;
@@ -350,7 +350,7 @@ async fn main() -> Result<()> {
                 );
             }
             let started = Instant::now();
-            populate_distribution(&peer_root, repos, &kept)?;
+            populate_distribution(&peer_root, &kept)?;
             let populate_peer_time = started.elapsed();
             let blob_files_before = count_files(&peer_root.join("docker/registry/v2/blobs"));
             let config = args.dir.join("distribution.yml");

@@ -5,12 +5,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
+use futures_util::StreamExt;
+
 use crds::retention::{PlanItem, RetentionRules, RetentionScope};
 
 use super::plan::{Plan, RepositoryState, freed_bytes, plan_repository};
 use super::state::{StateError, read_repository};
 use crate::oci::{Digest, RepoName, Tag};
 use crate::registry::{Registry, RegistryError};
+
+/// Repositories read at once while planning.
+const REPOSITORIES_AT_ONCE: usize = 8;
+/// Tag deletions of one repository in flight at once.
+const TAGS_AT_ONCE: usize = 16;
 
 /// What planning or a run produced, and the repositories it had to leave alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,8 +37,11 @@ pub async fn plan(
     now: SystemTime,
 ) -> Result<Outcome, RegistryError> {
     let mut outcome = Outcome::default();
-    for repo in repositories(registry, scope).await? {
-        match read_repository(registry, &repo).await {
+    let mut read = futures_util::stream::iter(repositories(registry, scope).await?)
+        .map(|repo| async move { read_repository(registry, &repo).await })
+        .buffered(REPOSITORIES_AT_ONCE);
+    while let Some(state) = read.next().await {
+        match state {
             Ok(state) => outcome
                 .plan
                 .add(plan_repository(&state, rules, in_use, now)),
@@ -54,37 +64,43 @@ pub async fn apply(
     now: SystemTime,
     planned: &[PlanItem],
 ) -> Result<Outcome, RegistryError> {
-    let mut by_repo: BTreeMap<&str, HashSet<(Option<&str>, &str)>> = BTreeMap::new();
+    let mut by_repo: BTreeMap<String, HashSet<(Option<String>, String)>> = BTreeMap::new();
     for item in planned {
         by_repo
-            .entry(&item.repository)
+            .entry(item.repository.clone())
             .or_default()
-            .insert((item.tag.as_deref(), &item.digest));
+            .insert((item.tag.clone(), item.digest.clone()));
     }
-    let mut outcome = Outcome::default();
-    for (name, items) in by_repo {
-        let Ok(repo) = name.parse::<RepoName>() else {
-            continue;
-        };
-        if !scope.contains(repo.as_str()) {
-            continue;
-        }
-        let state = match read_repository(registry, &repo).await {
-            Ok(state) => state,
-            Err(StateError::Registry(e)) => return Err(e),
-            Err(skipped) => {
-                outcome.skipped.push(skipped.to_string());
-                continue;
+    // Repositories are independent of each other: a few are run at once.
+    let mut runs = futures_util::stream::iter(by_repo)
+        .map(|(name, items)| async move {
+            let Ok(repo) = name.parse::<RepoName>() else {
+                return Ok(None);
+            };
+            if !scope.contains(repo.as_str()) {
+                return Ok(None);
             }
-        };
-        let fresh = plan_repository(&state, rules, in_use, now);
-        let agreed: Vec<PlanItem> = fresh
-            .items
-            .into_iter()
-            .filter(|i| items.contains(&(i.tag.as_deref(), i.digest.as_str())))
-            .collect();
-        let deleted = delete(registry, &repo, &state, agreed).await?;
-        outcome.plan.add(deleted);
+            let state = match read_repository(registry, &repo).await {
+                Ok(state) => state,
+                Err(StateError::Registry(e)) => return Err(e),
+                Err(skipped) => return Ok(Some(Err(skipped.to_string()))),
+            };
+            let fresh = plan_repository(&state, rules, in_use, now);
+            let agreed: Vec<PlanItem> = fresh
+                .items
+                .into_iter()
+                .filter(|i| items.contains(&(i.tag.clone(), i.digest.clone())))
+                .collect();
+            Ok(Some(Ok(delete(registry, &repo, &state, agreed).await?)))
+        })
+        .buffered(REPOSITORIES_AT_ONCE / 2);
+    let mut outcome = Outcome::default();
+    while let Some(run) = runs.next().await {
+        match run? {
+            Some(Ok(deleted)) => outcome.plan.add(deleted),
+            Some(Err(skipped)) => outcome.skipped.push(skipped),
+            None => {}
+        }
     }
     Ok(outcome)
 }
@@ -113,19 +129,23 @@ async fn delete(
     };
     let (tags, manifests): (Vec<PlanItem>, Vec<PlanItem>) =
         items.into_iter().partition(|i| i.tag.is_some());
-    for item in tags {
-        let (Some(Ok(tag)), Ok(digest)) = (
-            item.tag.as_deref().map(str::parse::<Tag>),
-            item.digest.parse::<Digest>(),
-        ) else {
-            continue;
-        };
-        // Moved since the plan: the tag now names something the plan did not look at.
-        if storage.tag_get(repo, &tag).await?.as_ref() == Some(&digest)
-            && storage.tag_delete(repo, &tag).await?
-        {
-            deleted.items.push(item);
-        }
+    // Tags are independent of each other: deleted a few at a time.
+    let mut tag_deletions = futures_util::stream::iter(tags)
+        .map(|item| async move {
+            let (Some(Ok(tag)), Ok(digest)) = (
+                item.tag.as_deref().map(str::parse::<Tag>),
+                item.digest.parse::<Digest>(),
+            ) else {
+                return Ok(None);
+            };
+            // Moved since the plan: the tag now names something the plan did not look at.
+            let gone = storage.tag_get(repo, &tag).await?.as_ref() == Some(&digest)
+                && storage.tag_delete(repo, &tag).await?;
+            Ok::<_, RegistryError>(gone.then_some(item))
+        })
+        .buffer_unordered(TAGS_AT_ONCE);
+    while let Some(item) = tag_deletions.next().await {
+        deleted.items.extend(item?);
     }
     let mut removed = HashSet::new();
     for item in deletion_order(state, manifests) {

@@ -595,18 +595,26 @@ impl Storage for FsStorage {
                 if !kind.is_file() {
                     return Ok(());
                 }
-                let set_at = match fs::metadata(dir.join(&name)).and_then(|m| m.modified()) {
-                    Ok(t) => t,
+                // One open per tag: its time from the open file, then its content.
+                let path = dir.join(&name);
+                let mut file = match File::open(&path) {
+                    Ok(file) => file,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                     Err(e) => return Err(e.into()),
                 };
-                if let Some(digest) = inner.read_tag(&repo, &tag)? {
-                    records.push(TagRecord {
-                        tag,
-                        digest,
-                        set_at,
-                    });
-                }
+                let set_at = file.metadata()?.modified()?;
+                let mut record = Vec::with_capacity(80);
+                io::Read::read_to_end(&mut file, &mut record)?;
+                let digest = std::str::from_utf8(&record)
+                    .map_err(|e| super::layout::corrupt(&path, e))?
+                    .trim()
+                    .parse()
+                    .map_err(|e| super::layout::corrupt(&path, e))?;
+                records.push(TagRecord {
+                    tag,
+                    digest,
+                    set_at,
+                });
                 Ok(())
             })?;
             records.sort_by(|a, b| a.tag.cmp(&b.tag));
