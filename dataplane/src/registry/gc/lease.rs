@@ -25,7 +25,8 @@ struct LeaseRecord {
     expires_at_ms: u64,
 }
 
-fn millis(time: SystemTime) -> u64 {
+/// Milliseconds since the Unix epoch (0 before it), as the registry's records keep times.
+pub(in crate::registry) fn millis(time: SystemTime) -> u64 {
     u64::try_from(
         time.duration_since(UNIX_EPOCH)
             .unwrap_or_default()

@@ -3,9 +3,11 @@
 //! and pushed per namespace).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+
+use crate::registry::gc::lease::millis;
 
 /// Stored bytes integrated over time, per namespace (`_system/metering/storage`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,15 +55,6 @@ impl Transferred {
         self.pulled_bytes = self.pulled_bytes.saturating_add(other.pulled_bytes);
         self.pushed_bytes = self.pushed_bytes.saturating_add(other.pushed_bytes);
     }
-}
-
-pub(super) fn millis(time: SystemTime) -> u64 {
-    u64::try_from(
-        time.duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
 }
 
 impl StorageBook {
@@ -118,7 +111,7 @@ mod decimal {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 

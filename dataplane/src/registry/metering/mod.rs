@@ -96,7 +96,11 @@ impl TransferLog {
         let namespace = repo.namespace();
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = pending.entry(namespace.to_owned()).or_default();
+            // Every pull passes here: allocate a namespace's key only the first time.
+            if !pending.contains_key(namespace) {
+                pending.insert(namespace.to_owned(), Transferred::default());
+            }
+            let entry = pending.get_mut(namespace).expect("inserted above");
             match direction {
                 Direction::Pull => entry.pulled_bytes = entry.pulled_bytes.saturating_add(bytes),
                 Direction::Push => entry.pushed_bytes = entry.pushed_bytes.saturating_add(bytes),
