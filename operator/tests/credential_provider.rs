@@ -259,34 +259,9 @@ async fn a_pod_pulls_with_no_stored_secret_through_the_kubelet_provider() {
     assert!(logs.contains("pulled-without-a-secret"), "{logs}");
     // A synced copy of a pull credential's Secret, in a namespace of the organisation that
     // accepts them, is a working imagePullSecret on the node.
-    let web = region.project(Some("acme")).await;
-    cluster
-        .kubectl_ok([
-            "label",
-            "namespace",
-            web.name(),
-            "registry.thalassa.cloud/pull-secrets=accept",
-        ])
-        .unwrap();
-    region
-        .apply(&region.credential_manifest(
-            p,
-            "deploy",
-            "containerRegistry:pull",
-            &["apps"],
-            &format!(
-                "  sync:\n  - namespaces: [{}]\n    secretName: registry-pull\n",
-                web.name()
-            ),
-        ))
-        .unwrap();
-    wait_object(
-        &Api::<Secret>::namespaced(cluster.client().await.unwrap(), web.name()),
-        "registry-pull",
-        CONVERGE,
-        |_| Some(()),
-    )
-    .await;
+    let web = region
+        .project_with_pull_secret("acme", p, "deploy", &["apps"])
+        .await;
     let synced = testkit::cluster::pull_pod(
         web.name(),
         "synced",

@@ -1,7 +1,9 @@
 //! Retention end to end on the harness cluster: 30 tags pushed, a `dryRun` policy whose plan
-//! is read from the object, an image a Pod runs spared with its reason, and a real run that
-//! deletes exactly the planned tags while every kept tag still pulls with a real client; the
-//! data plane's garbage collection then frees exactly the bytes the plan announced.
+//! is read from the object, an image a Pod runs on the harness node spared with its reason,
+//! and a real run that deletes exactly the planned tags while every kept tag still pulls with
+//! a real client; the data plane's garbage collection then frees exactly the bytes the plan
+//! announced. (Where no node can start, the Pod's status is written as its kubelet would
+//! write it, and the test says so.)
 
 mod common;
 
@@ -54,6 +56,73 @@ async fn wait_for_freed(http: &reqwest::Client, host: &str, at_least: u64) -> u6
     );
 }
 
+/// Set (to anything) to take the path a machine without a node takes, on one with a node.
+const WITHOUT_NODE: &str = "REGISTRY_E2E_WITHOUT_NODE";
+
+/// The digest of the manifest `reference` names in `repo`, as the registry serves it.
+async fn manifest_digest(
+    http: &reqwest::Client,
+    host: &str,
+    repo: &str,
+    reference: &str,
+    auth: &str,
+) -> String {
+    let response = http
+        .head(format!("http://{host}/v2/{repo}/manifests/{reference}"))
+        .header("authorization", auth)
+        .header(
+            "accept",
+            "application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "HEAD {repo}:{reference}");
+    response.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Runs `image` in a Pod on the harness node, pulled with a synced copy of a pull-only
+/// credential of `registry_namespace` in a second project of the organisation; returns that
+/// project once the Pod runs (its status, with the `imageID`, written by the kubelet).
+async fn run_on_the_node(
+    region: &Region,
+    project: &str,
+    registry_namespace: &str,
+    image: &str,
+) -> testkit::cluster::TestNamespace {
+    let cluster = cluster();
+    let web = region
+        .project_with_pull_secret("acme", project, "deploy", &[registry_namespace])
+        .await;
+    let client = cluster.client().await.unwrap();
+    // No arguments: the sandbox image runs until it is stopped.
+    cluster
+        .apply(&testkit::cluster::pull_pod(
+            web.name(),
+            "runs-t03",
+            image,
+            Some("registry-pull"),
+            &[],
+        ))
+        .unwrap();
+    let pods = Api::<Pod>::namespaced(client, web.name());
+    let started =
+        testkit::cluster::wait_for("the Pod to run", Duration::from_secs(120), || async {
+            let status = pods.get("runs-t03").await.ok()?.status?;
+            let container = status.container_statuses?.into_iter().next()?;
+            (container.state?.running.is_some() && !container.image_id.is_empty()).then_some(())
+        })
+        .await;
+    if let Err(e) = started {
+        panic!("{e}\n{}", cluster.describe_pods(web.name()));
+    }
+    web
+}
+
 /// The planned tags of a policy's status, with their reasons.
 fn planned_tags(policy: &RetentionPolicy) -> Option<Vec<(String, String)>> {
     let plan = policy.status.as_ref()?.plan.as_ref()?;
@@ -91,14 +160,34 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     let repo = "shop/app";
     served(&http, &region.host, &auth).await;
 
-    // 30 tags, oldest first: t01 .. t30.
+    // The harness node, where a Pod will run t03.
+    let node = match std::env::var_os(WITHOUT_NODE) {
+        Some(_) => Err(format!("{WITHOUT_NODE} is set")),
+        None => tokio::task::block_in_place(|| cluster().add_node()).map_err(|e| e.to_string()),
+    };
+    if let Err(why) = &node {
+        eprintln!(
+            "\n*** retention: NO NODE: {why}\n*** The running Pod's status is written as its \
+             kubelet would write it; NOT checked: a node pulling and running the spared image.\n"
+        );
+    }
+
+    // 30 tags, oldest first: t01 .. t30; t03 is the sandbox image, which the node can run.
     let mut digests = Vec::new();
     for i in 1..=30 {
         let tag = format!("t{i:02}");
-        digests.push((
-            tag.clone(),
-            push(&http, &region.host, repo, &tag, &auth).await,
-        ));
+        let digest = if i == 3 && node.is_ok() {
+            let reference = format!("{}/{repo}:{tag}", region.host);
+            let pushed = tokio::task::block_in_place(|| {
+                testkit::cluster::push_sandbox_image(&reference, Some((&ci.username, &ci.password)))
+            })
+            .unwrap();
+            assert!(pushed.status.success(), "{}", pushed.stderr);
+            manifest_digest(&http, &region.host, repo, &tag, &auth).await
+        } else {
+            push(&http, &region.host, repo, &tag, &auth).await
+        };
+        digests.push((tag, digest));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -130,17 +219,20 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     assert!(yaml.contains("tag: t01"), "{yaml}");
     assert_eq!(tags(&http, &region.host, repo, &auth).await.len(), 30);
 
-    // A Pod runs t03: its status as a kubelet reports it (this cluster has no node, so the
-    // Pod stays unscheduled and nothing else writes its container statuses).
+    // A Pod runs t03: on the node, pulled by tag with a synced pull Secret; without a node,
+    // its status as a kubelet reports it (the Pod stays unscheduled and nothing else writes
+    // its container statuses).
     let (_, t03) = &digests[2];
-    let pods = Api::<Pod>::namespaced(client.clone(), p);
-    running_pod(
-        &pods,
-        "runs-t03",
-        &format!("{}/{repo}:t03", region.host),
-        &format!("{}/{repo}@{t03}", region.host),
-    )
-    .await;
+    let t03_reference = format!("{}/{repo}:t03", region.host);
+    let web = match &node {
+        Ok(_) => Some(run_on_the_node(&region, p, "shop", &t03_reference).await),
+        Err(_) => {
+            let pods = Api::<Pod>::namespaced(client.clone(), p);
+            let image_id = format!("{}/{repo}@{t03}", region.host);
+            running_pod(&pods, "runs-t03", &t03_reference, &image_id).await;
+            None
+        }
+    };
     let spared = wait_object(&policies, "keep-five", CONVERGE, |rp| {
         let plan = rp.status.as_ref()?.plan.as_ref()?;
         (plan.tags == 24).then(|| plan.clone())
@@ -217,8 +309,10 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
         }
     };
     assert_eq!(blob_status("t01").await, 404, "a deleted tag's own layer");
-    assert_eq!(blob_status("t03").await, 200, "the spared tag's layer");
     assert_eq!(blob_status("t30").await, 200, "a kept tag's layer");
+    // The spared image still pulls, every blob of it, after the collection.
+    let pulled = pull_image(Client::Crane, &t03_reference, Some(&ci)).unwrap();
+    assert_eq!(pulled.digest_or_error(&t03_reference).unwrap(), *t03);
 
     // The status follows: stored bytes drop by exactly what was freed; crane's pulls counted.
     let after = wait_object(&namespaces, "shop", CONVERGE, |ns| {
@@ -229,5 +323,8 @@ async fn a_dry_run_plan_spares_a_running_image_and_the_run_deletes_exactly_the_p
     .await;
     assert!(after.pushed_bytes >= before.pushed_bytes);
     assert!(after.sampled_at.is_some());
+    if let Some(web) = web {
+        web.cleanup().await.unwrap();
+    }
     project.cleanup().await.unwrap();
 }

@@ -68,7 +68,7 @@ pub struct Plan {
     /// Repositories evaluated.
     pub repositories: u64,
     /// Every item that goes, sorted by repository, tag and digest (manifests before tags of a
-    /// repository).
+    /// repository); after [`Plan::add`], in the order added until sorted.
     pub items: Vec<PlanItem>,
     /// Items a delete rule selected but a keep rule spared, per reason.
     pub spared: BTreeMap<SpareReason, u64>,
@@ -77,11 +77,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Adds one repository's plan (repositories are independent).
+    /// Adds one repository's plan (repositories are independent). The items are appended:
+    /// whoever adds many plans sorts once at the end.
     pub fn add(&mut self, other: Plan) {
         self.repositories += other.repositories;
         self.items.extend(other.items);
-        self.items.sort();
         for (reason, count) in other.spared {
             *self.spared.entry(reason).or_default() += count;
         }

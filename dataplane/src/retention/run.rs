@@ -16,8 +16,8 @@ use crate::registry::{Registry, RegistryError};
 
 /// Repositories read at once while planning.
 const REPOSITORIES_AT_ONCE: usize = 8;
-/// Tag deletions of one repository in flight at once.
-const TAGS_AT_ONCE: usize = 16;
+/// Tags of one repository deleted in one storage call.
+const TAG_BATCH: usize = 256;
 
 /// What planning or a run produced, and the repositories it had to leave alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,6 +49,7 @@ pub async fn plan(
             Err(skipped) => outcome.skipped.push(skipped.to_string()),
         }
     }
+    outcome.plan.items.sort();
     Ok(outcome)
 }
 
@@ -102,6 +103,7 @@ pub async fn apply(
             None => {}
         }
     }
+    outcome.plan.items.sort();
     Ok(outcome)
 }
 
@@ -129,23 +131,26 @@ async fn delete(
     };
     let (tags, manifests): (Vec<PlanItem>, Vec<PlanItem>) =
         items.into_iter().partition(|i| i.tag.is_some());
-    // Tags are independent of each other: deleted a few at a time.
-    let mut tag_deletions = futures_util::stream::iter(tags)
-        .map(|item| async move {
-            let (Some(Ok(tag)), Ok(digest)) = (
-                item.tag.as_deref().map(str::parse::<Tag>),
-                item.digest.parse::<Digest>(),
-            ) else {
-                return Ok(None);
-            };
-            // Moved since the plan: the tag now names something the plan did not look at.
-            let gone = storage.tag_get(repo, &tag).await?.as_ref() == Some(&digest)
-                && storage.tag_delete(repo, &tag).await?;
-            Ok::<_, RegistryError>(gone.then_some(item))
+    // Tags go in batches, each removed only if it still names the planned manifest (one
+    // moved since stays).
+    let parsed: Vec<((Tag, Digest), PlanItem)> = tags
+        .into_iter()
+        .filter_map(|item| {
+            let tag = item.tag.as_deref()?.parse::<Tag>().ok()?;
+            let digest = item.digest.parse::<Digest>().ok()?;
+            Some(((tag, digest), item))
         })
-        .buffer_unordered(TAGS_AT_ONCE);
-    while let Some(item) = tag_deletions.next().await {
-        deleted.items.extend(item?);
+        .collect();
+    for batch in parsed.chunks(TAG_BATCH) {
+        let pairs: Vec<(Tag, Digest)> = batch.iter().map(|(pair, _)| pair.clone()).collect();
+        let gone = storage.tags_delete_if(repo, &pairs).await?;
+        deleted.items.extend(
+            batch
+                .iter()
+                .zip(gone)
+                .filter(|(_, gone)| *gone)
+                .map(|((_, item), _)| item.clone()),
+        );
     }
     let mut removed = HashSet::new();
     for item in deletion_order(state, manifests) {

@@ -64,6 +64,7 @@ macro_rules! storage_conformance_tests {
             concurrent_blob_put,
             manifest_link_meta_unlink,
             tags_sorted_and_deleted,
+            tags_deleted_only_where_they_still_name_the_digest,
             tags_per_repository,
             records_carry_push_and_pull_times,
             system_records_replace_whole,
@@ -1026,6 +1027,38 @@ pub async fn tags_sorted_and_deleted(s: Backend) {
     assert!(!s.tag_delete(&r, &tag("never")).await.unwrap());
     assert_eq!(s.tag_get(&r, &tag("v1")).await.unwrap(), None);
     assert_eq!(s.tags(&r).await.unwrap().len(), 6);
+}
+
+/// A conditional tag deletion removes the tags that still name the digest given with them
+/// and leaves a moved tag as it is, with its time.
+pub async fn tags_deleted_only_where_they_still_name_the_digest(s: Backend) {
+    let r = repo("tags/conditional");
+    let (d1, d2) = (Digest::sha256_of(b"1"), Digest::sha256_of(b"2"));
+    for (name, digest) in [("a", &d1), ("moved", &d2), ("c", &d1)] {
+        s.tag_set(&r, &tag(name), digest).await.unwrap();
+    }
+    let records = s.tag_records(&r).await.unwrap();
+    let moved_at = records
+        .iter()
+        .find(|t| t.tag.as_str() == "moved")
+        .unwrap()
+        .set_at;
+    let asked = [
+        (tag("a"), d1.clone()),
+        (tag("moved"), d1.clone()),
+        (tag("never"), d1.clone()),
+        (tag("c"), d1.clone()),
+    ];
+    assert_eq!(
+        s.tags_delete_if(&r, &asked).await.unwrap(),
+        [true, false, false, true]
+    );
+    let left = s.tag_records(&r).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].tag.as_str(), &left[0].digest), ("moved", &d2));
+    assert_eq!(left[0].set_at, moved_at);
+    assert_eq!(s.tag_get(&r, &tag("a")).await.unwrap(), None);
+    assert!(s.tags_delete_if(&r, &[]).await.unwrap().is_empty());
 }
 
 /// Whether `t` is within `slack` of the span `from..=to` (backends keep times to the second,

@@ -293,6 +293,20 @@ impl fmt::Display for RecordKey {
     }
 }
 
+/// Tags read and removed at once by the default [`Storage::tags_delete_if`].
+const TAG_DELETIONS_AT_ONCE: usize = 16;
+
+/// One tag of the default [`Storage::tags_delete_if`]: a read, then a removal.
+async fn delete_tag_if<S: Storage + ?Sized>(
+    storage: &S,
+    repo: &RepoName,
+    tag: &Tag,
+    digest: &Digest,
+) -> Result<bool> {
+    Ok(storage.tag_get(repo, tag).await?.as_ref() == Some(digest)
+        && storage.tag_delete(repo, tag).await?)
+}
+
 /// A backend holding a region's blobs, repositories, tags and upload sessions.
 ///
 /// All methods are safe to call concurrently, from several processes sharing the backend.
@@ -447,6 +461,22 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Removes a tag; returns whether it existed.
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+
+    /// Removes each tag of `tags` that still points at the digest given with it, and leaves
+    /// one set to another digest (or gone) since; returns, in the order given, whether each
+    /// was removed. Retention deletes its planned tags through this. The default reads and
+    /// removes a few tags at once, each a read then a removal; backends that can compare and
+    /// remove in one step, or remove many durably at once, do so.
+    async fn tags_delete_if(&self, repo: &RepoName, tags: &[(Tag, Digest)]) -> Result<Vec<bool>> {
+        let mut removed = Vec::with_capacity(tags.len());
+        for chunk in tags.chunks(TAG_DELETIONS_AT_ONCE) {
+            let deletions = chunk
+                .iter()
+                .map(|(tag, digest)| delete_tag_if(self, repo, tag, digest));
+            removed.extend(futures_util::future::try_join_all(deletions).await?);
+        }
+        Ok(removed)
+    }
 
     /// The manifest a tag points at and its revision record, or `None` when the tag does not
     /// exist or `repo` has no such revision: [`Storage::tag_get`] then

@@ -272,6 +272,48 @@ impl Region {
         ns
     }
 
+    /// A new project of `organisation` that accepts synced pull Secrets, holding the Secret
+    /// `registry-pull`: a copy of the pull-only credential `name` of `project` for
+    /// `registry_namespaces`, applied here and waited for. Returns the new project.
+    pub async fn project_with_pull_secret(
+        &self,
+        organisation: &str,
+        project: &str,
+        name: &str,
+        registry_namespaces: &[&str],
+    ) -> TestNamespace {
+        let target = self.project(Some(organisation)).await;
+        cluster()
+            .kubectl_ok([
+                "label",
+                "namespace",
+                target.name(),
+                "registry.thalassa.cloud/pull-secrets=accept",
+            ])
+            .unwrap();
+        let sync = format!(
+            "  sync:\n  - namespaces: [{}]\n    secretName: registry-pull\n",
+            target.name()
+        );
+        self.apply(&self.credential_manifest(
+            project,
+            name,
+            "containerRegistry:pull",
+            registry_namespaces,
+            &sync,
+        ))
+        .unwrap();
+        let client = cluster().client().await.unwrap();
+        wait_object(
+            &Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, target.name()),
+            "registry-pull",
+            Duration::from_secs(30),
+            |_| Some(()),
+        )
+        .await;
+        target
+    }
+
     /// `kubectl apply -f -` of a manifest; the error is kubectl's message.
     pub fn apply(&self, manifest: &str) -> Result<String, String> {
         cluster().apply(manifest).map_err(|e| e.to_string())

@@ -719,6 +719,9 @@ fn plans_of_repositories_add_up_and_the_summary_lists_the_first_items() {
         repo.0.name = name.into();
         total.add(run(&repo, &rules, &["t1"]).0);
     }
+    // `add` appends; the caller combining plans sorts once.
+    assert_eq!(total.items[0].repository, "acme/b");
+    total.items.sort();
     let summary = total.summary();
     assert_eq!(summary.repositories, 2);
     assert_eq!(summary.tags, 2 * 13);

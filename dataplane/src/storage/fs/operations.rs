@@ -488,6 +488,34 @@ impl Storage for FsStorage {
         .await
     }
 
+    async fn tags_delete_if(&self, repo: &RepoName, tags: &[(Tag, Digest)]) -> Result<Vec<bool>> {
+        let (repo, tags) = (repo.clone(), tags.to_vec());
+        // One trip to the blocking pool, and one directory sync, for the whole batch.
+        self.run(move |inner| {
+            let mut removed = Vec::with_capacity(tags.len());
+            let mut result = Ok(());
+            for (tag, digest) in &tags {
+                let path = inner.tag_path(&repo, tag);
+                let outcome = inner.remove_record_if(&path, digest.to_string().as_bytes());
+                inner.tags.invalidate(&repo, Some(tag));
+                match outcome {
+                    Ok(gone) => removed.push(gone),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if removed.contains(&true) {
+                let dir = inner.repo_dir(&repo).join(TAGS_DIR);
+                sync_dir(&dir)?;
+            }
+            result?;
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn tag_manifest(
         &self,
         repo: &RepoName,

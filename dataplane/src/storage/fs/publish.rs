@@ -145,6 +145,38 @@ impl Inner {
         }
     }
 
+    /// Removes the small file `path` if it holds `expected` (surrounding whitespace aside),
+    /// leaving its directory unsynced; returns whether it did. The record is first renamed
+    /// into the temporary area, which takes whatever is current at that instant, and read
+    /// there: a record that names something else is linked back, unless a newer one has taken
+    /// its place meanwhile, which then stays. So a record written just before is never
+    /// removed.
+    pub(super) fn remove_record_if(&self, path: &Path, expected: &[u8]) -> io::Result<bool> {
+        let taken = TempPath::new(self.tmp.next_path());
+        match fs::rename(path, &taken.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                taken.keep();
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        let matches = fs::read(&taken.path).map(|content| content.trim_ascii() == expected);
+        if let Ok(true) = matches {
+            return Ok(true);
+        }
+        match fs::hard_link(&taken.path, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                // Keep the record where it is rather than lose it.
+                taken.keep();
+                return Err(e);
+            }
+        }
+        matches.map(|_| false)
+    }
+
     /// Reads a small file, `None` if it does not exist.
     pub(super) fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
         match fs::read(path) {
