@@ -1,5 +1,6 @@
-//! A retention-and-collection pass over a large region on the filesystem, and Distribution
-//! v3's offline `garbage-collect` on the same data as the peer figure. Writes `bench/GC.md`.
+//! A retention-and-collection pass over a large region, on the filesystem or on S3 (a MinIO
+//! server the bench starts), and Distribution v3's offline `garbage-collect` on the same data
+//! and the same storage as the peer figure. Writes `bench/GC.md` (or `--output`).
 //!
 //! The region: `--repos` repositories (`bench/r0000` ...), each with 34 image manifests (a
 //! config and two layers each, from 33 configs and 33 layers of its own: 100 blobs per
@@ -13,9 +14,9 @@
 //! Ours is populated through the data plane's own registry and storage (uploads, manifest
 //! pushes, tag writes) and measured in three steps: the retention plan over every
 //! repository, the run that deletes it, and one garbage collection. Distribution's layout is
-//! written as files (the same blobs and manifests, and the tags our run kept), and `registry
-//! garbage-collect --delete-untagged` runs on it with the registry stopped, as it must. Both
-//! must remove the same blobs.
+//! written as files or objects (the same blobs and manifests, and the tags our run kept), and
+//! `registry garbage-collect --delete-untagged` runs on it with the registry stopped, as it
+//! must. Both must remove the same blobs.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -31,23 +32,44 @@ use dataplane::registry::gc::{Collector, GcMetrics};
 use dataplane::registry::{PutTarget, Registry};
 use dataplane::storage::Storage;
 use dataplane::storage::fs::FsStorage;
-use futures::StreamExt as _;
+use dataplane::storage::s3::{S3Credentials, S3Settings, S3Storage};
+use futures::{StreamExt as _, TryStreamExt as _};
 use sha2::Digest as _;
+use testkit::s3::S3Server;
 
 const MANIFESTS: usize = 34;
 const CONFIGS: usize = 33;
 const LAYERS: usize = 33;
 const KEPT_TAGS: usize = 100;
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Repositories populated at once.
+/// Repositories populated at once on the filesystem.
 const PARALLEL: usize = 8;
+/// Repositories populated at once on S3 (each one's tags in order, one request at a time).
+const PARALLEL_S3: usize = 64;
+/// Objects of Distribution's layout written at once on S3.
+const PEER_WRITES: usize = 64;
+/// Key prefix of our layout in the bucket.
+const OURS_PREFIX: &str = "dataplane/";
+/// Distribution's `rootdirectory` in the bucket.
+const PEER_ROOT: &str = "distribution";
+
+/// Where both registries keep their data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Directories under `--dir` (tmpfs by default, see `bench/gc/run`).
+    Fs,
+    /// A MinIO server started for the run (its data directory under `TMPDIR`).
+    S3,
+}
 
 struct Args {
     repos: usize,
     tags: usize,
     dir: PathBuf,
+    storage: Kind,
     distribution: Option<PathBuf>,
-    output: PathBuf,
+    /// The report; `bench/GC.md` on the filesystem, `bench/GC-s3.md` on S3.
+    output: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -55,9 +77,11 @@ fn parse_args() -> Result<Args> {
         repos: 1000,
         tags: 1000,
         dir: std::env::temp_dir().join("gc-bench"),
+        storage: Kind::Fs,
         distribution: None,
-        output: PathBuf::from("bench/GC.md"),
+        output: None,
     };
+    let mut no_peer = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -65,12 +89,23 @@ fn parse_args() -> Result<Args> {
             "--repos" => args.repos = value()?.parse()?,
             "--tags" => args.tags = value()?.parse()?,
             "--dir" => args.dir = value()?.into(),
+            "--storage" => {
+                args.storage = match value()?.as_str() {
+                    "fs" => Kind::Fs,
+                    "s3" => Kind::S3,
+                    other => bail!("--storage is fs or s3, not {other}"),
+                }
+            }
             "--distribution" => args.distribution = Some(value()?.into()),
-            "--output" => args.output = value()?.into(),
+            "--no-peer" => no_peer = true,
+            "--output" => args.output = Some(value()?.into()),
             other => bail!(
-                "unknown argument {other}; use --repos N --tags N --dir DIR --distribution BIN --output FILE"
+                "unknown argument {other}; use --repos N --tags N --storage fs|s3 --dir DIR --distribution BIN --no-peer --output FILE"
             ),
         }
+    }
+    if no_peer {
+        args.distribution = None;
     }
     if args.tags < KEPT_TAGS * 2 {
         bail!("--tags must be at least {}", KEPT_TAGS * 2);
@@ -156,66 +191,168 @@ async fn populate_ours(registry: &Registry, index: usize, tags: usize) -> Result
         digests.push(put.digest);
     }
     let storage = registry.storage();
+    // In push order, one at a time: the policy keeps the most recently pushed.
     for j in 0..tags {
         let tag: Tag = tag_name(j).parse()?;
         storage
-            .tag_set(&repo, &tag, &digests[manifest_of_tag(j, tags)])
+            .tag_create(&repo, &tag, &digests[manifest_of_tag(j, tags)])
             .await?;
     }
     Ok(())
 }
 
-fn write(path: &Path, data: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(path.parent().context("a parent")?)?;
-    std::fs::write(path, data)?;
-    Ok(())
+/// Where Distribution's layout is written and counted: a directory, or its root directory
+/// in the bucket.
+enum PeerStore {
+    Dir(PathBuf),
+    Bucket {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+    },
 }
 
-/// Distribution's filesystem layout of the same region, with only the tags our run kept
-/// (`kept`: per repository in order, tag and manifest digest), as a tool deleting the others through
-/// the API would leave it.
-fn populate_distribution(root: &Path, kept: &[Vec<(String, String)>]) -> Result<()> {
-    let v2 = root.join("docker/registry/v2");
+impl PeerStore {
+    fn for_bucket(server: &S3Server) -> PeerStore {
+        let credentials = aws_sdk_s3::config::Credentials::new(
+            server.access_key(),
+            server.secret_key(),
+            None,
+            None,
+            "gc-bench",
+        );
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new(server.region().to_owned()))
+            .endpoint_url(server.endpoint())
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            .build();
+        PeerStore::Bucket {
+            client: aws_sdk_s3::Client::from_conf(config),
+            bucket: server.bucket().to_owned(),
+        }
+    }
+
+    /// Writes every `(path under docker/registry/v2, content)`.
+    async fn write_all(&self, files: Vec<(String, Vec<u8>)>) -> Result<()> {
+        match self {
+            PeerStore::Dir(root) => {
+                let v2 = root.join("docker/registry/v2");
+                for (path, data) in files {
+                    let path = v2.join(path);
+                    std::fs::create_dir_all(path.parent().context("a parent")?)?;
+                    std::fs::write(&path, data)?;
+                }
+                Ok(())
+            }
+            PeerStore::Bucket { client, bucket } => {
+                futures::stream::iter(files)
+                    .map(|(path, data)| async move {
+                        client
+                            .put_object()
+                            .bucket(bucket)
+                            .key(format!("{PEER_ROOT}/docker/registry/v2/{path}"))
+                            .body(data.into())
+                            .send()
+                            .await
+                            .with_context(|| format!("writing {path}"))
+                    })
+                    .buffer_unordered(PEER_WRITES)
+                    .try_for_each(|_| async { Ok(()) })
+                    .await
+            }
+        }
+    }
+
+    /// The number of blob data files (`blobs/sha256/xx/<hex>/data`).
+    async fn blob_files(&self) -> Result<u64> {
+        match self {
+            PeerStore::Dir(root) => Ok(count_files(&root.join("docker/registry/v2/blobs"))),
+            PeerStore::Bucket { client, bucket } => {
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(format!("{PEER_ROOT}/docker/registry/v2/blobs/"))
+                    .into_paginator()
+                    .send();
+                let mut count = 0;
+                while let Some(page) = pages.next().await {
+                    count += page?
+                        .contents()
+                        .iter()
+                        .filter(|o| o.key().is_some_and(|k| k.ends_with("/data")))
+                        .count() as u64;
+                }
+                Ok(count)
+            }
+        }
+    }
+
+    /// Distribution's `storage` section for this store.
+    fn config(&self, server: Option<&S3Server>) -> String {
+        match (self, server) {
+            (PeerStore::Bucket { bucket, .. }, Some(s3)) => format!(
+                "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: {}\n    \
+                 regionendpoint: {}\n    bucket: {bucket}\n    rootdirectory: /{PEER_ROOT}\n    \
+                 forcepathstyle: true\n    secure: false\n    v4auth: true\n",
+                s3.access_key(),
+                s3.secret_key(),
+                s3.region(),
+                s3.endpoint()
+            ),
+            (PeerStore::Dir(root), _) => {
+                format!("  filesystem: {{rootdirectory: {}}}\n", root.display())
+            }
+            (PeerStore::Bucket { .. }, None) => unreachable!("a bucket store has a server"),
+        }
+    }
+}
+
+/// Distribution's layout of the same region, with only the tags our run kept (`kept`: per
+/// repository in order, tag and manifest digest), as a tool deleting the others through the
+/// API would leave it.
+async fn populate_distribution(store: &PeerStore, kept: &[Vec<(String, String)>]) -> Result<()> {
     for (index, kept_tags) in kept.iter().enumerate() {
         let repo_content = content(index);
-        let repo_dir = v2.join("repositories").join(&repo_content.name);
-        let blob = |data: &[u8]| -> Result<String> {
+        let repo_dir = format!("repositories/{}", repo_content.name);
+        let mut files = Vec::new();
+        let mut blob = |data: &[u8]| -> String {
             let hex = sha256(data);
-            write(
-                &v2.join("blobs/sha256")
-                    .join(&hex[..2])
-                    .join(&hex)
-                    .join("data"),
-                data,
-            )?;
-            Ok(hex)
+            files.push((
+                format!("blobs/sha256/{}/{hex}/data", &hex[..2]),
+                data.to_vec(),
+            ));
+            hex
         };
+        let mut links = Vec::new();
         for data in repo_content.configs.iter().chain(&repo_content.layers) {
-            let hex = blob(data)?;
-            write(
-                &repo_dir.join("_layers/sha256").join(&hex).join("link"),
-                format!("sha256:{hex}").as_bytes(),
-            )?;
+            let hex = blob(data);
+            links.push((
+                format!("{repo_dir}/_layers/sha256/{hex}/link"),
+                format!("sha256:{hex}").into_bytes(),
+            ));
         }
         for data in &repo_content.manifests {
-            let hex = blob(data)?;
-            write(
-                &repo_dir
-                    .join("_manifests/revisions/sha256")
-                    .join(&hex)
-                    .join("link"),
-                format!("sha256:{hex}").as_bytes(),
-            )?;
+            let hex = blob(data);
+            links.push((
+                format!("{repo_dir}/_manifests/revisions/sha256/{hex}/link"),
+                format!("sha256:{hex}").into_bytes(),
+            ));
         }
         for (tag, digest) in kept_tags {
             let hex = digest.trim_start_matches("sha256:");
-            let tag_dir = repo_dir.join("_manifests/tags").join(tag);
-            write(&tag_dir.join("current/link"), digest.as_bytes())?;
-            write(
-                &tag_dir.join("index/sha256").join(hex).join("link"),
-                digest.as_bytes(),
-            )?;
+            let tag_dir = format!("{repo_dir}/_manifests/tags/{tag}");
+            links.push((
+                format!("{tag_dir}/current/link"),
+                digest.clone().into_bytes(),
+            ));
+            links.push((
+                format!("{tag_dir}/index/sha256/{hex}/link"),
+                digest.clone().into_bytes(),
+            ));
         }
+        files.extend(links);
+        store.write_all(files).await?;
     }
     Ok(())
 }
@@ -243,19 +380,48 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let (repos, tags) = (args.repos, args.tags);
     let _ = std::fs::remove_dir_all(&args.dir);
-    let ours_root = args.dir.join("dataplane");
-    let peer_root = args.dir.join("distribution");
+    std::fs::create_dir_all(&args.dir)?;
+    let (storage, server, peer_store): (Arc<dyn Storage>, _, _) = match args.storage {
+        Kind::Fs => (
+            Arc::new(FsStorage::open(&args.dir.join("dataplane")).await?),
+            None,
+            PeerStore::Dir(args.dir.join("distribution")),
+        ),
+        Kind::S3 => {
+            let server = S3Server::try_start()?;
+            let settings = S3Settings {
+                bucket: server.bucket().to_owned(),
+                region: server.region().to_owned(),
+                endpoint: Some(server.endpoint().to_owned()),
+                prefix: OURS_PREFIX.to_owned(),
+                force_path_style: true,
+                redirect_ttl: None,
+                cache_memory: dataplane::caches::CacheMemory::DEFAULT,
+            };
+            let credentials = S3Credentials {
+                access_key_id: server.access_key().to_owned(),
+                secret_access_key: server.secret_key().to_owned(),
+            };
+            let storage = S3Storage::connect_with_credentials(settings, credentials).await?;
+            storage.check().await?;
+            let peer = PeerStore::for_bucket(&server);
+            (Arc::new(storage), Some(server), peer)
+        }
+    };
+    let parallel = match args.storage {
+        Kind::Fs => PARALLEL,
+        Kind::S3 => PARALLEL_S3,
+    };
 
     eprintln!("populating {repos} repositories x {tags} tags (ours)");
     let started = Instant::now();
-    let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(&ours_root).await?);
     let registry = Arc::new(Registry::new(Arc::clone(&storage)));
     let results: Vec<Result<()>> = futures::stream::iter(0..repos)
         .map(|index| {
             let registry = Arc::clone(&registry);
             async move { populate_ours(&registry, index, tags).await }
         })
-        .buffer_unordered(PARALLEL)
+        .buffer_unordered(parallel)
         .collect()
         .await;
     results.into_iter().collect::<Result<Vec<()>>>()?;
@@ -350,15 +516,15 @@ async fn main() -> Result<()> {
                 );
             }
             let started = Instant::now();
-            populate_distribution(&peer_root, &kept)?;
+            populate_distribution(&peer_store, &kept).await?;
             let populate_peer_time = started.elapsed();
-            let blob_files_before = count_files(&peer_root.join("docker/registry/v2/blobs"));
+            let blob_files_before = peer_store.blob_files().await?;
             let config = args.dir.join("distribution.yml");
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: 127.0.0.1:0}}\n",
-                    peer_root.display()
+                    "version: 0.1\nlog: {{level: error}}\nstorage:\n{}  delete: {{enabled: true}}\nhttp: {{addr: 127.0.0.1:0}}\n",
+                    peer_store.config(server.as_ref())
                 ),
             )?;
             eprintln!("running Distribution's garbage-collect");
@@ -375,7 +541,7 @@ async fn main() -> Result<()> {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            let blob_files_after = count_files(&peer_root.join("docker/registry/v2/blobs"));
+            let blob_files_after = peer_store.blob_files().await?;
             Some((
                 populate_peer_time,
                 peer_time,
@@ -398,10 +564,27 @@ async fn main() -> Result<()> {
     }
     let total = plan_time + run_time + gc_time;
     let mut md = String::new();
-    md.push_str("# Retention and collection over a large region\n\n");
+    let (title, flag, where_, target) = match args.storage {
+        Kind::Fs => (
+            "the filesystem",
+            "",
+            "filesystem storage on tmpfs",
+            "target: under 60 s",
+        ),
+        Kind::S3 => (
+            "S3",
+            " --storage s3",
+            "S3 storage on one MinIO server (its data on tmpfs) on the same machine, both \
+             registries in the same bucket under their own prefixes",
+            "no target on S3",
+        ),
+    };
     md.push_str(&format!(
-        "Measured by `bench/gc/run` (`gc-bench --repos {repos} --tags {tags}`) on {}, a 2-core \
-         machine, filesystem storage on tmpfs. {repos} repositories, {} tags, {} blobs \
+        "# Retention and collection over a large region on {title}\n\n"
+    ));
+    md.push_str(&format!(
+        "Measured by `bench/gc/run{flag}` (`gc-bench{flag} --repos {repos} --tags {tags}`) on \
+         {}, a 2-core machine, {where_}. {repos} repositories, {} tags, {} blobs \
          ({MANIFESTS} image manifests and {} configs and layers per repository). The policy \
          keeps the {KEPT_TAGS} most recently pushed tags of each repository.\n\n",
         humantime_now(),
@@ -440,7 +623,7 @@ async fn main() -> Result<()> {
         )),
     }
     md.push_str(&format!(
-        "| **pass** | **{}** (target: under 60 s) | |\n\n",
+        "| **pass** | **{}** ({target}) | |\n\n",
         seconds(total)
     ));
     md.push_str(&format!(
@@ -448,11 +631,18 @@ async fn main() -> Result<()> {
          uploads, manifest pushes, tag writes){}.\n",
         seconds(populate_ours_time),
         peer.as_ref()
-            .map(|(p, ..)| format!(", {} for Distribution's layout (plain files)", seconds(*p)))
+            .map(|(p, ..)| format!(
+                ", {} for Distribution's layout (written directly as files or objects)",
+                seconds(*p)
+            ))
             .unwrap_or_default()
     ));
-    std::fs::write(&args.output, md)?;
-    eprintln!("wrote {}", args.output.display());
+    let output = args.output.clone().unwrap_or_else(|| match args.storage {
+        Kind::Fs => PathBuf::from("bench/GC.md"),
+        Kind::S3 => PathBuf::from("bench/GC-s3.md"),
+    });
+    std::fs::write(&output, md)?;
+    eprintln!("wrote {}", output.display());
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(())
 }

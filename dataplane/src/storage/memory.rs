@@ -453,6 +453,23 @@ impl Storage for MemoryStorage {
             .is_some_and(|r| r.tags.remove(tag).is_some()))
     }
 
+    async fn tags_delete_if(&self, repo: &RepoName, tags: &[(Tag, Digest)]) -> Result<Vec<bool>> {
+        let mut state = self.state();
+        let Some(r) = state.repos.get_mut(repo) else {
+            return Ok(vec![false; tags.len()]);
+        };
+        Ok(tags
+            .iter()
+            .map(|(tag, digest)| {
+                let matches = r.tags.get(tag) == Some(digest);
+                if matches {
+                    r.tags.remove(tag);
+                }
+                matches
+            })
+            .collect())
+    }
+
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
         self.tags_after(repo, None, usize::MAX).await
     }
@@ -652,6 +669,14 @@ mod tests {
     use super::MemoryStorage;
 
     crate::storage_conformance_tests!(conformance, async { (MemoryStorage::new(), ()) });
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_conditional_tag_deletion_never_removes_a_tag_pushed_meanwhile() {
+        crate::storage::conformance::conditional_tag_deletion_never_removes_a_tag_pushed_meanwhile(
+            std::sync::Arc::new(MemoryStorage::new()),
+        )
+        .await;
+    }
 
     #[tokio::test]
     async fn keeps_upload_checkpoints() {

@@ -346,6 +346,30 @@ impl Bucket {
         }
     }
 
+    /// Deletes an object only while its ETag is `etag` (`If-Match`); returns whether it did
+    /// (`false`: it changed or went since).
+    pub(super) async fn delete_if_match(
+        &self,
+        key: &str,
+        etag: &str,
+    ) -> Result<bool, StorageError> {
+        match self
+            .records
+            .delete_object()
+            .bucket(&self.name)
+            .key(key)
+            .if_match(etag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match self.failure("DeleteObject", key, e) {
+                Failure::NotFound | Failure::Precondition => Ok(false),
+                other => Err(other.into()),
+            },
+        }
+    }
+
     /// Deletes objects, a few at a time.
     pub(super) async fn delete_all(&self, keys: Vec<String>) -> Result<(), StorageError> {
         futures_util::stream::iter(keys)

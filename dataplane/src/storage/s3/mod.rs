@@ -350,6 +350,21 @@ impl S3Storage {
         ])))
     }
 
+    /// Removes the tag record of `tag` if it names `digest`: read, then deleted only while it
+    /// is the object read (`If-Match` on its ETag), so a tag pushed in between stays. A store
+    /// that ignores `If-Match` on `DeleteObject` (MinIO does) deletes it anyway: there a push
+    /// landing within that one round trip loses its tag.
+    async fn delete_tag_if(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<bool> {
+        let key = self.keys.tag(repo, tag);
+        let Some(object) = self.bucket.get_optional(&key).await? else {
+            return Ok(false);
+        };
+        if tag_digest(&key, &object)? != *digest {
+            return Ok(false);
+        }
+        self.bucket.delete_if_match(&key, &object.etag).await
+    }
+
     /// Removes a record; returns whether it existed.
     async fn remove(&self, key: &str) -> Result<bool> {
         if self.bucket.head(key).await?.is_none() {
@@ -787,6 +802,17 @@ impl Storage for S3Storage {
 
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         self.remove(&self.keys.tag(repo, tag)).await
+    }
+
+    async fn tags_delete_if(&self, repo: &RepoName, tags: &[(Tag, Digest)]) -> Result<Vec<bool>> {
+        let mut removed = Vec::with_capacity(tags.len());
+        for chunk in tags.chunks(TAG_READS_AT_ONCE) {
+            let deletions = chunk
+                .iter()
+                .map(|(tag, digest)| self.delete_tag_if(repo, tag, digest));
+            removed.extend(futures_util::future::try_join_all(deletions).await?);
+        }
+        Ok(removed)
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
