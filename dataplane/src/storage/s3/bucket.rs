@@ -330,20 +330,7 @@ impl Bucket {
 
     /// Deletes an object; deleting an absent key succeeds.
     pub(super) async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        match self
-            .records
-            .delete_object()
-            .bucket(&self.name)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match self.failure("DeleteObject", key, e) {
-                Failure::NotFound => Ok(()),
-                other => Err(other.into()),
-            },
-        }
+        self.delete_matching(key, None).await.map(drop)
     }
 
     /// Deletes an object only while its ETag is `etag` (`If-Match`); returns whether it did
@@ -353,12 +340,18 @@ impl Bucket {
         key: &str,
         etag: &str,
     ) -> Result<bool, StorageError> {
+        self.delete_matching(key, Some(etag)).await
+    }
+
+    /// `DeleteObject`, conditional on `etag` when given; `false` when the object is absent or
+    /// the condition failed.
+    async fn delete_matching(&self, key: &str, etag: Option<&str>) -> Result<bool, StorageError> {
         match self
             .records
             .delete_object()
             .bucket(&self.name)
             .key(key)
-            .if_match(etag)
+            .set_if_match(etag.map(str::to_owned))
             .send()
             .await
         {
